@@ -1,0 +1,176 @@
+"""Finding, checking and running the feature model: ONNX Runtime sessions for the forward and the VJP.
+
+The model is ``features.onnx`` written by ``nst export``: input ``image`` float32 [1,3,H,W] (ImageNet-normalised),
+outputs ``features.0`` .. ``features.12``. It is looked up at ``--model PATH``, else ``$NST_HOME/features.onnx``,
+else in the user's cache directory (``$XDG_CACHE_HOME/nst`` or ``~/.cache/nst``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import vjp
+from .errors import NSTError
+
+MODEL_FILE = "features.onnx"
+INPUT = "image"
+
+
+def tap_name(layer: int) -> str:
+    """The ONNX output name of tap `layer` (torchvision's module index in `features`)."""
+    return f"features.{layer}"
+
+
+def cache_dir() -> Path:
+    """Where `nst export` writes the model by default and where runtime commands look for it."""
+    if os.environ.get("NST_HOME"):
+        return Path(os.environ["NST_HOME"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "nst"
+
+
+def _how_to_make(path: Path) -> str:
+    out = "" if path.parent == cache_dir() else f" --out {path.parent}"
+    return f"make it with: nst export --weights FILE{out}  (or without --weights to download torchvision's)"
+
+
+def find_model(path: str | os.PathLike | None = None) -> Path:
+    """The model file to use: `path`, else $NST_HOME/features.onnx, else the cache directory's. NSTError if absent."""
+    p = Path(path).expanduser() if path else cache_dir() / MODEL_FILE
+    if p.is_dir():
+        p = p / MODEL_FILE
+    if not p.is_file():
+        raise NSTError(f"no model at {p}: {_how_to_make(p)}")
+    return p
+
+
+def load_model(path: str | os.PathLike | None = None, taps=()) -> onnx.ModelProto:
+    """Load and check the feature model: it must parse as ONNX, take `image` and output every tap in `taps`
+    (names like 'features.3'). NSTError (one line, with how to make a correct one) otherwise."""
+    p = find_model(path)
+    try:
+        model = onnx.load(str(p))
+    except Exception as e:
+        raise NSTError(f"{p} is not a readable ONNX model ({type(e).__name__}); {_how_to_make(p)}") from None
+    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if inputs != [INPUT] or not model.graph.node:
+        raise NSTError(f"{p} is not an nst feature model (inputs {inputs}, expected ['{INPUT}']); {_how_to_make(p)}")
+    outputs = {o.name for o in model.graph.output}
+    missing = [t for t in taps if t not in outputs]
+    if missing:
+        raise NSTError(f"{p} lacks the tap {missing[0]} (it has {len(outputs)} outputs); {_how_to_make(p)}")
+    return model
+
+
+def metadata(model: onnx.ModelProto) -> dict:
+    """metadata_props of the model, JSON values decoded where they parse."""
+    out = {}
+    for prop in model.metadata_props:
+        try:
+            out[prop.key] = json.loads(prop.value)
+        except ValueError:
+            out[prop.key] = prop.value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ONNX Runtime
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise NSTError("onnxruntime is not installed: pip install 'nst-onnx[cpu]' (or [gpu] for CUDA)") from None
+    return onnxruntime
+
+
+def providers(device: str = "auto") -> list[str]:
+    """ORT execution providers for `device` in {'auto', 'cpu', 'cuda'}."""
+    available = _ort().get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise NSTError("--device cuda needs onnxruntime-gpu with CUDA (installed providers: "
+                           f"{', '.join(available)}); pip install 'nst-onnx[gpu]' instead of [cpu]")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "auto":
+        return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+    raise NSTError(f"unknown device {device!r} (choose auto, cpu or cuda)")
+
+
+def session(model: onnx.ModelProto, device: str = "auto", threads: int = 0):
+    """An ORT InferenceSession for `model`. Thread spinning is off: our forward and backward sessions alternate,
+    and spinning made that ~1.8x slower on 2 cores (DESIGN.md)."""
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
+
+
+class Network:
+    """The feature network with its VJP, for one set of taps.
+
+    forward(x) runs the network once and keeps what the backward needs; backward(cotangents) then returns
+    dL/dx for that x. Arrays: x float32 [1,3,H,W] normalised; taps as returned by the model (float32)."""
+
+    def __init__(self, model: onnx.ModelProto, taps, device: str = "auto", threads: int = 0):
+        self.taps = list(dict.fromkeys(taps))
+        graph = vjp.build_vjp(model, self.taps, INPUT)
+        fwd, bwd = vjp.split_models(graph)
+        self._fwd = session(fwd, device, threads)
+        self._bwd = session(bwd, device, threads)
+        self._fwd_outputs = [o.name for o in fwd.graph.output]
+        self._bwd_inputs = [i.name for i in bwd.graph.input]
+        self._saved: dict[str, np.ndarray] = {}
+        self._model = model
+
+    def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """{tap: features} for x [1,3,H,W]; remembers the tensors the next backward() needs."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        outs = self._fwd.run(self._fwd_outputs, {INPUT: x})
+        self._saved = dict(zip(self._fwd_outputs, outs))
+        self._saved[INPUT] = x
+        return {t: self._saved[t] for t in self.taps}
+
+    def backward(self, cotangents: dict[str, np.ndarray]) -> np.ndarray:
+        """dL/dx [1,3,H,W] float32 at the last forward's x, given dL/d(tap) for each tap (same shapes)."""
+        if not self._saved:
+            raise RuntimeError("backward() before forward()")
+        feeds = {}
+        for name in self._bwd_inputs:
+            if name.startswith("grad_"):
+                feeds[name] = np.ascontiguousarray(cotangents[name[5:]], dtype=np.float32)
+            else:
+                feeds[name] = self._saved[name]
+        return self._bwd.run(["grad_image"], feeds)[0]
+
+
+def _probe_min_size(model: onnx.ModelProto, tap: str) -> int:
+    """Smallest square input side for which the network produces `tap` (found by running tiny inputs)."""
+    v = vjp.build_vjp(model, [tap], INPUT)
+    fwd, _ = vjp.split_models(v)
+    sess = session(fwd, "cpu", 1)
+    for side in range(1, 257):
+        try:
+            out = sess.run([tap], {INPUT: np.zeros((1, 3, side, side), np.float32)})[0]
+        except Exception:
+            continue
+        if out.size:
+            return side
+    raise NSTError(f"the model cannot compute {tap} at any size up to 256 px")
+
+
+def min_input_size(model: onnx.ModelProto, taps) -> int:
+    """Smallest image side (pixels) the model accepts for all of `taps`."""
+    deepest = max(taps, key=lambda t: int(t.rsplit(".", 1)[-1]) if t.rsplit(".", 1)[-1].isdigit() else 0)
+    return _probe_min_size(model, deepest)
