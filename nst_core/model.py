@@ -123,9 +123,10 @@ class Network:
     forward(x) runs the network once and keeps what the backward needs; backward(cotangents) then returns
     dL/dx for that x. Arrays: x float32 [1,3,H,W] normalised; taps as returned by the model (float32)."""
 
-    def __init__(self, model: onnx.ModelProto, taps, device: str = "auto", threads: int = 0):
+    def __init__(self, model: onnx.ModelProto, taps, device: str = "auto", threads: int = 0,
+                 maxpool: str = "scatter"):
         self.taps = list(dict.fromkeys(taps))
-        graph = vjp.build_vjp(model, self.taps, INPUT)
+        graph = vjp.build_vjp(model, self.taps, INPUT, maxpool=maxpool)
         fwd, bwd = vjp.split_models(graph)
         self._fwd = session(fwd, device, threads)
         self._bwd = session(bwd, device, threads)

@@ -27,9 +27,9 @@ def one_op_model(op_type, x_shape, inputs=(), attrs=None, n_inputs_extra=(), ops
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def run_vjp(model, x, g, taps=("out",)):
+def run_vjp(model, x, g, taps=("out",), maxpool="scatter"):
     """grad_image from the self-contained VJP model, and from the split forward/backward pair (must agree)."""
-    v = vjp.build_vjp(model, list(taps))
+    v = vjp.build_vjp(model, list(taps), maxpool=maxpool)
     full = vjp.vjp_model(v)
     onnx.checker.check_model(full, full_check=True)
     feeds = {"image": x.astype(np.float32)}
@@ -57,12 +57,12 @@ def torch_vjp(fn, x, g):
     return y.detach().numpy(), xt.grad.numpy()
 
 
-def check(model, fn, x_shape, seed=0, forward_tol=1e-5):
+def check(model, fn, x_shape, seed=0, forward_tol=1e-5, maxpool="scatter"):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(x_shape).astype(np.float32)
     with torch.no_grad():
         g = rng.standard_normal(fn(torch.tensor(x, dtype=torch.float64)).shape)
-    gx, fo = run_vjp(model, x, [g])
+    gx, fo = run_vjp(model, x, [g], maxpool=maxpool)
     y_ref, gx_ref = torch_vjp(fn, x, g)
     assert fo["out"].shape == y_ref.shape, "forward semantics differ from torch's"
     assert rel_l2(fo["out"], y_ref) <= forward_tol
@@ -137,27 +137,30 @@ def _pool_attrs(k, s, p, ceil):
     return k, s, p, dict(kernel_shape=list(k), strides=list(s), pads=[p[0], p[1], p[0], p[1]], ceil_mode=ceil)
 
 
+@pytest.mark.parametrize("maxpool", vjp.MAXPOOL_MODES)
 @pytest.mark.parametrize("case", POOL_CASES, ids=str)
-def test_max_pool(case):
+def test_max_pool(case, maxpool):
     k, s, p, attrs = _pool_attrs(*case[:4])
     shape = (2, 3, case[4], case[5])
     model = one_op_model("MaxPool", shape, attrs=attrs)
-    check(model, lambda x: F.max_pool2d(x, k, s, p, ceil_mode=bool(case[3])), shape)
+    check(model, lambda x: F.max_pool2d(x, k, s, p, ceil_mode=bool(case[3])), shape, maxpool=maxpool)
 
 
-def test_max_pool_dilation():
+@pytest.mark.parametrize("maxpool", vjp.MAXPOOL_MODES)
+def test_max_pool_dilation(maxpool):
     model = one_op_model("MaxPool", (1, 2, 11, 10), attrs=dict(kernel_shape=[3, 3], strides=[2, 2], dilations=[2, 2]))
-    check(model, lambda x: F.max_pool2d(x, 3, 2, dilation=2), (1, 2, 11, 10))
+    check(model, lambda x: F.max_pool2d(x, 3, 2, dilation=2), (1, 2, 11, 10), maxpool=maxpool)
 
 
-def test_max_pool_ties_go_to_first_element():
+@pytest.mark.parametrize("maxpool", vjp.MAXPOOL_MODES)
+def test_max_pool_ties_go_to_first_element(maxpool):
     """Equal values in a window: the whole gradient goes to the first (row-major) maximum, as in torch."""
     x = np.zeros((1, 1, 5, 5), np.float32)
     x[0, 0, 1:4, 1:4] = 1.0  # plateaus shared by overlapping windows
     x[0, 0, 0, 0] = 1.0
     model = one_op_model("MaxPool", x.shape, attrs=dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1))
     g = np.arange(1, 5, dtype=np.float64).reshape(1, 1, 2, 2)
-    gx, _ = run_vjp(model, x, [g])
+    gx, _ = run_vjp(model, x, [g], maxpool=maxpool)
     _, ref = torch_vjp(lambda t: F.max_pool2d(t, 3, 2, ceil_mode=True), x, g)
     np.testing.assert_allclose(gx, ref, rtol=0, atol=1e-6)
     assert gx.sum() == pytest.approx(g.sum())  # each window hands out its gradient exactly once
@@ -322,6 +325,24 @@ def test_pruned_to_the_taps_used():
     v = vjp.build_vjp(model, ["t1"])
     ops = {n.op_type for n in vjp.vjp_model(v).graph.node}
     assert "MaxPool" not in ops and "Equal" not in ops
+
+
+def test_relu_after_concat_rewrite():
+    """Concat(Relu(a), Relu(b)) is rewritten to Relu(Concat(a, b)) in the VJP's forward; values and gradients are
+    unchanged (checked against torch) and only one mask is computed."""
+    rng = np.random.default_rng(9)
+    w1, w2 = (rng.standard_normal((2, 3, 1, 1)).astype(np.float32) for _ in range(2))
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["a"], kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["image", "w2"], ["b"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["a"], ["ra"]), helper.make_node("Relu", ["b"], ["rb"]),
+             helper.make_node("Concat", ["ra", "rb"], ["out"], axis=1)]
+    model = _graph(nodes, {"w1": w1, "w2": w2})
+    v = vjp.build_vjp(model, ["out"])
+    assert sum(n.op_type == "Relu" for n in v.forward_nodes) == 1
+    assert sum(n.op_type == "Sign" for n in v.backward_nodes) == 1
+    W = [torch.tensor(w, dtype=torch.float64) for w in (w1, w2)]
+    check(model, lambda x: torch.cat([torch.relu(F.conv2d(x, W[0])), torch.relu(F.conv2d(x, W[1]))], 1),
+          (1, 3, 6, 5))
 
 
 def test_unknown_operator_is_named():
