@@ -227,8 +227,10 @@ def _conv(b: Builder, node, g):
 
 
 def _relu(b: Builder, node, g):
-    # y = max(x, 0) >= 0, so Sign(y) is the 0/1 mask (y > 0): one op instead of Greater + Cast.
-    return [b.op("Mul", [g[0], b.op("Sign", [node.output[0]], "relu_mask")], "relu_grad")]
+    # Cast(Greater) rather than Where (7x slower on ORT CPU, DESIGN.md) or Sign(y) (measured 1.6x slower than
+    # Greater + Cast on ORT 1.32 CPU).
+    mask = b.cast_like(b.op("Greater", [node.output[0], b.const(0.0)]))
+    return [b.op("Mul", [g[0], mask], "relu_grad")]
 
 
 def _max_pool(b: Builder, node, g):
@@ -303,7 +305,11 @@ def _concat(b: Builder, node, g):
         return [g[0]]
     axis = _attrs(node)["axis"]
     axis = axis + b.rank(node.input[0]) if axis < 0 else axis
-    sizes = b.op("Concat", [b.dims(t, axis, axis + 1) for t in node.input], axis=0)
+    static = [(b.shapes.get(t) or [None] * (axis + 1))[axis] for t in node.input]
+    if all(isinstance(v, int) and v > 0 for v in static):  # channel counts are known: nothing to read at run time
+        sizes = b.ints(static)
+    else:
+        sizes = b.op("Concat", [b.dims(t, axis, axis + 1) for t in node.input], axis=0)
     return b.op("Split", [g[0], sizes], "concat_grad", n_out=len(node.input), axis=axis)
 
 
@@ -471,11 +477,13 @@ def build_vjp(model: onnx.ModelProto, taps, input_name: str = "image", maxpool: 
         if t in producer:
             stack.extend(i for i in producer[t].input if i)
     forward_nodes = [n for n in graph.node if any(o in needed for o in n.output)]
-    forward_nodes = _relu_after_concat(forward_nodes, outputs)
+    # The backward is built from a rewritten forward (one ReLU mask per Concat); the forward that runs stays the
+    # original one, whose Conv+Relu pairs ORT fuses, as long as the backward reads only tensors it computes.
+    walk_nodes = _relu_after_concat(forward_nodes, outputs)
 
     # Tensors that depend on the image.
     active = {input_name}
-    for n in forward_nodes:
+    for n in walk_nodes:
         if any(i in active for i in n.input):
             active.update(o for o in n.output if o)
 
@@ -499,7 +507,7 @@ def build_vjp(model: onnx.ModelProto, taps, input_name: str = "image", maxpool: 
             grad_inputs.append(grad_name(tap))
             contributions.setdefault(tap, []).append(grad_name(tap))
 
-    for node in reversed(forward_nodes):
+    for node in reversed(walk_nodes):
         if node.op_type == "Constant" or not any(i in active for i in node.input):
             continue
         g_out = []
@@ -535,9 +543,12 @@ def build_vjp(model: onnx.ModelProto, taps, input_name: str = "image", maxpool: 
     for name in read:
         if name in initializers and name not in produced:
             constants[name] = initializers[name]
-    forward_tensors = {o for n in forward_nodes for o in n.output} | {input_name}
+    forward_tensors = {o for n in walk_nodes for o in n.output} | {input_name}
     saved = list(dict.fromkeys(i for i in read if i in forward_tensors and i not in constants
                                and i not in produced))
+    original = {o for n in forward_nodes for o in n.output} | {input_name}
+    if any(t not in original for t in saved):
+        forward_nodes = walk_nodes
     return VJPGraph(model, taps, forward_nodes, b.nodes, constants, saved, input_name, dtype, opset, grad_inputs,
                     shapes)
 
