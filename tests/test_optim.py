@@ -311,13 +311,13 @@ def test_lbfgs_restart_from_best_point_makes_progress(monkeypatch):
         return float(np.abs(r).sum()), np.sign(r), {"l1": float(np.abs(r).sum())}
 
     starts = []
-    real_minimize = optim._sp_optimize.minimize
+    real_run = optim._lbfgsb_run
 
     def spy(fun, x0, *args, **kwargs):
         starts.append(np.array(x0, copy=True))
-        return real_minimize(fun, x0, *args, **kwargs)
+        return real_run(fun, x0, *args, **kwargs)
 
-    monkeypatch.setattr(optim._sp_optimize, "minimize", spy)
+    monkeypatch.setattr(optim, "_lbfgsb_run", spy)
     x0 = rosenbrock_start(100).reshape(1, 4, 5, 5)
     counted = Counting(l1)
     res = lbfgs(counted, x0, 2000)
@@ -558,3 +558,27 @@ def test_argument_errors():
 def test_optim_does_not_import_torch():
     code = "import sys, nst_core.optim; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_direct_setulb_driver_matches_scipy_minimize(monkeypatch):
+    """_lbfgsb_run drives SciPy's setulb itself (bounds prepared in NumPy, not a Python loop); it must take exactly
+    the same steps as scipy.optimize.minimize(method='L-BFGS-B') on a bounded problem."""
+    from nst_core import optim
+
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((30, 30))
+    q = a @ a.T + np.eye(30)
+    c = rng.standard_normal(30) * 3
+
+    def objective(x):
+        r = x.ravel()
+        return float(0.5 * r @ q @ r - c @ r), (q @ r - c).reshape(x.shape), {}
+
+    bounds = (np.full((5, 6), -0.5), np.full((5, 6), 0.5))
+    runs = []
+    for direct in (True, False):
+        monkeypatch.setattr(optim, "_SETULB_OK", direct)
+        res = optim.lbfgs(objective, np.zeros((5, 6)), 40, bounds=bounds, history=5)
+        runs.append([r.loss for r in res.history])
+    assert optim._probe_setulb()
+    assert runs[0] == runs[1]
