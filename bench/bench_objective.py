@@ -1,0 +1,245 @@
+"""nst_core against the same algorithm in PyTorch eager mode (torch autograd, 2 threads), side by side in one run.
+
+    python bench/bench_objective.py [--sizes 256 512 1024 2048] [--quality-sizes 192 512] [--skip ...]
+
+Sections (all on CS231n's starry_night objective: Tübingen, Starry Night at the same size, content layer 3,
+style layers 1,4,6,7 with weights 3e5,1e3,15,3, TV 2e-2; the same weights file for both):
+  eval     time per objective evaluation (forward + losses + gradient): medians and ratio ours/torch
+  quality  wall time for our L-BFGS to reach the loss torch.optim.LBFGS (history 100, no line search, no early
+           stop) reaches in 200 evaluations from the content image; ratio of wall times
+  memory   peak resident memory (ru_maxrss of a fresh process doing 3 evaluations) at 1024 and 2048 px
+  cold     process start to the first finished evaluation at 512 px (fresh process, model already exported)
+  size     installed size of the runtime's dependencies against torch's CPU build (this environment)
+Prints a table per section and writes bench/results/objective.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+from bench.common import IMAGES, WEIGHTS, machine, median_time, save_json  # noqa: E402
+
+STARRY = dict(content_layer=3, content_weight=6e-2, style_layers=(1, 4, 6, 7), style_weights=(3e5, 1e3, 15, 3),
+              tv_weight=2e-2)
+CACHE = REPO / "bench" / "results"
+
+
+def inputs(size: int, style_size: int | None = None):
+    from nst_core.imageio import open_image, preprocess
+    return (preprocess(open_image(IMAGES / "tubingen.jpg"), size),
+            preprocess(open_image(IMAGES / "starry_night.jpg"), style_size or size))
+
+
+def ours_objective(size: int, style_size: int | None = None):
+    """(objective, x0 float64) of nst_core for the starry_night problem at `size`."""
+    import onnx
+    from nst_core.model import Network, tap_name
+    from nst_core.objective import make_objective, targets
+    from bench.common import features_model
+    model = onnx.load(features_model(CACHE))
+    layers = sorted({STARRY["content_layer"], *STARRY["style_layers"]})
+    net = Network(model, [tap_name(k) for k in layers], device="cpu")
+    cx, sx = inputs(size, style_size)
+    ct, grams = targets(net, cx, sx, STARRY["content_layer"], STARRY["style_layers"])
+    obj = make_objective(net, content_target=ct, style_targets=grams, **STARRY)
+    return obj, cx.astype(np.float64)
+
+
+def torch_objective(size: int, style_size: int | None = None):
+    import torch
+    import torch_reference as ref
+    torch.set_num_threads(2)
+    net = ref.load_net(WEIGHTS)
+    cx, sx = inputs(size, style_size)
+    return ref, ref.make_loss(net, cx, sx, **STARRY), cx
+
+
+def section_eval(sizes, repeats):
+    import torch
+    rows = []
+    for size in sizes:
+        reps = repeats if size <= 1024 else max(2, repeats // 2)
+        obj, x0 = ours_objective(size)
+        _, loss_fn, cx = torch_objective(size)
+
+        def reference():
+            img = torch.tensor(cx, requires_grad=True)
+            total, _ = loss_fn(img)
+            total.backward()
+
+        t_ours = median_time(lambda: obj(x0), reps)
+        t_torch = median_time(reference, reps)
+        rows.append(dict(size=size, shape=list(x0.shape[2:]), ours_s=t_ours, torch_s=t_torch, ratio=t_ours / t_torch))
+        print(f"  eval {size:5d} px {x0.shape[2]}x{x0.shape[3]}: ours {t_ours*1e3:8.1f} ms | torch "
+              f"{t_torch*1e3:8.1f} ms | ratio {t_ours/t_torch:.2f}", flush=True)
+        del obj, loss_fn
+    return rows
+
+
+def section_quality(sizes, evaluations=200):
+    from nst_core import optim
+    from nst_core.imageio import pixel_bounds
+    rows = []
+    for size in sizes:
+        ref, loss_fn, cx = torch_objective(size)
+        run = ref.lbfgs_run(loss_fn, cx, evaluations=evaluations, history=100)
+        target = run["best"]
+        obj, x0 = ours_objective(size)
+        lo, hi = pixel_bounds(x0.shape)
+        reached = {}
+
+        def callback(record, x):
+            if "seconds" not in reached and record.loss <= target:
+                reached.update(seconds=time.perf_counter() - start, evaluation=record.evaluation)
+
+        start = time.perf_counter()
+        res = optim.lbfgs(obj, x0, evaluations, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)), history=100,
+                          callback=callback)
+        total = time.perf_counter() - start
+        row = dict(size=size, torch_loss=target, torch_seconds=run["seconds"], ours_final_loss=res.loss,
+                   ours_seconds_total=total, ours_seconds_to_torch_loss=reached.get("seconds"),
+                   ours_evals_to_torch_loss=reached.get("evaluation"))
+        row["ratio"] = (row["ours_seconds_to_torch_loss"] / run["seconds"]) if reached else None
+        rows.append(row)
+        print(f"  quality {size} px: torch LBFGS {evaluations} evals -> {target:.6g} in {run['seconds']:.1f} s | ours "
+              f"reaches it at eval {reached.get('evaluation')} after {reached.get('seconds', float('nan')):.1f} s "
+              f"(final {res.loss:.6g} in {total:.1f} s) | ratio "
+              f"{row['ratio'] if row['ratio'] is None else round(row['ratio'], 2)}", flush=True)
+    return rows
+
+
+def _child(which: str, size: int) -> None:
+    """Memory / cold-start child: 3 evaluations (1 for cold), then JSON on stdout."""
+    t0 = float(os.environ.get("NST_BENCH_T0", time.time()))
+    if which == "ours":
+        obj, x0 = ours_objective(size)
+        run = lambda: obj(x0)  # noqa: E731
+    else:
+        import torch
+        _, loss_fn, cx = torch_objective(size)
+
+        def run():
+            img = torch.tensor(cx, requires_grad=True)
+            total, _ = loss_fn(img)
+            total.backward()
+    n = int(os.environ.get("NST_BENCH_EVALS", "3"))
+    run()
+    first = time.time() - t0
+    for _ in range(n - 1):
+        run()
+    print(json.dumps(dict(first_eval_s=first, maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+
+
+def _spawn(which: str, size: int, evals: int) -> dict:
+    env = dict(os.environ, NST_BENCH_T0=repr(time.time()), NST_BENCH_EVALS=str(evals))
+    out = subprocess.run([sys.executable, __file__, "--child", which, str(size)], env=env, capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def section_memory(sizes):
+    rows = []
+    for size in sizes:
+        ours, ref = _spawn("ours", size, 3), _spawn("torch", size, 3)
+        rows.append(dict(size=size, ours_mb=ours["maxrss_mb"], torch_mb=ref["maxrss_mb"],
+                         ratio=ours["maxrss_mb"] / ref["maxrss_mb"]))
+        print(f"  memory {size} px: ours {ours['maxrss_mb']:.0f} MB | torch {ref['maxrss_mb']:.0f} MB | ratio "
+              f"{ours['maxrss_mb']/ref['maxrss_mb']:.2f}", flush=True)
+    return rows
+
+
+def section_cold(size=512, repeats=3):
+    ours = sorted(_spawn("ours", size, 1)["first_eval_s"] for _ in range(repeats))[repeats // 2]
+    ref = sorted(_spawn("torch", size, 1)["first_eval_s"] for _ in range(repeats))[repeats // 2]
+    print(f"  cold start {size} px (median of {repeats}): ours {ours:.2f} s | torch {ref:.2f} s", flush=True)
+    return dict(size=size, ours_s=ours, torch_s=ref, ratio=ours / ref)
+
+
+def _dist_size(name: str) -> int:
+    from importlib import metadata
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return 0
+    total = 0
+    for f in dist.files or []:
+        p = Path(dist.locate_file(f))
+        if p.is_file():
+            total += p.stat().st_size
+    return total
+
+
+def _closure(names) -> set:
+    """The named distributions and everything they require (installed ones), lower-case."""
+    import re
+    from importlib import metadata
+    seen, stack = set(), [n.lower() for n in names]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        try:
+            reqs = metadata.distribution(n).requires or []
+        except metadata.PackageNotFoundError:
+            continue
+        seen.add(n)
+        for r in reqs:
+            if "extra ==" in r:
+                continue
+            stack.append(re.split(r"[ ;<>=!~\[(]", r.strip(), maxsplit=1)[0].lower())
+    return seen
+
+
+def section_size():
+    runtime = _closure(["numpy", "scipy", "pillow", "onnx", "tqdm", "onnxruntime"])
+    torch_deps = _closure(["torch"])
+    ours = sum(_dist_size(n) for n in runtime)
+    ref = sum(_dist_size(n) for n in torch_deps)
+    biggest = sorted(((_dist_size(n) / 1e6, n) for n in runtime), reverse=True)[:4]
+    print(f"  installed size: runtime {ours/1e6:.0f} MB ({', '.join(f'{n} {s:.0f}' for s, n in biggest)}) | "
+          f"torch CPU build with its deps {ref/1e6:.0f} MB", flush=True)
+    return dict(runtime_mb=ours / 1e6, runtime_packages=sorted(runtime), torch_mb=ref / 1e6,
+                torch_packages=sorted(torch_deps))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    ap.add_argument("--quality-sizes", type=int, nargs="+", default=[192, 512])
+    ap.add_argument("--memory-sizes", type=int, nargs="+", default=[1024, 2048])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["eval", "quality", "memory", "cold", "size"])
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return _child(args.child[0], int(args.child[1]))
+    from bench.common import features_model
+    features_model(CACHE)
+    results = dict(machine=machine())
+    print(f"machine: {results['machine']}")
+    if "eval" not in args.skip:
+        results["eval"] = section_eval(args.sizes, args.repeats)
+    if "quality" not in args.skip:
+        results["quality"] = section_quality(args.quality_sizes)
+    if "memory" not in args.skip:
+        results["memory"] = section_memory(args.memory_sizes)
+    if "cold" not in args.skip:
+        results["cold"] = section_cold()
+    if "size" not in args.skip:
+        results["size"] = section_size()
+    print(f"wrote {save_json('objective', results)}")
+
+
+if __name__ == "__main__":
+    main()
