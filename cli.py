@@ -1,0 +1,546 @@
+"""The ``nst`` command line: a thin layer over ``nst_core.transfer`` (and ``export`` for ``nst export``).
+
+    nst stylize [CONTENT STYLE] [-o OUT] [--preset NAME] [problem and optimizer options]
+    nst invert  [CONTENT] [-o OUT] ...          feature inversion (content only, from noise)
+    nst texture [STYLE] [-o OUT] ...            texture synthesis (style only, from noise)
+    nst export  [--weights FILE] [--out DIR]    write features.onnx (needs torch: pip install 'nst-onnx[export]')
+    nst export-vjp --taps 1,3,4,6,7 [--height H --width W] [--out vjp.onnx]   self-contained VJP model
+    nst info    [--model PATH]                  the model's path, taps and metadata
+
+Exit status: 0 success; 2 a problem with the input (bad option, image, model or output path; one line on stderr
+``nst: error: ...``, never a traceback); 3 the optimisation diverged (NaN or infinite loss / gradient: the best
+finite image is saved); 130 interrupted by Ctrl-C (during the optimisation the best image so far is saved first).
+Every option is checked before any model or image is loaded; images and logs are written atomically (temporary
+file + rename), so OUT never holds a partial file, and an input image is never overwritten.
+
+The runtime commands (stylize, invert, texture, export-vjp, info) never import torch.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from nst_core.errors import NSTError
+
+#: Default images when CONTENT / STYLE are not given: ../shared/images beside the repository, if it exists.
+DEFAULT_IMAGES = Path(__file__).resolve().parent.parent / "shared" / "images"
+DEFAULT_CONTENT = DEFAULT_IMAGES / "tubingen.jpg"
+DEFAULT_STYLE = DEFAULT_IMAGES / "starry_night.jpg"
+CS231N_TAPS = "1,3,4,6,7"
+
+EXIT_INPUT = 2
+EXIT_NONFINITE = 3
+EXIT_INTERRUPTED = 130
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Argument parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``nst stylize: error: <message> (see nst stylize --help)``, exit 2."""
+
+    def error(self, message):
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _int_list(text: str) -> tuple:
+    if text.strip() == "":
+        return ()
+    return tuple(_int(t.strip()) for t in text.split(","))
+
+
+def _float_list(text: str) -> tuple:
+    if text.strip() == "":
+        return ()
+    return tuple(_float(t.strip()) for t in text.split(","))
+
+
+def _fmt(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _add_common(p: argparse.ArgumentParser, task: str, default_out: str) -> None:
+    """Options shared by stylize / invert / texture; the help of each names its default."""
+    from nst_core import presets, transfer
+
+    sn = presets.PRESETS[presets.DEFAULT_PRESET]
+    inv, tex = presets.INVERSION, presets.TEXTURE
+    p.add_argument("-o", "--output", metavar="OUT", default=default_out,
+                   help=f"output image; the format follows the extension (.png, .jpg, ...) (default: {default_out})")
+    if task == "stylize":
+        p.add_argument("--preset", choices=tuple(presets.PRESETS), default=None,
+                       help="CS231n parameter set: sizes, layers and weights; options given explicitly override it "
+                            f"(default: {presets.DEFAULT_PRESET}'s values)")
+    size_default = {"stylize": f"the preset's, {sn['image_size']}", "invert": str(inv["image_size"]),
+                    "texture": str(tex["image_size"])}[task]
+    what = "the style image's (the output has its aspect ratio)" if task == "texture" else "the content image's"
+    p.add_argument("--size", type=_int, metavar="PX",
+                   help=f"smaller edge of the output in pixels, {what} (default: {size_default})")
+    if task != "invert":
+        default = f"the preset's, {sn['style_size']}" if task == "stylize" else "--size"
+        p.add_argument("--style-size", type=_int, metavar="PX",
+                       help=f"smaller edge of the style image when its Gram matrices are computed (default: {default})")
+    if task != "texture":
+        cl = sn["content_layer"] if task == "stylize" else inv["content_layer"]
+        cw = sn["content_weight"] if task == "stylize" else inv["content_weight"]
+        pre = "the preset's, " if task == "stylize" else ""
+        p.add_argument("--content-layer", type=_int, metavar="L",
+                       help=f"SqueezeNet 1.1 features index 0..12 of the content loss (default: {pre}{cl})")
+        p.add_argument("--content-weight", type=_float, metavar="W",
+                       help=f"weight of the content loss, >= 0 (default: {pre}{cw:g})")
+    if task != "invert":
+        src = sn if task == "stylize" else tex
+        pre = "the preset's, " if task == "stylize" else ""
+        p.add_argument("--style-layers", type=_int_list, metavar="L,L,..",
+                       help=f"comma-separated features indices 0..12 of the style loss "
+                            f"(default: {pre}{_fmt(src['style_layers'])})")
+        p.add_argument("--style-weights", type=_float_list, metavar="W,W,..",
+                       help=f"one weight >= 0 per style layer, in CS231n units (multiplied by --style-scale) "
+                            f"(default: {pre}{_fmt(src['style_weights'])})")
+        scales = ", ".join(f"{k} {v:g}" for k, v in presets.DEFAULT_STYLE_SCALE.items())
+        p.add_argument("--style-scale", type=_float, metavar="S",
+                       help="multiplies every style weight: CS231n's weights were tuned for its Adam recipe; "
+                            f"optimizers that minimise the loss need larger ones (default: {scales})")
+    tv = {"stylize": f"the preset's, {sn['tv_weight']:g}", "invert": f"{inv['tv_weight']:g}",
+          "texture": f"{tex['tv_weight']:g}"}[task]
+    p.add_argument("--tv-weight", type=_float, metavar="W", help=f"weight of the total-variation loss, >= 0 "
+                                                                  f"(default: {tv})")
+    inits = {"stylize": ("content", "noise", "style"), "invert": ("noise", "content"),
+             "texture": ("noise", "style")}[task]
+    p.add_argument("--init", choices=inits, default=None,
+                   help="start image: the content image, noise (uniform(0,1) in normalised space, CS231n's "
+                        f"init_random) or the style image resized to the output (default: {inits[0]})")
+    p.add_argument("--optimizer", choices=("lbfgs", "adam", "gd"), default="lbfgs",
+                   help="lbfgs: SciPy L-BFGS-B within the valid pixel range; adam: the CS231n recipe; gd: "
+                        "projected gradient descent (default: lbfgs)")
+    p.add_argument("--iterations", type=_int, metavar="N", default=transfer.DEFAULT_ITERATIONS,
+                   help="objective evaluations (forward + backward passes), not optimizer iterations "
+                        f"(default: {transfer.DEFAULT_ITERATIONS})")
+    p.add_argument("--lr", type=_float, metavar="LR",
+                   help=f"adam: initial learning rate, lr/30 from 90%% of the evaluations on (default: "
+                        f"{transfer.ADAM_LR:g}, CS231n); gd: step size (default: {transfer.GD_LR:g}); "
+                        "not used by lbfgs")
+    p.add_argument("--history", type=_int, metavar="M",
+                   help=f"L-BFGS memory, correction pairs kept (default: {transfer.LBFGS_HISTORY})")
+    p.add_argument("--seed", type=_int, metavar="N",
+                   help="seed of the noise initialisation (default: none, a different start each run)")
+    p.add_argument("--save-every", type=_int, metavar="N", default=0,
+                   help="every N evaluations, save the best image so far as OUT-stem_0050.png beside OUT "
+                        "(default: 0, off)")
+    p.add_argument("--log", metavar="FILE.csv",
+                   help="write the history as CSV: evaluation,seconds,loss,content,style,tv, one row per "
+                        "evaluation (default: none)")
+    _add_runtime(p)
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no summary line (default: off; the bar is shown only on a terminal)")
+
+
+def _add_runtime(p: argparse.ArgumentParser, device: bool = True) -> None:
+    if device:
+        p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="ONNX Runtime execution provider: cuda needs onnxruntime-gpu; auto uses CUDA when "
+                            "available (default: auto)")
+    p.add_argument("--model", metavar="PATH",
+                   help="features.onnx made by `nst export` (default: $NST_HOME/features.onnx, else "
+                        "~/.cache/nst/features.onnx)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nst", description="Optimization-based neural style transfer on ONNX Runtime "
+                                             "(SqueezeNet 1.1 features, CS231n losses).",
+                     epilog="Exit status: 0 ok, 2 bad input, 3 diverged (best finite image saved), "
+                            "130 interrupted (best image saved).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("stylize", help="paint CONTENT in the style of STYLE",
+                       description="Style transfer (Gatys et al.; CS231n's losses). Without CONTENT and STYLE, "
+                                   f"paints {DEFAULT_CONTENT.name} in the style of {DEFAULT_STYLE.name} from "
+                                   f"{DEFAULT_IMAGES} (when it exists).",
+                       epilog="Exit status: 0 ok, 2 bad input, 3 diverged (best finite image saved), "
+                              "130 interrupted (best image saved).")
+    p.add_argument("content", nargs="?", metavar="CONTENT",
+                   help=f"content image (default: {DEFAULT_CONTENT})")
+    p.add_argument("style", nargs="?", metavar="STYLE", help=f"style image (default: {DEFAULT_STYLE})")
+    _add_common(p, "stylize", "stylized.png")
+    p.set_defaults(func=_cmd_transfer, task="stylize")
+
+    p = sub.add_parser("invert", help="reconstruct CONTENT from its features (feature inversion)",
+                       description="Feature inversion: start from noise and match CONTENT's features at one "
+                                   "layer (style weights 0).",
+                       epilog="Exit status: 0 ok, 2 bad input, 3 diverged, 130 interrupted.")
+    p.add_argument("content", nargs="?", metavar="CONTENT", help=f"content image (default: {DEFAULT_CONTENT})")
+    _add_common(p, "invert", "inverted.png")
+    p.set_defaults(func=_cmd_transfer, task="invert", style=None)
+
+    p = sub.add_parser("texture", help="synthesise a texture with STYLE's Gram statistics",
+                       description="Texture synthesis: start from noise and match STYLE's Gram matrices "
+                                   "(content weight 0).",
+                       epilog="Exit status: 0 ok, 2 bad input, 3 diverged, 130 interrupted.")
+    p.add_argument("style", nargs="?", metavar="STYLE", help=f"style image (default: {DEFAULT_STYLE})")
+    _add_common(p, "texture", "texture.png")
+    p.set_defaults(func=_cmd_transfer, task="texture", content=None)
+
+    p = sub.add_parser("export", help="export SqueezeNet 1.1's feature taps to ONNX (needs torch)",
+                       description="Write features.onnx (SqueezeNet 1.1, 13 taps) atomically. Needs torch: "
+                                   "pip install 'nst-onnx[export]'.")
+    p.add_argument("--weights", metavar="FILE",
+                   help="torchvision-keyed .npz or .pth weights (default: download torchvision's published ones)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: $NST_HOME, else ~/.cache/nst)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("export-vjp", help="write a self-contained VJP model (image + cotangents -> dL/dx)",
+                       description="Write one ONNX model with inputs image and grad_features.K (one per tap) and "
+                                   "output grad_image = sum_K J_K^T grad_features.K, in standard ops, for hosts in "
+                                   "other languages.")
+    p.add_argument("--taps", type=_int_list, default=_int_list(CS231N_TAPS), metavar="L,L,..",
+                   help=f"feature taps (features indices 0..12) with a cotangent input (default: {CS231N_TAPS})")
+    p.add_argument("--height", type=_int, metavar="H", help="fix the image height (default: dynamic)")
+    p.add_argument("--width", type=_int, metavar="W", help="fix the image width (default: dynamic)")
+    p.add_argument("--out", metavar="FILE.onnx", default="vjp.onnx", help="output model (default: vjp.onnx)")
+    _add_runtime(p, device=False)
+    p.set_defaults(func=_cmd_export_vjp)
+
+    p = sub.add_parser("info", help="show the feature model's path, taps and metadata",
+                       description="Show the feature model's path, taps and metadata.")
+    _add_runtime(p, device=False)
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def _same_file(a, b) -> bool:
+    try:
+        if os.path.realpath(a) == os.path.realpath(b):
+            return True
+        return os.path.samefile(a, b)
+    except (OSError, TypeError):
+        return False
+
+
+def _check_not_input(path, inputs, what: str) -> None:
+    for inp in inputs:
+        if _same_file(path, inp):
+            raise NSTError(f"{path}: {what} would overwrite the input image {inp}")
+
+
+def _check_log_path(path: str, inputs) -> None:
+    if os.path.isdir(path) or path.endswith(os.sep):
+        raise NSTError(f"{path}: is a directory; give a log file name such as run.csv")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise NSTError(f"{path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise NSTError(f"{path}: directory {directory} is not writable")
+    _check_not_input(path, inputs, "the log")
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and os.replace."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise NSTError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_log(path: str, result) -> None:
+    columns = ("evaluation", "seconds", "loss", "content", "style", "tv")
+    lines = [",".join(columns)]
+    for rec in result.history:
+        row = [str(rec.evaluation), repr(float(rec.seconds)), repr(float(rec.loss))]
+        row += [repr(float(rec.parts.get(k, math.nan))) for k in columns[3:]]
+        lines.append(",".join(row))
+    _write_atomically(path, ("\n".join(lines) + "\n").encode())
+
+
+def _intermediate_path(out: str, evaluation: int, width: int) -> str:
+    stem, ext = os.path.splitext(out)
+    return f"{stem}_{evaluation:0{width}d}{ext}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def _default_image(given, default: Path, what: str) -> str:
+    if given is not None:
+        return given
+    if default.is_file():
+        return str(default)
+    raise NSTError(f"no {what} image given and the default {default} does not exist")
+
+
+def _problem_options(args) -> dict:
+    names = ("preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
+             "style_scale", "tv_weight", "init", "optimizer", "iterations", "lr", "history", "seed", "device",
+             "model")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def _cmd_transfer(args) -> int:
+    from nst_core import transfer
+    from nst_core.imageio import check_output_path, deprocess, save_image
+
+    task = args.task
+    options = _problem_options(args)
+    transfer.validate_options(task, **options)  # every option, before any file is touched
+    if args.save_every < 0:
+        raise NSTError(f"--save-every must be >= 0, got {args.save_every}")
+    content = _default_image(args.content, DEFAULT_CONTENT, "content") if task != "texture" else None
+    style = _default_image(args.style, DEFAULT_STYLE, "style") if task != "invert" else None
+    inputs = [p for p in (content, style) if p is not None]
+    out = args.output
+    check_output_path(out)
+    _check_not_input(out, inputs, "the output")
+    if args.log:
+        _check_log_path(args.log, inputs)
+        if _same_file(args.log, out) or os.path.abspath(args.log) == os.path.abspath(out):
+            raise NSTError(f"{args.log}: the log and the output image are the same file")
+
+    show_bar = not args.quiet and sys.stderr.isatty()
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+        bar = tqdm(total=args.iterations, file=sys.stderr, unit="eval", dynamic_ncols=True, leave=False)
+    width = max(4, len(str(args.iterations)))
+    best = {"loss": math.inf, "x": None}
+
+    def callback(record, x):
+        if math.isfinite(record.loss) and record.loss < best["loss"]:
+            best["loss"] = record.loss
+            if args.save_every:
+                best["x"] = x.copy()
+        if args.save_every and record.evaluation % args.save_every == 0 and best["x"] is not None:
+            try:
+                save_image(_intermediate_path(out, record.evaluation, width), deprocess(best["x"]), forbid=inputs)
+            except NSTError as exc:  # an intermediate must not end the run: warn once, stop saving them
+                args.save_every = 0
+                print(f"nst: warning: {_one_line(exc)}; no more intermediate images", file=sys.stderr)
+        if bar is not None:
+            bar.set_postfix_str(f"loss {record.loss:.4g}, best {best['loss']:.4g}", refresh=False)
+            bar.update(1)
+
+    run = {"stylize": lambda: transfer.stylize(content, style, callback=callback, **options),
+           "invert": lambda: transfer.invert(content, callback=callback, **options),
+           "texture": lambda: transfer.texture(style, callback=callback, **options)}[task]
+    start = time.perf_counter()
+    try:
+        image, result = run()
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - start
+
+    if args.log:
+        _write_log(args.log, result)
+    if result.status == "interrupted":
+        if result.best_evaluation is None:
+            print("nst: interrupted before the first evaluation; nothing saved", file=sys.stderr)
+        else:
+            save_image(out, image, forbid=inputs)
+            print(f"nst: interrupted after {result.n_evals} evaluations; saved the best image so far "
+                  f"(evaluation {result.best_evaluation}, loss {result.loss:.6g}) to {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if result.status == "nonfinite":
+        detail = result.message.split(";")[0]
+        detail = detail[len("stopped: "):] if detail.startswith("stopped: ") else detail
+        if result.best_evaluation is None:
+            print(f"nst: error: {detail}; no finite image to save (try smaller weights)", file=sys.stderr)
+        else:
+            save_image(out, image, forbid=inputs)
+            print(f"nst: error: {detail}; saved the best finite image (evaluation {result.best_evaluation}, "
+                  f"loss {result.loss:.6g}) to {out}", file=sys.stderr)
+        return EXIT_NONFINITE
+    save_image(out, image, forbid=inputs)
+    if not args.quiet:
+        parts = ", ".join(f"{k} {v:.4g}" for k, v in result.parts.items())
+        h, w = image.shape[:2]
+        print(f"wrote {out} ({w}x{h}): loss {result.loss:.6g} ({parts}), {result.n_evals} evaluations "
+              f"({result.optimizer}), {seconds:.1f} s")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    try:
+        from export.onnx_export import export_features
+    except ImportError as exc:
+        if "torch" in str(exc):
+            raise NSTError("nst export needs torch: pip install 'nst-onnx[export]'") from None
+        raise
+    from nst_core import model
+
+    out_dir = Path(args.out).expanduser() if args.out else model.cache_dir()
+    if args.weights and not Path(args.weights).expanduser().is_file():
+        raise NSTError(f"{args.weights}: no such weights file")
+    path = export_features(out_dir, weights=args.weights)
+    onnx_model = model.load_model(path)
+    taps = [o.name for o in onnx_model.graph.output]
+    print(f"wrote {path}")
+    print(f"taps: {', '.join(taps)}")
+    return 0
+
+
+def _fix_shapes(vjp, tap_names, height: int, width: int):
+    """Fix the VJP model's image / grad_image dims to [1,3,H,W] and each grad_<tap> to the tap's inferred shape."""
+    import onnx
+
+    def set_dims(vi, dims):
+        shape = vi.type.tensor_type.shape
+        shape.ClearField("dim")
+        for d in dims:
+            shape.dim.add().dim_value = int(d)
+
+    for vi in vjp.graph.input:
+        if vi.name == "image":
+            set_dims(vi, [1, 3, height, width])
+    inferred = onnx.shape_inference.infer_shapes(vjp, strict_mode=True)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    for vi in vjp.graph.input:
+        if vi.name.startswith("grad_"):
+            tap = vi.name[len("grad_"):]
+            dims = shapes.get(tap)
+            if not dims or not all(d > 0 for d in dims):
+                raise NSTError(f"cannot infer the shape of {tap} at {height}x{width}")
+            set_dims(vi, dims)
+    for vi in vjp.graph.output:
+        if vi.name == "grad_image":
+            set_dims(vi, [1, 3, height, width])
+    return vjp
+
+
+def _cmd_export_vjp(args) -> int:
+    import numpy as np
+    import onnx
+
+    from nst_core import model, transfer, vjp
+
+    taps = args.taps
+    if not taps:
+        raise NSTError("--taps needs at least one layer")
+    for t in taps:
+        transfer.check_layer(t, "tap")
+    if (args.height is None) != (args.width is None):
+        raise NSTError("give both --height and --width, or neither")
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise NSTError(f"--{name} must be >= 1, got {value}")
+    out = args.out
+    if not out.lower().endswith(".onnx"):
+        raise NSTError(f"{out}: the output must be an .onnx file")
+    directory = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(directory):
+        raise NSTError(f"{out}: directory {directory} does not exist")
+    path = model.find_model(args.model)
+    if _same_file(out, path):
+        raise NSTError(f"{out}: would overwrite the feature model")
+    names = [model.tap_name(t) for t in sorted(set(taps))]
+    onnx_model = model.load_model(path, names)
+    v = vjp.vjp_model(vjp.build_vjp(onnx_model, names))
+    if args.height is not None:
+        minimum = transfer.min_side(onnx_model, names)
+        if min(args.height, args.width) < minimum:
+            raise NSTError(f"{args.height}x{args.width} is too small for tap {names[-1]}: the network needs at "
+                           f"least {minimum} px on each side")
+        v = _fix_shapes(v, names, args.height, args.width)
+    try:
+        onnx.checker.check_model(v, full_check=True)
+    except Exception as exc:  # a bug rather than a user error, but say it in one line
+        raise NSTError(f"the VJP model fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    if args.height is not None:  # it must run at that size
+        sess = model.session(v, "cpu")
+        feeds = {}
+        for inp in sess.get_inputs():
+            feeds[inp.name] = np.zeros(inp.shape, np.float32)
+        sess.run(["grad_image"], feeds)
+    _write_atomically(out, v.SerializeToString())
+    shape = f"{args.height}x{args.width}" if args.height is not None else "dynamic H x W"
+    print(f"wrote {out}: inputs image [1,3,{shape}] + {', '.join(vjp.grad_name(n) for n in names)}; "
+          f"output grad_image")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from nst_core import model
+
+    path = model.find_model(args.model)
+    onnx_model = model.load_model(path)
+    taps = [o.name for o in onnx_model.graph.output]
+    print(f"model: {path} ({path.stat().st_size / 1e6:.1f} MB, {len(onnx_model.graph.node)} nodes, opset "
+          f"{max((o.version for o in onnx_model.opset_import if o.domain in ('', 'ai.onnx')), default='?')})")
+    print(f"taps: {', '.join(taps)}")
+    for key, value in model.metadata(onnx_model).items():
+        print(f"{key}: {value}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def main(argv=None) -> int:
+    """Run the ``nst`` command line; returns the exit status (see the module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except NSTError as exc:
+        print(f"nst: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("nst: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print("nst: error: out of memory; try a smaller --size or --style-size", file=sys.stderr)
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

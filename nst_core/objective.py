@@ -1,0 +1,151 @@
+"""The style-transfer objective: pixels -> (loss, gradient, loss components), the optimizers' hot loop.
+
+One evaluation at x (float64 [1, 3, H, W], ImageNet-normalised pixels)::
+
+    x32 = float32(x)                                    the only down-conversion
+    F   = network.forward(x32)                          ONNX Runtime, the taps in use
+    L_c, dL/dF_c   = content_loss(F[content], P, content_weight)          NumPy, nst_core.losses
+    L_s, dL/dF_l   = style_loss(F, A, style_weights)                      (Gram matrices, CS231n formulas)
+    dL/dx (network) = network.backward(dL/dF)           ONNX Runtime VJP, float32
+    L_t, dL/dx (TV) = tv_loss(x, tv_weight)             float64, on the pixels directly
+    grad = dL/dx (TV) + dL/dx (network)                 the only up-conversion (float32 added into float64)
+
+Layers are torchvision's indices into SqueezeNet 1.1's ``features`` (0..12); the network's taps are named
+``features.<layer>`` (``model.tap_name``). Target features and Gram matrices come from ``targets`` once per run.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .losses import content_loss, gram, style_loss, tv_loss
+from .model import tap_name
+
+__all__ = ["make_objective", "targets", "active_layers", "single_threaded_blas"]
+
+
+def single_threaded_blas():
+    """Context manager limiting NumPy's / SciPy's BLAS (OpenBLAS, MKL, ...) to one thread while it is active.
+
+    Measured on the 2-core development machine at 192 x 256 px: an evaluation took 360 ms with OpenBLAS's default
+    threads (its worker threads fight ONNX Runtime's for the cores; the style loss alone went from 9 ms to 270 ms)
+    and 51 ms with one BLAS thread. The Gram products are small, so one thread loses little. Uses threadpoolctl;
+    without it, a no-op."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def active_layers(content_layer: int, content_weight: float, style_layers: Sequence[int],
+                  style_weights: Sequence[float]) -> list[int]:
+    """The layers whose loss has a non-zero weight, sorted: the taps the network must compute and differentiate."""
+    layers = {int(layer) for layer, w in zip(style_layers, style_weights) if float(w) != 0.0}
+    if float(content_weight) != 0.0:
+        layers.add(int(content_layer))
+    return sorted(layers)
+
+
+def targets(network, content_x: Optional[np.ndarray], style_x: Optional[np.ndarray], content_layer: int,
+            style_layers: Sequence[int]) -> tuple[Optional[np.ndarray], dict]:
+    """Compute the loss targets once.
+
+    ``network``: a ``model.Network`` whose taps include ``content_layer`` (if ``content_x`` is given) and every
+    layer of ``style_layers`` (if ``style_x`` is given). ``content_x`` / ``style_x``: float32 [1, 3, h, w]
+    normalised images (sizes may differ), or None to skip that target.
+    Returns ``(content_features, grams)``: the content image's feature map at ``content_layer``
+    (float32 [1, C, h', w'], a copy) or None, and ``{layer: G}`` with G = gram(F_layer of the style image),
+    float32 [C_l, C_l] (empty if ``style_x`` is None or ``style_layers`` is empty).
+    """
+    content_features = None
+    if content_x is not None:
+        feats = network.forward(content_x)
+        content_features = np.array(feats[tap_name(content_layer)], dtype=np.float32, copy=True)
+    grams = {}
+    if style_x is not None and len(style_layers):
+        feats = network.forward(style_x)
+        for layer in style_layers:
+            grams[int(layer)] = gram(feats[tap_name(layer)])
+    return content_features, grams
+
+
+def make_objective(network, *, content_target: Optional[np.ndarray], content_layer: int, content_weight: float,
+                   style_targets: Mapping[int, np.ndarray], style_layers: Sequence[int],
+                   style_weights: Sequence[float], tv_weight: float) -> Callable:
+    """Build ``objective(x) -> (loss, grad, parts)`` for the optimizers in ``nst_core.optim``.
+
+    ``network``: ``model.Network`` with (at least) the taps of the weighted layers (see ``active_layers``); it may
+    be None when only ``tv_weight`` is non-zero, and is then never run. ``content_target``: float32
+    [1, C, h', w'] features of the content image at ``content_layer`` (from ``targets``; may be None when
+    ``content_weight`` is 0). ``style_targets``: {layer: Gram [C_l, C_l]} for every style layer with a non-zero
+    weight. ``style_weights``: one per entry of ``style_layers``. Weights are plain multipliers of the CS231n
+    loss terms (unitless).
+
+    The objective takes x float64 [1, 3, H, W] (normalised pixels; H, W those of the content target's image) and
+    returns ``(loss, grad, parts)``: loss a Python float, grad float64 [1, 3, H, W] = dloss/dx (a new array),
+    parts ``{"content": L_c, "style": L_s, "tv": L_t}``. Layers with zero weight are neither computed nor
+    differentiated; with no weighted layer the network is skipped entirely (only TV).
+    """
+    content_weight = float(content_weight)
+    tv_weight = float(tv_weight)
+    if len(style_layers) != len(style_weights):
+        raise ValueError(f"{len(style_layers)} style layers but {len(style_weights)} style weights")
+    content_tap = tap_name(content_layer)
+    use_content = content_weight != 0.0
+    if use_content and content_target is None:
+        raise ValueError("content_weight is non-zero but there is no content target")
+    # style weights and targets keyed by tap name; a layer listed twice adds its weights
+    s_weights: dict[str, float] = {}
+    s_targets: dict[str, np.ndarray] = {}
+    for layer, w in zip(style_layers, style_weights):
+        w = float(w)
+        if w == 0.0:
+            continue
+        name = tap_name(layer)
+        s_weights[name] = s_weights.get(name, 0.0) + w
+        if int(layer) not in style_targets:
+            raise ValueError(f"style layer {layer} has a weight but no target Gram matrix")
+        s_targets[name] = np.asarray(style_targets[int(layer)], dtype=np.float32)
+    uses_network = use_content or bool(s_weights)
+    if uses_network and network is None:
+        raise ValueError("the objective needs a network for its content / style terms")
+    net_taps = list(network.taps) if uses_network else []
+    needed = ({content_tap} if use_content else set()) | set(s_weights)
+    missing = needed - set(net_taps)
+    if missing:
+        raise ValueError(f"the network lacks the taps {sorted(missing)}")
+    content_target32 = None if content_target is None else np.asarray(content_target, dtype=np.float32)
+
+    def objective(x: np.ndarray):
+        l_content = l_style = 0.0
+        if uses_network:
+            feats = network.forward(x.astype(np.float32))
+            cotangents: dict[str, np.ndarray] = {}
+            if use_content:
+                l_content, cotangents[content_tap] = content_loss(feats[content_tap], content_target32,
+                                                                  content_weight)
+            if s_weights:
+                l_style, s_grads = style_loss(feats, s_targets, s_weights)
+                for name, g in s_grads.items():
+                    if name in cotangents:
+                        cotangents[name] = cotangents[name] + g
+                    else:
+                        cotangents[name] = g
+            for name in net_taps:  # taps of the network that carry no loss: zero cotangent
+                if name not in cotangents:
+                    cotangents[name] = np.zeros_like(feats[name])
+            grad_net = network.backward(cotangents)
+        if tv_weight != 0.0:
+            l_tv, grad = tv_loss(x, tv_weight)
+            if uses_network:
+                grad += grad_net
+        else:
+            l_tv = 0.0
+            grad = grad_net.astype(np.float64) if uses_network else np.zeros_like(x, dtype=np.float64)
+        loss = l_content + l_style + l_tv
+        return loss, grad, {"content": l_content, "style": l_style, "tv": l_tv}
+
+    return objective
