@@ -18,6 +18,7 @@ $(BIN)/nst: pyproject.toml
 
 demo: $(BIN)/nst
 	$(BIN)/nst export --weights $(SHARED)/weights/squeezenet1_1_imagenet.npz
+	mkdir -p out
 	$(BIN)/nst stylize -o out/stylized.png
 
 test: $(BIN)/nst
