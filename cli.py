@@ -145,8 +145,8 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str) -> None
     p.add_argument("--seed", type=_int, metavar="N",
                    help="seed of the noise initialisation (default: none, a different start each run)")
     p.add_argument("--save-every", type=_int, metavar="N", default=0,
-                   help="every N evaluations, save the best image so far as OUT-stem_0050.png beside OUT "
-                        "(default: 0, off)")
+                   help="every N evaluations, save the best image so far beside OUT, numbered by evaluation "
+                        f"(e.g. {Path(default_out).stem}_0050{Path(default_out).suffix}) (default: 0, off)")
     p.add_argument("--log", metavar="FILE.csv",
                    help="write the history as CSV: evaluation,seconds,loss,content,style,tv, one row per "
                         "evaluation (default: none)")

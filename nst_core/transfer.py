@@ -36,14 +36,14 @@ Options (keyword arguments; None means "the preset's value" / the default shown)
 
 Every option is validated before any image is decoded or any model loaded; problems raise ``NSTError`` with a
 one-line message. Networks (ONNX Runtime sessions) are cached per (model file, taps, device), so repeated calls in
-one process reuse them.
+one process reuse them; a cached network keeps the tensors of its last forward pass for the backward pass, so do not
+run two optimisations on the same (model, taps, device) from different threads at once.
 """
 from __future__ import annotations
 
 import math
 import numbers
 import os
-from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
