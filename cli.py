@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -43,7 +44,16 @@ EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``nst stylize: error: <message> (see nst stylize --help)``, exit 2."""
+    """argparse with one-line errors: ``nst stylize: error: <message> (see nst stylize --help)``, exit 2.
+
+    Values such as ``-1,2``, ``-inf``, ``-nan`` or ``-1e3`` are option VALUES (argparse would take them for
+    unknown options and say "expected one argument"), so that ``--style-weights -1,1,1,1`` reaches the
+    validation and gets its real error. No option of nst starts with a digit, '.', 'inf' or 'nan'.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(?:\d|\.\d|inf|nan)[\w.,+-]*$", re.IGNORECASE)
 
     def error(self, message):
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

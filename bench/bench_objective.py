@@ -42,17 +42,22 @@ def inputs(size: int, style_size: int | None = None):
 
 
 def ours_objective(size: int, style_size: int | None = None):
-    """(objective, x0 float64) of nst_core for the starry_night problem at `size`."""
+    """(objective, x0 float64) of nst_core for the starry_night problem at `size`; the objective runs with one
+    BLAS thread, as nst_core.transfer runs it (OpenBLAS's own threads fight ONNX Runtime's for the cores)."""
     import onnx
     from nst_core.model import Network, tap_name
-    from nst_core.objective import make_objective, targets
+    from nst_core.objective import make_objective, single_threaded_blas, targets
     from bench.common import features_model
     model = onnx.load(features_model(CACHE))
     layers = sorted({STARRY["content_layer"], *STARRY["style_layers"]})
     net = Network(model, [tap_name(k) for k in layers], device="cpu")
     cx, sx = inputs(size, style_size)
     ct, grams = targets(net, cx, sx, STARRY["content_layer"], STARRY["style_layers"])
-    obj = make_objective(net, content_target=ct, style_targets=grams, **STARRY)
+    inner = make_objective(net, content_target=ct, style_targets=grams, **STARRY)
+
+    def obj(x):
+        with single_threaded_blas():
+            return inner(x)
     return obj, cx.astype(np.float64)
 
 

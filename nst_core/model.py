@@ -155,23 +155,3 @@ class Network:
                 feeds[name] = self._saved[name]
         return self._bwd.run(["grad_image"], feeds)[0]
 
-
-def _probe_min_size(model: onnx.ModelProto, tap: str) -> int:
-    """Smallest square input side for which the network produces `tap` (found by running tiny inputs)."""
-    v = vjp.build_vjp(model, [tap], INPUT)
-    fwd, _ = vjp.split_models(v)
-    sess = session(fwd, "cpu", 1)
-    for side in range(1, 257):
-        try:
-            out = sess.run([tap], {INPUT: np.zeros((1, 3, side, side), np.float32)})[0]
-        except Exception:
-            continue
-        if out.size:
-            return side
-    raise NSTError(f"the model cannot compute {tap} at any size up to 256 px")
-
-
-def min_input_size(model: onnx.ModelProto, taps) -> int:
-    """Smallest image side (pixels) the model accepts for all of `taps`."""
-    deepest = max(taps, key=lambda t: int(t.rsplit(".", 1)[-1]) if t.rsplit(".", 1)[-1].isdigit() else 0)
-    return _probe_min_size(model, deepest)

@@ -41,9 +41,11 @@ run two optimisations on the same (model, taps, device) from different threads a
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -55,8 +57,8 @@ from .imageio import deprocess, open_image, pixel_bounds, preprocess
 from .objective import active_layers, make_objective, single_threaded_blas, targets
 from .presets import INVERSION, PRESETS, TEXTURE, default_style_scale, preset as _preset
 
-__all__ = ["stylize", "invert", "texture", "validate_options", "clear_cache", "NUM_LAYERS", "LBFGS_HISTORY",
-           "ADAM_LR", "GD_LR", "DEFAULT_ITERATIONS", "INITS", "DEVICES", "check_layer", "min_side"]
+__all__ = ["stylize", "invert", "texture", "prepare", "Problem", "validate_options", "clear_cache", "NUM_LAYERS",
+           "LBFGS_HISTORY", "ADAM_LR", "GD_LR", "DEFAULT_ITERATIONS", "INITS", "DEVICES", "check_layer", "min_side"]
 
 #: Layers are 0 .. NUM_LAYERS-1 (torchvision's SqueezeNet 1.1 ``features`` modules).
 NUM_LAYERS = 13
@@ -302,6 +304,15 @@ def _network(path, layers, device):
     return net, _MIN_SIZES[min_key]
 
 
+def _min_size(path, layers) -> int:
+    """Smallest input side (pixels) for which the model at ``path`` computes every one of ``layers`` (cached)."""
+    taps = tuple(_model.tap_name(k) for k in layers)
+    key = (_model_key(path), taps)
+    if key not in _MIN_SIZES:
+        _MIN_SIZES[key] = min_side(_model.load_model(path, taps), taps)
+    return _MIN_SIZES[key]
+
+
 def _open(source, what: str) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
@@ -336,8 +347,33 @@ def _optimise(objective, x0: np.ndarray, opt: dict) -> optim.Result:
                                   bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)), callback=callback)
 
 
-def _run(opt: dict, content=None, style=None) -> tuple[np.ndarray, optim.Result]:
-    """Shared by stylize / invert / texture once ``opt`` is validated: load, build the objective, optimise."""
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One prepared optimisation problem: everything an optimizer needs, built once, optimisable many times.
+
+    Attributes
+    ----------
+    objective : callable
+        ``objective(x) -> (loss, grad, parts)``: x float64 [1, 3, h, w] (ImageNet-normalised pixels), loss a
+        float, grad float64 [1, 3, h, w], parts ``{"content", "style", "tv"}`` (floats, unitless loss terms).
+    x0 : ndarray, float64 [1, 3, h, w], read-only
+        The start image (``options["init"]``), normalised; NOT yet clipped to ``bounds`` (each optimizer projects
+        its own copy onto its box).
+    bounds : (ndarray, ndarray), float64 [1, 3, h, w] each
+        The normalised [0, 1] pixel range (``imageio.pixel_bounds``), as L-BFGS-B and gradient descent use it.
+    options : dict
+        The validated options (``validate_options``); ``options["optimizer"]`` etc. say how ``stylize`` would
+        optimise it.
+    """
+
+    objective: Callable
+    x0: np.ndarray
+    bounds: tuple
+    options: dict
+
+
+def _prepare(opt: dict, content=None, style=None) -> Problem:
+    """Load the model and images, compute the targets and build the objective for validated options ``opt``."""
     model_path = _model.find_model(opt["model"])  # NSTError (how to make one) before decoding any image
     content_pil = _open(content, "content") if content is not None else None
     style_pil = _open(style, "style") if style is not None else None
@@ -346,11 +382,14 @@ def _run(opt: dict, content=None, style=None) -> tuple[np.ndarray, optim.Result]
     layers = active_layers(opt["content_layer"], opt["content_weight"], opt["style_layers"], style_weights)
     network = None
     if layers:
-        network, minimum = _network(model_path, layers, opt["device"])
-        _check_size(opt["size"], minimum, "size", layers)
+        # sizes first (graph arithmetic only), before the ORT sessions are built; the style image only goes
+        # through the style layers, so its minimum is theirs
+        _check_size(opt["size"], _min_size(model_path, layers), "size", layers)
         style_layers_used = [k for k, w in zip(opt["style_layers"], style_weights) if w]
         if style_layers_used:
-            _check_size(opt["style_size"], minimum, "style size", style_layers_used)
+            _check_size(opt["style_size"], _min_size(model_path, style_layers_used), "style size",
+                        style_layers_used)
+        network, _ = _network(model_path, layers, opt["device"])
 
     # the output's shape: the content image at `size`, or (texture) the style image at `size`
     base_x = preprocess(content_pil if content_pil is not None else style_pil, opt["size"])
@@ -378,9 +417,33 @@ def _run(opt: dict, content=None, style=None) -> tuple[np.ndarray, optim.Result]
                                content_weight=opt["content_weight"], style_targets=grams,
                                style_layers=opt["style_layers"], style_weights=style_weights,
                                tv_weight=opt["tv_weight"])
+    x0.flags.writeable = False
+    lo, hi = pixel_bounds(x0.shape)
+    return Problem(objective=objective, x0=x0, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)), options=opt)
+
+
+def prepare(task: str, content=None, style=None, **options) -> Problem:
+    """Validate ``options`` (see the module docstring) and build the problem of ``task`` without optimising it.
+
+    ``task``: "stylize" (needs ``content`` and ``style``), "invert" (``content``) or "texture" (``style``); images
+    are paths or PIL images. Returns a ``Problem`` whose objective and start image several optimizers can share
+    (``nst_core.compare`` does); ``stylize(...)`` is ``prepare("stylize", ...)`` followed by the optimizer of
+    ``options["optimizer"]``. Raises ``NSTError`` like ``stylize``.
+    """
+    opt = validate_options(task, **options)
+    if task != "texture" and content is None:
+        raise NSTError(f"{task} needs a content image")
+    if task != "invert" and style is None:
+        raise NSTError(f"{task} needs a style image")
+    return _prepare(opt, content=content if task != "texture" else None, style=style if task != "invert" else None)
+
+
+def _run(opt: dict, content=None, style=None) -> tuple[np.ndarray, optim.Result]:
+    """Shared by stylize / invert / texture once ``opt`` is validated: prepare the problem, optimise it."""
+    problem = _prepare(opt, content=content, style=style)
     # overflow to inf / NaN is detected by the optimizers (status "nonfinite"); no NumPy warnings on the way
     with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        result = _optimise(objective, x0, opt)
+        result = _optimise(problem.objective, problem.x0, opt)
     return deprocess(result.x), result
 
 
