@@ -24,6 +24,7 @@ looks like to a person. Transparent pixels therefore become white, half-transpar
 """
 from __future__ import annotations
 
+import io
 import numbers
 import os
 import re
@@ -309,7 +310,7 @@ def check_output_path(path) -> str:
 
     NSTError("<path>: <problem>") if: the path is an existing directory; its directory does not exist, is not a
     directory, or is not writable; an existing file there is read-only; the extension is missing, unknown, or
-    names a format Pillow cannot write.
+    names a format Pillow cannot write, or cannot write in RGB (checked by encoding a 2x2 image in memory).
     """
     name = os.fspath(path)
     if name == "" or name.endswith(os.sep) or os.path.isdir(name):
@@ -333,7 +334,15 @@ def check_output_path(path) -> str:
     if ext not in formats:
         fmt = {e.lower(): f for e, f in known.items()}[ext]
         raise NSTError(f"{name}: Pillow cannot write {fmt} files ('{ext}'); use e.g. .png or .jpg")
-    return formats[ext]
+    fmt = formats[ext]
+    # Some registered writers cannot encode an RGB image (XBM, MSP, Palm: 1-bit; BLP) or have no handler
+    # installed (BUFR, GRIB, HDF5, WMF): find out now with a tiny image, not after the optimisation.
+    try:
+        Image.new("RGB", (2, 2)).save(io.BytesIO(), format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
+    except Exception as exc:
+        raise NSTError(f"{name}: Pillow cannot write RGB images as {fmt} ({_one_line(exc)}); "
+                       "use e.g. .png or .jpg") from None
+    return fmt
 
 
 def _same_file(a: str, b) -> bool:

@@ -148,7 +148,10 @@ class Result:
     def best_evaluation(self) -> Optional[int]:
         """1-based number of the evaluation that produced ``x`` (None if no finite evaluation)."""
         best = None
-        for rec in self.history:
+        # a "nonfinite" run ends with the evaluation that failed; its loss can be finite with a NaN/inf gradient,
+        # and such a point is never kept as x
+        records = self.history[:-1] if self.status == "nonfinite" else self.history
+        for rec in records:
             if math.isfinite(rec.loss) and (best is None or rec.loss < best.loss):
                 best = rec
         return None if best is None else best.evaluation
