@@ -21,8 +21,10 @@ import argparse
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -89,14 +91,21 @@ def _fmt(values) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
-def _add_common(p: argparse.ArgumentParser, task: str, default_out: str) -> None:
-    """Options shared by stylize / invert / texture; the help of each names its default."""
+def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare: bool = False) -> None:
+    """Options shared by stylize / invert / texture; the help of each names its default. ``compare``: the problem
+    options of stylize for ``nst compare`` (-o is a directory; no --optimizer, --lr, --save-every, --log)."""
     from nst_core import presets, transfer
 
     sn = presets.PRESETS[presets.DEFAULT_PRESET]
     inv, tex = presets.INVERSION, presets.TEXTURE
-    p.add_argument("-o", "--output", metavar="OUT", default=default_out,
-                   help=f"output image; the format follows the extension (.png, .jpg, ...) (default: {default_out})")
+    if compare:
+        p.add_argument("-o", "--output", metavar="DIR", default=default_out,
+                       help="output directory for history.csv, loss.png, images.png, summary.md, summary.json and "
+                            f"the final images; created if missing, its parent must exist (default: {default_out})")
+    else:
+        p.add_argument("-o", "--output", metavar="OUT", default=default_out,
+                       help="output image; the format follows the extension (.png, .jpg, ...) "
+                            f"(default: {default_out})")
     if task == "stylize":
         p.add_argument("--preset", choices=tuple(presets.PRESETS), default=None,
                        help="CS231n parameter set: sizes, layers and weights; options given explicitly override it "
@@ -128,6 +137,8 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str) -> None
                        help=f"one weight >= 0 per style layer, in CS231n units (multiplied by --style-scale) "
                             f"(default: {pre}{_fmt(src['style_weights'])})")
         scales = ", ".join(f"{k} {v:g}" for k, v in presets.DEFAULT_STYLE_SCALE.items())
+        if compare:
+            scales = "1, CS231n's exact objective, the one its Adam recipe was tuned for; one value for all optimizers"
         p.add_argument("--style-scale", type=_float, metavar="S",
                        help="multiplies every style weight: CS231n's weights were tuned for its Adam recipe; "
                             f"optimizers that minimise the loss need larger ones (default: {scales})")
@@ -140,29 +151,33 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str) -> None
     p.add_argument("--init", choices=inits, default=None,
                    help="start image: the content image, noise (uniform(0,1) in normalised space, CS231n's "
                         f"init_random) or the style image resized to the output (default: {inits[0]})")
-    p.add_argument("--optimizer", choices=("lbfgs", "adam", "gd"), default="lbfgs",
-                   help="lbfgs: SciPy L-BFGS-B within the valid pixel range; adam: the CS231n recipe; gd: "
-                        "projected gradient descent (default: lbfgs)")
+    if not compare:
+        p.add_argument("--optimizer", choices=("lbfgs", "adam", "gd"), default="lbfgs",
+                       help="lbfgs: SciPy L-BFGS-B within the valid pixel range; adam: the CS231n recipe; gd: "
+                            "projected gradient descent (default: lbfgs)")
     p.add_argument("--iterations", type=_int, metavar="N", default=transfer.DEFAULT_ITERATIONS,
                    help="objective evaluations (forward + backward passes), not optimizer iterations "
                         f"(default: {transfer.DEFAULT_ITERATIONS})")
-    p.add_argument("--lr", type=_float, metavar="LR",
-                   help=f"adam: initial learning rate, lr/30 from 90%% of the evaluations on (default: "
-                        f"{transfer.ADAM_LR:g}, CS231n); gd: step size (default: {transfer.GD_LR:g}); "
-                        "not used by lbfgs")
+    if not compare:
+        p.add_argument("--lr", type=_float, metavar="LR",
+                       help=f"adam: initial learning rate, lr/30 from 90%% of the evaluations on (default: "
+                            f"{transfer.ADAM_LR:g}, CS231n); gd: step size (default: {transfer.GD_LR:g}); "
+                            "not used by lbfgs")
     p.add_argument("--history", type=_int, metavar="M",
                    help=f"L-BFGS memory, correction pairs kept (default: {transfer.LBFGS_HISTORY})")
     p.add_argument("--seed", type=_int, metavar="N",
                    help="seed of the noise initialisation (default: none, a different start each run)")
-    p.add_argument("--save-every", type=_int, metavar="N", default=0,
-                   help="every N evaluations, save the best image so far beside OUT, numbered by evaluation "
-                        f"(e.g. {Path(default_out).stem}_0050{Path(default_out).suffix}) (default: 0, off)")
-    p.add_argument("--log", metavar="FILE.csv",
-                   help="write the history as CSV: evaluation,seconds,loss,content,style,tv, one row per "
-                        "evaluation (default: none)")
+    if not compare:
+        p.add_argument("--save-every", type=_int, metavar="N", default=0,
+                       help="every N evaluations, save the best image so far beside OUT, numbered by evaluation "
+                            f"(e.g. {Path(default_out).stem}_0050{Path(default_out).suffix}) (default: 0, off)")
+        p.add_argument("--log", metavar="FILE.csv",
+                       help="write the history as CSV: evaluation,seconds,loss,content,style,tv, one row per "
+                            "evaluation (default: none)")
     _add_runtime(p)
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress bar and no summary line (default: off; the bar is shown only on a terminal)")
+                   help="no progress lines and no summary table (default: off)" if compare else
+                   "no progress bar and no summary line (default: off; the bar is shown only on a terminal)")
 
 
 def _add_runtime(p: argparse.ArgumentParser, device: bool = True) -> None:
@@ -210,6 +225,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("style", nargs="?", metavar="STYLE", help=f"style image (default: {DEFAULT_STYLE})")
     _add_common(p, "texture", "texture.png")
     p.set_defaults(func=_cmd_transfer, task="texture", content=None)
+
+    p = sub.add_parser("compare", help="run several optimizers on the same problem and compare them",
+                       description="Run L-BFGS, Adam (the CS231n recipe, and plain Adam at given rates) and gradient "
+                                   "descent on the same style-transfer objective, start image and budget of objective "
+                                   "evaluations; write history.csv, loss.png, images.png, summary.md, summary.json "
+                                   "and each optimizer's final image into DIR.",
+                       epilog="Exit status: 0 ok (also when an optimizer diverges: the summary says so), 2 bad input, "
+                              "130 interrupted (the optimizers finished before Ctrl-C are written).")
+    p.add_argument("content", nargs="?", metavar="CONTENT", help=f"content image (default: {DEFAULT_CONTENT})")
+    p.add_argument("style", nargs="?", metavar="STYLE", help=f"style image (default: {DEFAULT_STYLE})")
+    _add_common(p, "stylize", "compare", compare=True)
+    p.add_argument("--optimizers", metavar="NAME,..",
+                   help="comma-separated, run in this order: lbfgs (L-BFGS-B, --history), adam (the CS231n recipe), "
+                        "adam-lr (plain Adam at each --adam-lr), gd (gradient descent, --gd-lr) "
+                        "(default: lbfgs,adam,gd, plus adam-lr when --adam-lr is given)")
+    p.add_argument("--adam-lr", type=_float, action="append", dest="adam_lrs", metavar="LR",
+                   help="learning rate of a plain Adam run (fixed, no schedule, projected onto the pixel range); "
+                        "repeat for several, e.g. --adam-lr 0.03 --adam-lr 0.1 (default: none)")
+    p.add_argument("--gd-lr", type=_float, metavar="LR",
+                   help="gradient descent's fixed step (default: 0.002 at style scale <= 1, "
+                        "0.002 * scale^-0.8 above)")
+    p.add_argument("--checkpoints", type=_int_list, metavar="N,N,..", default=(10, 50),
+                   help="evaluations at which images.png shows each optimizer's best image so far, besides its final "
+                        "one (default: 10,50)")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("export", help="export SqueezeNet 1.1's feature taps to ONNX (needs torch)",
                        description="Write features.onnx (SqueezeNet 1.1, 13 taps) atomically. Needs torch: "
@@ -412,6 +452,42 @@ def _cmd_transfer(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from nst_core import compare, transfer
+
+    content = _default_image(args.content, DEFAULT_CONTENT, "content")
+    style = _default_image(args.style, DEFAULT_STYLE, "style")
+    options = _problem_options(args)
+    iterations = options.pop("iterations", transfer.DEFAULT_ITERATIONS)
+    history = options.pop("history", transfer.LBFGS_HISTORY)
+    seed = options.pop("seed", None)
+    style_scale = options.pop("style_scale", 1.0)
+
+    def progress(line: str) -> None:
+        print(f"nst compare: {line}", file=sys.stderr, flush=True)
+
+    summary = compare.compare(content, style, args.output, optimizers=args.optimizers, iterations=iterations,
+                              seed=seed, lbfgs_history=history, adam_lrs=tuple(args.adam_lrs or ()),
+                              gd_lr=args.gd_lr, checkpoints=args.checkpoints, style_scale=style_scale,
+                              progress=None if args.quiet else progress, **options)
+    if summary["files"] and not summary["plots"]:
+        print(f"nst compare: note: matplotlib is not installed, so loss.png and images.png were not written; "
+              f"install it with: {compare.PLOTS_HINT}", file=sys.stderr)
+    if summary["interrupted"] is not None:
+        finished = list(summary["optimizers"])
+        if finished:
+            print(f"nst: interrupted during {summary['interrupted']}; wrote the finished optimizers "
+                  f"({', '.join(finished)}) to {args.output}", file=sys.stderr)
+        else:
+            print(f"nst: interrupted during {summary['interrupted']}; nothing finished, nothing written",
+                  file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if not args.quiet:
+        print(f"wrote {', '.join(summary['files'])} to {args.output}")
+        print("\n".join(compare.table(summary)))
+    return 0
+
+
 def _cmd_export(args) -> int:
     try:
         from export.onnx_export import export_features
@@ -537,10 +613,28 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv=None) -> int:
     """Run the ``nst`` command line; returns the exit status (see the module docstring)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        # Python's default behaviour, remembered: a Ctrl-C inside an import (NumPy, SciPy and ONNX while the parser
+        # is built, about a second; onnxruntime, torch later) can surface as an ImportError, or as the NSTError
+        # made from one ("onnxruntime is not installed"), instead of as a KeyboardInterrupt
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    ours = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if ours:
+        signal.signal(signal.SIGINT, on_sigint)
     try:
-        return args.func(args)
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            return args.func(args)
+        except Exception:
+            if interrupted:
+                raise KeyboardInterrupt from None
+            raise
     except NSTError as exc:
         print(f"nst: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_INPUT
@@ -550,6 +644,9 @@ def main(argv=None) -> int:
     except MemoryError:
         print("nst: error: out of memory; try a smaller --size or --style-size", file=sys.stderr)
         return EXIT_INPUT
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 if __name__ == "__main__":

@@ -382,13 +382,13 @@ def _prepare(opt: dict, content=None, style=None) -> Problem:
     layers = active_layers(opt["content_layer"], opt["content_weight"], opt["style_layers"], style_weights)
     network = None
     if layers:
-        # sizes first (graph arithmetic only), before the ORT sessions are built; the style image only goes
-        # through the style layers, so its minimum is theirs
-        _check_size(opt["size"], _min_size(model_path, layers), "size", layers)
-        style_layers_used = [k for k, w in zip(opt["style_layers"], style_weights) if w]
-        if style_layers_used:
-            _check_size(opt["style_size"], _min_size(model_path, style_layers_used), "style size",
-                        style_layers_used)
+        # sizes first (graph arithmetic only), before the ORT sessions are built. The style image goes through
+        # the same network, which computes every active layer (ORT can die with SIGFPE on an input too small for
+        # one of them), so its minimum is that of all the layers too.
+        minimum = _min_size(model_path, layers)
+        _check_size(opt["size"], minimum, "size", layers)
+        if any(style_weights):
+            _check_size(opt["style_size"], minimum, "style size", layers)
         network, _ = _network(model_path, layers, opt["device"])
 
     # the output's shape: the content image at `size`, or (texture) the style image at `size`
