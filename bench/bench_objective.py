@@ -95,6 +95,8 @@ def section_eval(sizes, repeats):
 def section_quality(sizes, evaluations=200):
     from nst_core import optim
     from nst_core.imageio import pixel_bounds
+    from nst_core.objective import single_threaded_blas
+    from nst_core.transfer import LBFGS_HISTORY
     rows = []
     for size in sizes:
         ref, loss_fn, cx = torch_objective(size)
@@ -109,8 +111,9 @@ def section_quality(sizes, evaluations=200):
                 reached.update(seconds=time.perf_counter() - start, evaluation=record.evaluation)
 
         start = time.perf_counter()
-        res = optim.lbfgs(obj, x0, evaluations, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)), history=100,
-                          callback=callback)
+        with single_threaded_blas():  # as nst_core.transfer runs the optimisation
+            res = optim.lbfgs(obj, x0, evaluations, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)),
+                              history=LBFGS_HISTORY, callback=callback)
         total = time.perf_counter() - start
         row = dict(size=size, torch_loss=target, torch_seconds=run["seconds"], ours_final_loss=res.loss,
                    ours_seconds_total=total, ours_seconds_to_torch_loss=reached.get("seconds"),
@@ -143,7 +146,19 @@ def _child(which: str, size: int) -> None:
     first = time.time() - t0
     for _ in range(n - 1):
         run()
-    print(json.dumps(dict(first_eval_s=first, maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+    print(json.dumps(dict(first_eval_s=first, maxrss_mb=_peak_rss_mb())))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (reset by exec, unlike ru_maxrss, which a child started from a
+    big parent inherits)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _spawn(which: str, size: int, evals: int) -> dict:
