@@ -23,7 +23,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -308,33 +307,6 @@ def _check_log_path(path: str, inputs) -> None:
     _check_not_input(path, inputs, "the log")
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and os.replace."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise NSTError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _write_log(path: str, result) -> None:
     columns = ("evaluation", "seconds", "loss", "content", "style", "tv")
     lines = [",".join(columns)]
@@ -342,7 +314,8 @@ def _write_log(path: str, result) -> None:
         row = [str(rec.evaluation), repr(float(rec.seconds)), repr(float(rec.loss))]
         row += [repr(float(rec.parts.get(k, math.nan))) for k in columns[3:]]
         lines.append(",".join(row))
-    _write_atomically(path, ("\n".join(lines) + "\n").encode())
+    from nst_core.imageio import write_bytes
+    write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def _intermediate_path(out: str, evaluation: int, width: int) -> str:
@@ -582,7 +555,8 @@ def _cmd_export_vjp(args) -> int:
         for inp in sess.get_inputs():
             feeds[inp.name] = np.zeros(inp.shape, np.float32)
         sess.run(["grad_image"], feeds)
-    _write_atomically(out, v.SerializeToString())
+    from nst_core.imageio import write_bytes
+    write_bytes(out, v.SerializeToString())
     shape = f"{args.height}x{args.width}" if args.height is not None else "dynamic H x W"
     print(f"wrote {out}: inputs image [1,3,{shape}] + {', '.join(vjp.grad_name(n) for n in names)}; "
           f"output grad_image")

@@ -69,7 +69,6 @@ import math
 import numbers
 import os
 import platform
-import tempfile
 import time
 from typing import Callable, Optional, Sequence
 
@@ -78,7 +77,7 @@ import numpy as np
 from . import model as _model
 from . import optim, transfer
 from .errors import NSTError
-from .imageio import deprocess, save_image
+from .imageio import deprocess, save_image, write_bytes
 from .objective import single_threaded_blas
 from .presets import DEFAULT_PRESET
 
@@ -213,32 +212,6 @@ def _same_file(a: str, b) -> bool:
         return os.path.realpath(a) == os.path.realpath(b) or os.path.samefile(a, b)
     except OSError:
         return False
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same directory, fsync, ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    except OSError as exc:
-        raise NSTError(f"{path}: cannot create a file in {directory} ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise NSTError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
 
 
 def _csv(done: list) -> bytes:
@@ -650,7 +623,7 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
     files = []
 
     def write(name: str, data: bytes) -> None:
-        _write_bytes(os.path.join(directory, name), data)
+        write_bytes(os.path.join(directory, name), data)
         files.append(name)
 
     write("history.csv", _csv(done))
