@@ -71,3 +71,14 @@ def torch_squeezenet(weights_path: Path):
     for p in model.parameters():  # frozen: gradients w.r.t. the input image still work
         p.requires_grad_(False)
     return model
+
+
+@pytest.fixture(scope="session")
+def env(features_model: Path) -> dict:
+    """Environment for `nst` subprocesses: NST_HOME points at the session's exported model."""
+    import os
+
+    e = dict(os.environ)
+    e["NST_HOME"] = str(Path(features_model).parent)
+    e.pop("PYTHONWARNINGS", None)
+    return e

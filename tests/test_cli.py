@@ -2,7 +2,6 @@
 status 2, divergence (exit 3), Ctrl-C (exit 130 with the best image saved), export-vjp / info / export, and that
 the runtime never imports torch."""
 import csv
-import os
 import signal
 import subprocess
 import sys
@@ -16,14 +15,6 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(REPO / "cli.py")]
 FAST = ["--size", "64", "--iterations", "3", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def env(features_model):
-    e = dict(os.environ)
-    e["NST_HOME"] = str(Path(features_model).parent)
-    e.pop("PYTHONWARNINGS", None)
-    return e
 
 
 @pytest.fixture(scope="module")

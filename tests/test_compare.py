@@ -34,14 +34,6 @@ def paths(images_dir):
 
 
 @pytest.fixture(scope="module")
-def env(features_model):
-    e = dict(os.environ)
-    e["NST_HOME"] = str(Path(features_model).parent)
-    e.pop("PYTHONWARNINGS", None)
-    return e
-
-
-@pytest.fixture(scope="module")
 def runs(features_model, paths, tmp_path_factory):
     """The same comparison twice in one process: (summary, out_dir) of each."""
     out = []

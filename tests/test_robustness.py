@@ -96,14 +96,6 @@ def colours(path):
 
 
 @pytest.fixture(scope="module")
-def env(features_model):
-    e = dict(os.environ)
-    e["NST_HOME"] = str(Path(features_model).parent)
-    e.pop("PYTHONWARNINGS", None)
-    return e
-
-
-@pytest.fixture(scope="module")
 def cases(tmp_path_factory):
     """Directory with one generated file per input-image case (content 60x40 w x h unless said otherwise)."""
     d = tmp_path_factory.mktemp("images")
