@@ -387,29 +387,42 @@ def save_image(path, rgb_uint8: np.ndarray, forbid=()) -> None:
             raise NSTError(f"{name}: refusing to overwrite the input image {os.fspath(other)}")
     fmt = check_output_path(name)
     image = Image.fromarray(np.ascontiguousarray(arr))
-    directory = os.path.dirname(os.path.abspath(name))
-    ext = os.path.splitext(name)[1]
-    mode = _new_file_mode(name)
+    buffer = io.BytesIO()
+    try:  # encode in memory first: an encoder failure never touches the file system
+        image.save(buffer, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise NSTError(f"{name}: cannot write {fmt} image ({_one_line(text)})") from None
+    write_bytes(name, buffer.getvalue())
 
+
+def write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same directory (same extension), fsync,
+    ``os.replace``, then fsync of the directory. ``path`` holds either its old content or all of ``data``; the
+    temporary file is removed on any failure, KeyboardInterrupt included. A replaced file keeps its permission bits.
+    Problems raise NSTError("<path>: <problem>")."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    mode = _new_file_mode(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(name) + ".", suffix=ext)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
+                                   suffix=os.path.splitext(path)[1] or ".tmp")
     except OSError as exc:
-        raise NSTError(f"{name}: cannot create a file in {directory} ({_one_line(exc.strerror or exc)})") from None
+        raise NSTError(f"{path}: cannot create a file in {directory} ({_one_line(exc.strerror or exc)})") from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
             os.fchmod(handle.fileno(), mode)
-        os.replace(tmp, name)
+        os.replace(tmp, path)
     except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(exc, (OSError, ValueError, KeyError, TypeError)):
-            text = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise NSTError(f"{name}: cannot write {fmt} image ({_one_line(text)})") from None
+        if isinstance(exc, OSError):
+            raise NSTError(f"{path}: cannot write ({_one_line(exc.strerror or exc)})") from None
         raise
     try:  # make the rename durable; not possible on every platform / file system
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -419,29 +432,3 @@ def save_image(path, rgb_uint8: np.ndarray, forbid=()) -> None:
             os.close(dir_fd)
     except OSError:
         pass
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same directory, fsync, ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    except OSError as exc:
-        raise NSTError(f"{path}: cannot create a file in {directory} ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise NSTError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
