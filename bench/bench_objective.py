@@ -4,7 +4,8 @@
 
 Sections (all on CS231n's starry_night objective: Tübingen, Starry Night at the same size, content layer 3,
 style layers 1,4,6,7 with weights 3e5,1e3,15,3, TV 2e-2; the same weights file for both):
-  eval     time per objective evaluation (forward + losses + gradient): medians and ratio ours/torch
+  eval     time per objective evaluation (forward + losses + gradient): medians and ratio ours/torch, for our
+           default one-session objective and for the split path (forward / NumPy losses / backward)
   quality  wall time for our L-BFGS to reach the loss torch.optim.LBFGS (history 100, no line search, no early
            stop) reaches in 200 evaluations from the content image; ratio of wall times
   memory   peak resident memory (ru_maxrss of a fresh process doing 3 evaluations) at 1024 and 2048 px
@@ -41,9 +42,10 @@ def inputs(size: int, style_size: int | None = None):
             preprocess(open_image(IMAGES / "starry_night.jpg"), style_size or size))
 
 
-def ours_objective(size: int, style_size: int | None = None):
+def ours_objective(size: int, style_size: int | None = None, fused: bool = True):
     """(objective, x0 float64) of nst_core for the starry_night problem at `size`; the objective runs with one
-    BLAS thread, as nst_core.transfer runs it (OpenBLAS's own threads fight ONNX Runtime's for the cores)."""
+    BLAS thread, as nst_core.transfer runs it (OpenBLAS's own threads fight ONNX Runtime's for the cores).
+    fused: the default one-session objective (True) or the split forward / NumPy losses / backward path."""
     import onnx
     from nst_core.model import Network, tap_name
     from nst_core.objective import make_objective, single_threaded_blas, targets
@@ -53,7 +55,7 @@ def ours_objective(size: int, style_size: int | None = None):
     net = Network(model, [tap_name(k) for k in layers], device="cpu")
     cx, sx = inputs(size, style_size)
     ct, grams = targets(net, cx, sx, STARRY["content_layer"], STARRY["style_layers"])
-    inner = make_objective(net, content_target=ct, style_targets=grams, **STARRY)
+    inner = make_objective(net, content_target=ct, style_targets=grams, fused=fused, **STARRY)
 
     def obj(x):
         with single_threaded_blas():
@@ -76,6 +78,7 @@ def section_eval(sizes, repeats):
     for size in sizes:
         reps = repeats if size <= 1024 else max(2, repeats // 2)
         obj, x0 = ours_objective(size)
+        split, _ = ours_objective(size, fused=False)
         _, loss_fn, cx = torch_objective(size)
 
         def reference():
@@ -84,11 +87,14 @@ def section_eval(sizes, repeats):
             total.backward()
 
         t_ours = median_time(lambda: obj(x0), reps)
+        t_split = median_time(lambda: split(x0), reps)
         t_torch = median_time(reference, reps)
-        rows.append(dict(size=size, shape=list(x0.shape[2:]), ours_s=t_ours, torch_s=t_torch, ratio=t_ours / t_torch))
-        print(f"  eval {size:5d} px {x0.shape[2]}x{x0.shape[3]}: ours {t_ours*1e3:8.1f} ms | torch "
-              f"{t_torch*1e3:8.1f} ms | ratio {t_ours/t_torch:.2f}", flush=True)
-        del obj, loss_fn
+        rows.append(dict(size=size, shape=list(x0.shape[2:]), ours_s=t_ours, ours_split_s=t_split, torch_s=t_torch,
+                         ratio=t_ours / t_torch, split_ratio=t_split / t_torch))
+        print(f"  eval {size:5d} px {x0.shape[2]}x{x0.shape[3]}: ours {t_ours*1e3:8.1f} ms (split path "
+              f"{t_split*1e3:.1f}) | torch {t_torch*1e3:8.1f} ms | ratio {t_ours/t_torch:.2f} (split "
+              f"{t_split/t_torch:.2f})", flush=True)
+        obj = split = loss_fn = None  # free this size before the next
     return rows
 
 

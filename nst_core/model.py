@@ -152,25 +152,43 @@ class Network:
     """The feature network with its VJP, for one set of taps.
 
     forward(x) runs the network once and keeps what the backward needs; backward(cotangents) then returns
-    dL/dx for that x. Arrays: x float32 [1,3,H,W] normalised; taps as returned by the model (float32)."""
+    dL/dx for that x. objective(...) instead runs forward, the CS231n losses and the VJP in one session
+    (``nst_core.lossgraph``). Arrays: x float32 [1,3,H,W] normalised; taps as returned by the model (float32).
+    Sessions are built on first use."""
 
     def __init__(self, model: onnx.ModelProto, taps, device: str = "auto", threads: int = 0,
                  maxpool: str = "scatter"):
         self.taps = list(dict.fromkeys(taps))
-        graph = vjp.build_vjp(model, self.taps, INPUT, maxpool=maxpool)
-        fwd, bwd = vjp.split_models(graph)
-        self._fwd = session(fwd, device, threads)
-        self._bwd = session(bwd, device, threads)
-        self._fwd_outputs = [o.name for o in fwd.graph.output]
-        self._bwd_inputs = [i.name for i in bwd.graph.input]
+        providers(device)  # NSTError now for a device this ORT build lacks
+        self._model, self._device, self._threads, self._maxpool = model, device, threads, maxpool
+        self._graph = vjp.build_vjp(model, self.taps, INPUT, maxpool=maxpool)  # UnsupportedOperator now
+        self._split = None  # (forward model, backward model)
+        self._fwd = self._bwd = None  # their sessions, each built on first use
+        self._objectives: dict[tuple, object] = {}
         self._saved: dict[str, np.ndarray] = {}
-        self._model = model
+
+    def _split_models(self):
+        if self._split is None:
+            self._split = vjp.split_models(self._graph)
+        return self._split
+
+    def _forward_session(self):
+        if self._fwd is None:
+            fwd = self._split_models()[0]
+            self._fwd = (session(fwd, self._device, self._threads), [o.name for o in fwd.graph.output])
+        return self._fwd
+
+    def features(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """{tap: features} for x [1,3,H,W], keeping nothing for a backward (the loss targets)."""
+        sess, _ = self._forward_session()
+        return dict(zip(self.taps, sess.run(self.taps, {INPUT: np.ascontiguousarray(x, dtype=np.float32)})))
 
     def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """{tap: features} for x [1,3,H,W]; remembers the tensors the next backward() needs."""
+        sess, outputs = self._forward_session()
         x = np.ascontiguousarray(x, dtype=np.float32)
-        outs = self._fwd.run(self._fwd_outputs, {INPUT: x})
-        self._saved = dict(zip(self._fwd_outputs, outs))
+        outs = sess.run(outputs, {INPUT: x})
+        self._saved = dict(zip(outputs, outs))
         self._saved[INPUT] = x
         return {t: self._saved[t] for t in self.taps}
 
@@ -178,11 +196,45 @@ class Network:
         """dL/dx [1,3,H,W] float32 at the last forward's x, given dL/d(tap) for each tap (same shapes)."""
         if not self._saved:
             raise RuntimeError("backward() before forward()")
+        if self._bwd is None:
+            bwd = self._split_models()[1]
+            self._bwd = (session(bwd, self._device, self._threads), [i.name for i in bwd.graph.input])
+        sess, inputs = self._bwd
         feeds = {}
-        for name in self._bwd_inputs:
+        for name in inputs:
             if name.startswith("grad_"):
                 feeds[name] = np.ascontiguousarray(cotangents[name[5:]], dtype=np.float32)
             else:
                 feeds[name] = self._saved[name]
-        return self._bwd.run(["grad_image"], feeds)[0]
+        return sess.run(["grad_image"], feeds)[0]
 
+    def objective(self, content_tap: str | None, content_target, content_weight: float, grams: dict,
+                  style_weights: dict):
+        """``run(x) -> (content_loss, style_loss, dL/dx)``: the network, the CS231n content and style losses and
+        their gradient in one ORT session (built once per (content_tap, style taps) and cached).
+
+        content_tap: a tap or None; content_target float32 of that tap's shape; grams {tap: float32 [C, C]};
+        style_weights {tap: w} (same keys). x float32 [1,3,H,W]; the losses are floats (float64 sums), dL/dx is
+        float32 [1,3,H,W] (a new array)."""
+        from . import lossgraph
+
+        style_taps = tuple(style_weights)
+        key = (content_tap, style_taps)
+        if key not in self._objectives:
+            model = lossgraph.objective_model(self._model, content_tap, style_taps, INPUT, maxpool=self._maxpool)
+            self._objectives[key] = session(model, self._device, self._threads)
+        sess = self._objectives[key]
+        feeds = {}
+        if content_tap:
+            feeds[lossgraph.CONTENT_TARGET] = np.ascontiguousarray(content_target, dtype=np.float32)
+            feeds[lossgraph.CONTENT_WEIGHT] = np.array(float(content_weight))
+        for tap in style_taps:
+            feeds[lossgraph.gram_input(tap)] = np.ascontiguousarray(grams[tap], dtype=np.float32)
+            feeds[lossgraph.style_weight_input(tap)] = np.array(float(style_weights[tap]))
+
+        def run(x: np.ndarray):
+            feeds[INPUT] = np.ascontiguousarray(x, dtype=np.float32)
+            l_content, l_style, grad = sess.run(list(lossgraph.OUTPUTS), feeds)
+            return float(l_content), float(l_style), grad
+
+        return run

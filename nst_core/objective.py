@@ -1,6 +1,6 @@
 """The style-transfer objective: pixels -> (loss, gradient, loss components), the optimizers' hot loop.
 
-One evaluation at x (float64 [1, 3, H, W], ImageNet-normalised pixels)::
+One evaluation at x (float64 [1, 3, H, W], ImageNet-normalised pixels), split path (``fused=False``)::
 
     x32 = float32(x)                                    the only down-conversion
     F   = network.forward(x32)                          ONNX Runtime, the taps in use
@@ -9,6 +9,9 @@ One evaluation at x (float64 [1, 3, H, W], ImageNet-normalised pixels)::
     dL/dx (network) = network.backward(dL/dF)           ONNX Runtime VJP, float32
     L_t, dL/dx (TV) = tv_loss(x, tv_weight)             float64, on the pixels directly
     grad = dL/dx (TV) + dL/dx (network)                 the only up-conversion (float32 added into float64)
+
+The default fused path replaces the three middle lines by one ONNX Runtime call of ``network.objective`` (the same
+formulas as ONNX nodes, ``nst_core.lossgraph``); TV stays in NumPy, in float64.
 
 Layers are torchvision's indices into SqueezeNet 1.1's ``features`` (0..12); the network's taps are named
 ``features.<layer>`` (``model.tap_name``). Target features and Gram matrices come from ``targets`` once per run.
@@ -53,7 +56,7 @@ def targets(network, content_x: Optional[np.ndarray], style_x: Optional[np.ndarr
             style_layers: Sequence[int]) -> tuple[Optional[np.ndarray], dict]:
     """Compute the loss targets once.
 
-    ``network``: a ``model.Network`` whose taps include ``content_layer`` (if ``content_x`` is given) and every
+    ``network``: a ``model.Network`` (its ``features`` method) whose taps include ``content_layer`` (if ``content_x`` is given) and every
     layer of ``style_layers`` (if ``style_x`` is given). ``content_x`` / ``style_x``: float32 [1, 3, h, w]
     normalised images (sizes may differ), or None to skip that target.
     Returns ``(content_features, grams)``: the content image's feature map at ``content_layer``
@@ -62,11 +65,11 @@ def targets(network, content_x: Optional[np.ndarray], style_x: Optional[np.ndarr
     """
     content_features = None
     if content_x is not None:
-        feats = network.forward(content_x)
+        feats = network.features(content_x)
         content_features = np.array(feats[tap_name(content_layer)], dtype=np.float32, copy=True)
     grams = {}
     if style_x is not None and len(style_layers):
-        feats = network.forward(style_x)
+        feats = network.features(style_x)
         for layer in style_layers:
             grams[int(layer)] = gram(feats[tap_name(layer)])
     return content_features, grams
@@ -74,7 +77,7 @@ def targets(network, content_x: Optional[np.ndarray], style_x: Optional[np.ndarr
 
 def make_objective(network, *, content_target: Optional[np.ndarray], content_layer: int, content_weight: float,
                    style_targets: Mapping[int, np.ndarray], style_layers: Sequence[int],
-                   style_weights: Sequence[float], tv_weight: float) -> Callable:
+                   style_weights: Sequence[float], tv_weight: float, fused: bool = True) -> Callable:
     """Build ``objective(x) -> (loss, grad, parts)`` for the optimizers in ``nst_core.optim``.
 
     ``network``: ``model.Network`` with (at least) the taps of the weighted layers (see ``active_layers``); it may
@@ -88,6 +91,11 @@ def make_objective(network, *, content_target: Optional[np.ndarray], content_lay
     returns ``(loss, grad, parts)``: loss a Python float, grad float64 [1, 3, H, W] = dloss/dx (a new array),
     parts ``{"content": L_c, "style": L_s, "tv": L_t}``. Layers with zero weight are neither computed nor
     differentiated; with no weighted layer the network is skipped entirely (only TV).
+
+    fused: True (default) runs the network, the content and style losses and their gradient in ONE ONNX Runtime
+    session (``Network.objective``, ``nst_core.lossgraph``): the Gram products then use ORT's threads and the
+    feature maps stay inside ORT (0.83x the split path's time per evaluation at 512 px, bench_objective.py).
+    False runs the split path of the module docstring, with the NumPy losses of ``nst_core.losses``.
     """
     content_weight = float(content_weight)
     tv_weight = float(tv_weight)
@@ -119,25 +127,35 @@ def make_objective(network, *, content_target: Optional[np.ndarray], content_lay
         raise ValueError(f"the network lacks the taps {sorted(missing)}")
     content_target32 = None if content_target is None else np.asarray(content_target, dtype=np.float32)
 
+    def split_terms(x32: np.ndarray):
+        """Content and style losses and their gradient dL/dx float32 through the split path: ORT forward, the
+        NumPy losses of nst_core.losses, ORT backward."""
+        l_content = l_style = 0.0
+        feats = network.forward(x32)
+        cotangents: dict[str, np.ndarray] = {}
+        if use_content:
+            l_content, cotangents[content_tap] = content_loss(feats[content_tap], content_target32, content_weight)
+        if s_weights:
+            l_style, s_grads = style_loss(feats, s_targets, s_weights)
+            for name, g in s_grads.items():
+                if name in cotangents:
+                    cotangents[name] = cotangents[name] + g
+                else:
+                    cotangents[name] = g
+        for name in net_taps:  # taps of the network that carry no loss: zero cotangent
+            if name not in cotangents:
+                cotangents[name] = np.zeros_like(feats[name])
+        return l_content, l_style, network.backward(cotangents)
+
+    network_terms = split_terms
+    if uses_network and fused:
+        network_terms = network.objective(content_tap if use_content else None, content_target32, content_weight,
+                                           s_targets, s_weights)
+
     def objective(x: np.ndarray):
         l_content = l_style = 0.0
         if uses_network:
-            feats = network.forward(x.astype(np.float32))
-            cotangents: dict[str, np.ndarray] = {}
-            if use_content:
-                l_content, cotangents[content_tap] = content_loss(feats[content_tap], content_target32,
-                                                                  content_weight)
-            if s_weights:
-                l_style, s_grads = style_loss(feats, s_targets, s_weights)
-                for name, g in s_grads.items():
-                    if name in cotangents:
-                        cotangents[name] = cotangents[name] + g
-                    else:
-                        cotangents[name] = g
-            for name in net_taps:  # taps of the network that carry no loss: zero cotangent
-                if name not in cotangents:
-                    cotangents[name] = np.zeros_like(feats[name])
-            grad_net = network.backward(cotangents)
+            l_content, l_style, grad_net = network_terms(x.astype(np.float32))
         if tv_weight != 0.0:
             l_tv, grad = tv_loss(x, tv_weight)
             if uses_network:

@@ -39,13 +39,13 @@ def net64(torch_squeezenet):
     return as_dtype(torch_squeezenet, torch.float64)
 
 
-def ours(features_model, content, style, params, taps=None):
+def ours(features_model, content, style, params, taps=None, fused=True):
     layers = active_layers(params["content_layer"], params["content_weight"], params["style_layers"],
                            params["style_weights"])
     network = Network(onnx.load(features_model), [tap_name(k) for k in (taps or layers)], device="cpu")
     p_target, grams = targets(network, content, style, params["content_layer"],
                               [k for k, w in zip(params["style_layers"], params["style_weights"]) if w])
-    return make_objective(network, content_target=p_target, style_targets=grams, **params)
+    return make_objective(network, content_target=p_target, style_targets=grams, fused=fused, **params)
 
 
 def figures(got, ref):
@@ -54,10 +54,11 @@ def figures(got, ref):
     return rel, off
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "split"])
 @pytest.mark.parametrize("params", [STARRY, SHARED_TAP], ids=["starry_night", "shared_tap"])
-def test_objective_matches_torch_float64(features_model, images, net64, params):
+def test_objective_matches_torch_float64(features_model, images, net64, params, fused):
     content, style, x = images
-    objective = ours(features_model, content, style, params)
+    objective = ours(features_model, content, style, params, fused=fused)
     loss, grad, parts = objective(x)
     assert grad.dtype == np.float64 and grad.shape == x.shape
     assert set(parts) == {"content", "style", "tv"}
@@ -75,14 +76,15 @@ def test_objective_matches_torch_float64(features_model, images, net64, params):
     assert off <= 0.02
 
 
-def test_objective_finite_differences(features_model, images):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "split"])
+def test_objective_finite_differences(features_model, images, fused):
     """Central differences of the objective along a random unit direction d vs grad . d.
 
     The objective is piecewise smooth (ReLU, max-pool): in float64 torch its central difference along this d moves
     from -30.5 (eps 1) to -27.5 (eps 0.1) to -28.2 (eps 1e-3) around the slope -28.27, while below eps ~5e-3 the
     float32 network's rounding (~1e-7 of the loss) dominates our difference. eps = 1e-2 is where both are small."""
     content, style, x = images
-    objective = ours(features_model, content, style, STARRY)
+    objective = ours(features_model, content, style, STARRY, fused=fused)
     _, grad, _ = objective(x)
     rng = np.random.default_rng(3)
     d = rng.standard_normal(x.shape)
