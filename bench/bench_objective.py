@@ -248,6 +248,9 @@ def main(argv=None):
     ap.add_argument("--skip", nargs="*", default=[], choices=["eval", "quality", "memory", "cold", "size"])
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if argv is None:  # run as `nst` runs: malloc with huge pages where possible (nst_core/memory.py)
+        from nst_core import memory
+        memory.reexec_with_huge_pages()
     if args.child:
         return _child(args.child[0], int(args.child[1]))
     from bench.common import features_model

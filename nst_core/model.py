@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import vjp
+from . import memory, vjp
 from .errors import NSTError
 
 MODEL_FILE = "features.onnx"
@@ -129,19 +129,19 @@ def _shared_arena(ort) -> bool:
 
 def session(model: onnx.ModelProto, device: str = "auto", threads: int = 0):
     """An ORT InferenceSession for `model`. Thread spinning is off: our forward and backward sessions alternate,
-    and spinning made that ~1.8x slower on 2 cores (DESIGN.md)."""
+    and spinning made that ~1.8x slower on 2 cores (DESIGN.md). The CPU memory arena: ``memory.arena_mode()``."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    mode = os.environ.get("NST_ORT_ARENA", "shared")
+    mode = memory.arena_mode()
     if mode == "off":
         opts.enable_cpu_mem_arena = False
     elif mode == "shared" and _shared_arena(ort):
-        # One arena for both sessions, grown by what is asked rather than by powers of two (ORT's default): peak
-        # memory at 2048 px fell from ~10 GB to ~4.5 GB (bench/bench_objective.py, memory), without the page-fault
-        # cost of no arena at all (2.5x slower per evaluation at 512 px).
+        # One arena for all sessions, grown by what is asked rather than by powers of two (ORT's default): peak
+        # memory at 2048 px fell from ~10 GB to ~6.6 GB, without the page-fault cost of no arena on 4 KiB pages
+        # (nst_core/memory.py has the measurements and when "off" is chosen instead).
         opts.add_session_config_entry("session.use_env_allocators", "1")
     if threads:
         opts.intra_op_num_threads = threads
