@@ -7,8 +7,9 @@ Given a forward model with input ``image`` [1,3,H,W] and outputs (taps) ``featur
 
 It is built in default-domain ONNX operators only, so it runs on every ONNX Runtime build and execution provider.
 Each forward operator type has one short rule in ``RULES``: given the node, the cotangent of each of its outputs
-and a builder to emit nodes, it returns the cotangent of each input. Spatial sizes stay dynamic: whatever depends
-on H and W is computed from ``Shape`` at run time.
+and a builder to emit nodes, it returns the cotangent of each input (a tensor, or a ``ScatterAdd`` for a sparse
+one such as a max pool's, which build_vjp adds into the input's other contributions). Spatial sizes stay dynamic:
+whatever depends on H and W is computed from ``Shape`` at run time.
 
 Two ways to use the result (both from the same backward nodes, see ``VJPGraph``):
 - ``vjp_model``: one self-contained model (forward nodes + backward nodes), for hosts in other languages;
@@ -197,7 +198,19 @@ def _fit(b: Builder, t: str, x: str, begin) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The rules: rule(b, node, grads_out) -> list of input cotangents (None where no gradient flows)
+# The rules: rule(b, node, grads_out) -> list of input cotangents (tensor names or ScatterAdds; None where no
+# gradient flows). grads_out are tensor names (None for an output without cotangent).
+
+
+@dataclass(frozen=True)
+class ScatterAdd:
+    """A sparse cotangent contribution, as a rule may return it: `updates` (1-D) added at the flat positions
+    `indices` (1-D int64) of a tensor shaped like `like`. build_vjp scatters it into the sum of the tensor's other
+    contributions (or into zeros when there are none): no zeros tensor and one full-size Sum fewer than a dense
+    contribution."""
+    indices: str
+    updates: str
+    like: str
 
 
 def _conv(b: Builder, node, g):
@@ -263,16 +276,15 @@ def _max_pool_masks(b: Builder, node, g):
 
 def _max_pool_scatter(b: Builder, node, g):
     """MaxPool backward by scatter-add to the arg-max: MaxPool's Indices output (flat positions in x, first
-    maximum of each window) recomputed from the saved input, then ScatterElements(reduction='add'), opset >= 16.
-    Measured faster than the mask formulation on ORT CPU (bench/bench_vjp.py --maxpool)."""
+    maximum of each window in row-major order) recomputed from the saved input; each window's cotangent is added
+    there by ScatterElements(reduction='add'), opset >= 16. Returned as a ScatterAdd: build_vjp scatters it into
+    the sum of x's other cotangent contributions (see _accumulate). Measured faster than the mask formulation on
+    ORT CPU (bench/bench_vjp.py --maxpool)."""
     x = node.input[0]
     attrs = {k: v for k, v in _attrs(node).items() if k != "storage_order"}
     _, idx = b.op("MaxPool", [x], "argmax", n_out=2, **attrs)
-    flat = b.op("Reshape", [g[0], b.ints([-1])], "flat")
-    zeros = b.op("Reshape", [b.zeros_like(x), b.ints([-1])], "flat")
-    gx = b.op("ScatterElements", [zeros, b.op("Reshape", [idx, b.ints([-1])]), flat], "pool_grad", axis=0,
-              reduction="add")
-    return [b.op("Reshape", [gx, b.op("Shape", [x])], "pool_grad")]
+    return [ScatterAdd(b.op("Reshape", [idx, b.ints([-1])], "flat"), b.op("Reshape", [g[0], b.ints([-1])], "flat"),
+                       x)]
 
 
 def _average_pool(b: Builder, node, g):
@@ -443,6 +455,22 @@ def _relu_after_concat(nodes: list, keep: set) -> list:
     return [n for n in out if id(n) not in dropped]
 
 
+def _accumulate(b: Builder, parts: list) -> str | None:
+    """The sum of a tensor's cotangent contributions (tensor names and ScatterAdds); None when there are none."""
+    dense = [p for p in parts if isinstance(p, str)]
+    sparse = [p for p in parts if isinstance(p, ScatterAdd)]
+    total = (dense[0] if len(dense) == 1 else b.op("Sum", dense, "accumulate")) if dense else None
+    if not sparse:
+        return total
+    shape = b.op("Shape", [dense[0] if dense else sparse[0].like], "shape")
+    if total is None:
+        total = b.op("ConstantOfShape", [shape], "zeros", value=numpy_helper.from_array(np.zeros(1, b.np_dtype)))
+    flat = b.op("Reshape", [total, b.ints([-1])], "flat")
+    for p in sparse:  # ORT runs ScatterElements in place on a data input that is not used elsewhere
+        flat = b.op("ScatterElements", [flat, p.indices, p.updates], "scatter_add", axis=0, reduction="add")
+    return b.op("Reshape", [flat, shape], "accumulate")
+
+
 def build_vjp(model: onnx.ModelProto, taps, input_name: str = "image", maxpool: str = "scatter") -> VJPGraph:
     """Build the backward nodes of `model` for the cotangents of `taps` (output names) w.r.t. `input_name`.
 
@@ -500,7 +528,7 @@ def build_vjp(model: onnx.ModelProto, taps, input_name: str = "image", maxpool: 
         shapes[name] = list(arr.shape)
 
     b = Builder(dtype, initializers, shapes, maxpool)
-    contributions: dict[str, list[str]] = {}
+    contributions: dict[str, list] = {}  # tensor -> its cotangent contributions (names and ScatterAdds)
     grad_inputs = []
     for tap in taps:
         if tap in active:
@@ -510,13 +538,7 @@ def build_vjp(model: onnx.ModelProto, taps, input_name: str = "image", maxpool: 
     for node in reversed(walk_nodes):
         if node.op_type == "Constant" or not any(i in active for i in node.input):
             continue
-        g_out = []
-        for o in node.output:
-            parts = contributions.pop(o, None)
-            if not parts:
-                g_out.append(None)
-            else:
-                g_out.append(parts[0] if len(parts) == 1 else b.op("Sum", parts, "accumulate"))
+        g_out = [_accumulate(b, contributions.pop(o, [])) for o in node.output]
         if all(g is None for g in g_out):
             continue
         rule = RULES.get(node.op_type)
@@ -529,9 +551,8 @@ def build_vjp(model: onnx.ModelProto, taps, input_name: str = "image", maxpool: 
             if gi is not None and inp in active:
                 contributions.setdefault(inp, []).append(gi)
 
-    parts = contributions.pop(input_name, [])
-    if parts:
-        final = parts[0] if len(parts) == 1 else b.op("Sum", parts, "accumulate")
+    final = _accumulate(b, contributions.pop(input_name, []))
+    if final is not None:
         b.nodes.append(helper.make_node("Identity", [final], ["grad_image"], name="grad_image"))
     else:  # no tap depends on the image
         b.nodes.append(helper.make_node("Mul", [input_name, b.const(0.0)], ["grad_image"], name="grad_image"))

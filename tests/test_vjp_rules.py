@@ -166,6 +166,96 @@ def test_max_pool_ties_go_to_first_element(maxpool):
     assert gx.sum() == pytest.approx(g.sum())  # each window hands out its gradient exactly once
 
 
+@pytest.mark.parametrize("maxpool", vjp.MAXPOOL_MODES)
+@pytest.mark.parametrize("pads", [0, 1])
+def test_max_pool_ties_at_the_ragged_edge(maxpool, pads):
+    """Flat regions (exact ties between positive values, as a flat image region gives after a ReLU) and windows
+    that run past the input (ceil_mode, even sizes): each window's gradient goes to its first maximum in row-major
+    order, exactly as torch's, also across planes (N=2, C=2: flat indices)."""
+    rng = np.random.default_rng(10)
+    x = rng.integers(0, 3, (2, 2, 8, 6)).astype(np.float32)  # small integers: many ties, positive and zero
+    x[0, 0] = 1.0  # a constant plane: every window is one tie
+    x[1, 1, :, 3:] = 2.0  # a plateau reaching the ragged right and bottom edges
+    attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[pads] * 4, ceil_mode=1)
+    model = one_op_model("MaxPool", x.shape, attrs=attrs)
+    fn = lambda t: F.max_pool2d(t, 3, 2, pads, ceil_mode=True)
+    g = rng.integers(1, 9, fn(torch.tensor(x)).shape).astype(np.float64)  # exact in float32 whatever the routing
+    gx, fo = run_vjp(model, x, [g], maxpool=maxpool)
+    y_ref, ref = torch_vjp(fn, x, g)
+    assert fo["out"].shape == y_ref.shape
+    np.testing.assert_array_equal(gx, ref)
+
+
+def _pool_after_relu(taps, second_pool=False, fan_out=False):
+    """image -> Relu -> r -> MaxPool(3, 2, ceil) -> p (+ r -> MaxPool(2, 2) -> q, + r -> Conv 1x1 -> c)."""
+    nodes = [helper.make_node("Relu", ["image"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)]
+    inits = {}
+    if second_pool:
+        nodes.append(helper.make_node("MaxPool", ["r"], ["q"], kernel_shape=[2, 2], strides=[2, 2]))
+    if fan_out:
+        inits["w"] = np.random.default_rng(11).standard_normal((4, 3, 1, 1)).astype(np.float32)
+        nodes.append(helper.make_node("Conv", ["r", "w"], ["c"], kernel_shape=[1, 1]))
+    x_info = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "H", "W"])
+    graph = helper.make_graph(nodes, "t", [x_info], [helper.make_tensor_value_info(t, TensorProto.FLOAT, None)
+                                                     for t in taps],
+                              initializer=[numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+    def fn(xt):
+        r = torch.relu(xt)
+        out = {"r": r, "p": F.max_pool2d(r, 3, 2, ceil_mode=True), "q": F.max_pool2d(r, 2, 2)}
+        if fan_out:
+            out["c"] = F.conv2d(r, torch.tensor(inits["w"], dtype=torch.float64))
+        return [out[t] for t in taps]
+    return model, fn
+
+
+@pytest.mark.parametrize("maxpool", vjp.MAXPOOL_MODES)
+@pytest.mark.parametrize("taps", [("p",), ("r", "p"), ("p", "q"), ("r", "p", "q", "c")],
+                         ids=["pool_only", "pool_input_tapped", "two_pools", "tap_pools_and_conv"])
+def test_max_pool_gradient_adds_to_other_contributions(maxpool, taps):
+    """The pool input's cotangent is the pool's scatter plus whatever else reaches it: nothing (scattered into
+    zeros), its own tap's cotangent (scattered into that, no zeros and no Sum), a second pool (two scatters),
+    a tap and a Conv (scattered into their sum). Plateaus of positive values make ties."""
+    model, fn = _pool_after_relu(taps, second_pool="q" in taps, fan_out="c" in taps)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 3, 9, 10)).astype(np.float32)
+    x[0, :, 2:7, 3:8] = 0.5
+    with torch.no_grad():
+        shapes = [o.shape for o in fn(torch.tensor(x, dtype=torch.float64))]
+    g = [rng.standard_normal(s) for s in shapes]
+    gx, _ = run_vjp(model, x, g, taps=taps, maxpool=maxpool)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    sum((o * torch.tensor(gi)).sum() for o, gi in zip(fn(xt), g)).backward()
+    assert rel_l2(gx, xt.grad.numpy()) <= RTOL
+    if maxpool == "scatter":
+        ops = [n.op_type for n in vjp.build_vjp(model, list(taps)).backward_nodes]
+        assert ops.count("ScatterElements") == 1 + ("q" in taps)
+        assert ("ConstantOfShape" in ops) == (taps == ("p",) or taps == ("p", "q"))  # zeros only with no other
+        assert "Sum" not in ops or "c" in taps  # a tap's cotangent is scattered into, not summed with
+
+
+def test_max_pool_on_the_image_with_another_use():
+    """The pool reads the image itself, which another op also reads: the scatter lands in grad_image's sum."""
+    nodes = [helper.make_node("MaxPool", ["image"], ["p"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+             helper.make_node("Relu", ["image"], ["r"])]
+    x_info = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 2, 7, 8])
+    graph = helper.make_graph(nodes, "t", [x_info], [helper.make_tensor_value_info(t, TensorProto.FLOAT, None)
+                                                     for t in ("p", "r")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((1, 2, 7, 8)).astype(np.float32)
+    gp, gr = rng.standard_normal((1, 2, 3, 4)), rng.standard_normal((1, 2, 7, 8))  # 3 x 4 windows, ceil_mode
+    gx, _ = run_vjp(model, x, [gp, gr], taps=("p", "r"))
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    ((F.max_pool2d(xt, 3, 2, ceil_mode=True) * torch.tensor(gp)).sum() + (torch.relu(xt) * torch.tensor(gr)).sum()
+     ).backward()
+    assert rel_l2(gx, xt.grad.numpy()) <= RTOL
+    ops = [n.op_type for n in vjp.build_vjp(model, ["p", "r"]).backward_nodes]
+    assert "ConstantOfShape" not in ops and "Sum" not in ops
+
+
 @pytest.mark.parametrize("case", POOL_CASES, ids=str)
 @pytest.mark.parametrize("include_pad", [0, 1])
 def test_average_pool(case, include_pad):

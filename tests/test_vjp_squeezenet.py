@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 
 CS231N = (1, 3, 4, 6, 7)
 ALL = tuple(range(13))
+UNTAPPED_POOL_INPUTS = (3, 7)  # features.1 and features.4 (the max pools' inputs) get no cotangent of their own
 MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
 
@@ -48,7 +49,7 @@ def nets(torch_squeezenet):
     return torch_squeezenet, copy.deepcopy(torch_squeezenet).double()
 
 
-@pytest.mark.parametrize("taps", [CS231N, ALL], ids=["cs231n", "all13"])
+@pytest.mark.parametrize("taps", [CS231N, ALL, UNTAPPED_POOL_INPUTS], ids=["cs231n", "all13", "taps3_7"])
 @pytest.mark.parametrize("hw", [(192, 256), (511, 383)], ids=["192x256", "511x383"])
 def test_squeezenet_vjp_matches_torch_float64(features_model, images_dir, nets, taps, hw):
     net32, net64 = nets
@@ -101,3 +102,15 @@ def test_pruned_to_deepest_tap(features_model):
     assert convs(model) == 25
     assert all("features.9" not in i and "features.1" + "0" not in i for n in full.graph.node for i in n.input)
     assert len(fwd.graph.node) < len(model.graph.node)
+
+
+@pytest.mark.parametrize("taps,zeros", [(CS231N, 0), (UNTAPPED_POOL_INPUTS, 2)], ids=["cs231n", "taps3_7"])
+def test_pool_gradients_scatter_into_the_tap_cotangents(features_model, taps, zeros):
+    """Both max pools' gradients are scattered into their input's other cotangent (the tap's own, when the pool
+    input is a tap): zeros tensors only where there is none, and no full-size Sum for the pool inputs."""
+    v = vjp.build_vjp(onnx.load(features_model), [tap_name(k) for k in taps])
+    ops = [n.op_type for n in v.backward_nodes]
+    assert ops.count("ScatterElements") == 2
+    assert ops.count("ConstantOfShape") == zeros
+    summed = {i for n in v.backward_nodes if n.op_type == "Sum" for i in n.input}
+    assert not summed & {vjp.grad_name("features.1"), vjp.grad_name("features.4")}
