@@ -1,4 +1,5 @@
-"""Tests of nst_core.optim: the shared evaluation wrapper, L-BFGS-B, Adam (CS231n recipe) and gradient descent.
+"""Tests of nst_core.optim: the shared evaluation wrapper, L-BFGS-B, L-BFGS in NumPy (two-loop), Adam (CS231n
+recipe) and gradient descent.
 
 References: torch.optim.Adam driven by the CS231n loop, torch.optim.LBFGS, and problems with known minima.
 """
@@ -10,11 +11,14 @@ import numpy as np
 import pytest
 
 from nst_core import optim
-from nst_core.optim import OPTIMIZERS, Record, Result, adam, gradient_descent, lbfgs
+from nst_core.optim import OPTIMIZERS, Record, Result, adam, gradient_descent, lbfgs, lbfgs_twoloop
 
 torch = pytest.importorskip("torch")
 
 SHAPE = (1, 3, 4, 5)
+
+# every optimizer the shared-convention tests run: the registered ones plus lbfgs_twoloop (not in OPTIMIZERS)
+ALL_OPTIMIZERS = {**OPTIMIZERS, "lbfgs_twoloop": lbfgs_twoloop}
 
 
 # ------------------------------------------------------------------------------------------------ test problems
@@ -120,7 +124,7 @@ def run(name, objective, x0, budget, **kw):
         kw.setdefault("lr", 0.01)
         kw.setdefault("decay_at", None)
         kw.setdefault("clamp", None)
-    return OPTIMIZERS[name](objective, x0, budget, **kw)
+    return ALL_OPTIMIZERS[name](objective, x0, budget, **kw)
 
 
 # ------------------------------------------------------------------------------------------------ Adam vs torch
@@ -206,7 +210,7 @@ def test_plain_adam_matches_torch():
     assert res.status == "budget"
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(ALL_OPTIMIZERS))
 def test_x_shape_read_only_and_x0_untouched(name):
     objective, _ = make_smooth_nonconvex()
     x0 = np.full(SHAPE, 2.0)
@@ -223,7 +227,7 @@ def test_x_shape_read_only_and_x0_untouched(name):
     assert res.x.shape == SHAPE and np.abs(res.x).max() <= 1.0
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(ALL_OPTIMIZERS))
 def test_objective_may_reuse_its_gradient_buffer(name):
     """An objective that returns the same output buffer every time (as an inference session may) gives the same
     run as one that returns fresh arrays."""
@@ -392,6 +396,201 @@ def test_lbfgs_at_least_as_good_as_torch_lbfgs_on_rosenbrock(n, budget):
     assert ours10.loss <= torch_best * 1.0 + 1e-12
 
 
+# ------------------------------------------------------------------------------------------------ L-BFGS two-loop
+
+def spd_quadratic(seed=0, n=30, cond=1e3):
+    """f(x) = 1/2 x'Ax - b'x with A SPD of condition number `cond`; the minimiser solves A x = b."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    a = (q * np.geomspace(1.0, cond, n)) @ q.T
+    b = rng.standard_normal(n)
+
+    def objective(x):
+        z = x.reshape(-1)
+        az = a @ z
+        return float(0.5 * z @ az - b @ z), (az - b).reshape(x.shape), {}
+
+    x_star = np.linalg.solve(a, b)
+    return objective, x_star, objective(x_star)[0]
+
+
+@pytest.mark.parametrize("step", ["fixed", "armijo"])
+def test_twoloop_quadratic_reaches_known_minimiser(step):
+    objective, x_star, f_star = spd_quadratic()
+    res = lbfgs_twoloop(objective, np.zeros((1, 3, 2, 5)), 400, step=step, history=10)
+    # fixed steps use gradients only; Armijo's test compares losses, which stop resolving progress once f - f* is
+    # near f's rounding error (it then stops: "no progress possible")
+    tol = 1e-9 if step == "fixed" else 1e-6
+    np.testing.assert_allclose(res.x.reshape(-1), x_star, rtol=0, atol=tol * np.abs(x_star).max())
+    assert res.loss == pytest.approx(f_star, rel=1e-12)
+    assert res.status == ("budget" if step == "fixed" else "converged")
+    assert res.x.shape == (1, 3, 2, 5) and res.optimizer == "lbfgs_twoloop"
+
+
+@pytest.mark.parametrize("step", ["fixed", "armijo"])
+@pytest.mark.parametrize("n", [2, 4, 10])
+def test_twoloop_rosenbrock_reaches_minimum(step, n):
+    x0 = rosenbrock_start(n)
+    res = lbfgs_twoloop(rosenbrock, x0, 1000, step=step)
+    assert res.loss < 1e-16
+    np.testing.assert_allclose(res.x, 1.0, atol=1e-7)
+    if step == "armijo":                     # accepted iterates only ever go down
+        assert res.info["iterations"] > 10
+        losses = res.history_columns()["loss"]
+        assert losses[-1] <= losses[0]
+
+
+def torch_fixed_step_iterates(objective, x0, budget, history_size, lr=1.0):
+    """The points torch.optim.LBFGS (no line search, every early stop disabled) evaluates, in float64."""
+    p = torch.tensor(x0, dtype=torch.float64).requires_grad_()
+    opt = torch.optim.LBFGS([p], lr=lr, max_iter=budget, max_eval=budget, tolerance_grad=-1, tolerance_change=-1,
+                            history_size=history_size, line_search_fn=None)
+    xs = []
+
+    def closure():
+        opt.zero_grad()
+        x = p.detach().numpy().copy()
+        xs.append(x)
+        f, g, _ = objective(x)
+        p.grad = torch.from_numpy(np.array(g, dtype=np.float64))
+        return torch.tensor(f, dtype=torch.float64)
+
+    opt.step(closure)
+    return xs
+
+
+@pytest.mark.parametrize("history, seed, lr, skips", [(3, 12, 0.7, 0), (100, 12, 0.7, 0), (2, 13, 1.0, 2)])
+def test_twoloop_fixed_step_takes_torch_lbfgs_iterates(history, seed, lr, skips):
+    """Same rule as torch.optim.LBFGS(line_search_fn=None): first step min(1, 1/|g|_1) lr, then lr; H0 = s'y/y'y;
+    pairs kept only if s'y > 1e-10 (a skipped pair leaves the stored ones intact, also with a full memory); the
+    oldest pair dropped when the memory is full (histories 2 and 3 exercise it)."""
+    objective, _ = make_smooth_nonconvex(seed=seed)
+    x0 = np.random.default_rng(13).uniform(-1.0, 1.0, SHAPE)
+    budget = 15                               # fixed steps on a nonconvex problem amplify rounding differences
+    ref = torch_fixed_step_iterates(objective, x0, budget, history, lr=lr)
+    seen = []
+    res = lbfgs_twoloop(objective, x0, budget, history=history, lr=lr, step="fixed", curvature_eps=1e-10,
+                        callback=lambda r, x: seen.append(np.array(x, copy=True)))
+    assert len(ref) == len(seen) == budget == res.n_evals
+    assert res.info["pairs_skipped"] == skips
+    assert res.info["pairs_stored"] + res.info["pairs_skipped"] == budget - 1
+    moved = [np.abs(b - a).max() for a, b in zip(ref, ref[1:])]
+    assert min(moved) > 1e-6                  # the iterates really move
+    for k, (a, b) in enumerate(zip(seen, ref)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10, err_msg=f"evaluation {k + 1}")
+
+
+@pytest.mark.parametrize("step", ["fixed", "armijo"])
+@pytest.mark.parametrize("budget", [0, 1, 2, 3, 7, 50])
+def test_twoloop_uses_exactly_the_budget(step, budget):
+    counted = Counting(rosenbrock)
+    x0 = rosenbrock_start(200).reshape(1, 2, 10, 10)
+    res = lbfgs_twoloop(counted, x0, budget, step=step, history=5)
+    assert counted.calls == budget == res.n_evals == len(res.history)
+    assert res.status == "budget"
+    if budget == 0:
+        assert np.array_equal(res.x, x0) and math.isnan(res.loss)
+    else:
+        assert res.loss == min(counted.losses)
+
+
+@pytest.mark.parametrize("step", ["fixed", "armijo"])
+def test_twoloop_bounded_quadratic_reaches_known_minimum_inside_bounds(step):
+    objective, lo, hi, x_star, f_star = bounded_quadratic()
+    shape = (1, 2, 3, 4)
+    x0 = np.random.default_rng(0).uniform(-3, 3, shape)       # partly outside the box: projected first
+    counted = Counting(objective)
+    res = lbfgs_twoloop(counted, x0, 300, bounds=(lo.reshape(shape), hi.reshape(shape)), step=step)
+    assert counted.calls == res.n_evals
+    for x in counted.xs:                                       # every evaluated point is inside the box
+        assert np.all(x.reshape(-1) >= lo) and np.all(x.reshape(-1) <= hi)
+    np.testing.assert_allclose(res.x.reshape(-1), x_star, atol=1e-7)
+    assert res.loss == pytest.approx(f_star, rel=1e-9, abs=1e-12)
+    at_bound = (np.arange(24) % 3) != 2
+    assert np.array_equal(res.x.reshape(-1)[at_bound], x_star[at_bound])   # active bounds hit exactly
+
+
+@pytest.mark.parametrize("step", ["fixed", "armijo"])
+def test_twoloop_scalar_bounds_on_nonconvex(step):
+    objective, _ = make_smooth_nonconvex(seed=8)
+    counted = Counting(objective)
+    res = lbfgs_twoloop(counted, np.full(SHAPE, 5.0), 60, bounds=(-0.25, 0.25), step=step)
+    assert counted.calls == res.n_evals
+    assert all(np.abs(x).max() <= 0.25 for x in counted.xs)
+    assert res.loss < objective(np.full(SHAPE, 0.25))[0]
+
+
+def test_twoloop_projected_gradient_zero_converges():
+    """Gradient pointing out of the box at the bound everywhere: x cannot move, stop after one evaluation."""
+    res = lbfgs_twoloop(lambda x: (float(np.sum(x)), np.ones_like(x), {}), np.full(6, 0.5), 50, bounds=(0.5, 1.0))
+    assert res.status == "converged" and res.n_evals == 1 and "projected gradient" in res.message
+
+
+def test_twoloop_zero_gradient_at_start_converges():
+    res = lbfgs_twoloop(lambda x: (1.0, np.zeros_like(x), {}), np.ones(SHAPE), 10)
+    assert res.status == "converged" and res.n_evals == 1
+
+
+def test_twoloop_armijo_wrong_gradient_stops_without_progress():
+    center = np.linspace(-1, 1, 12)
+
+    def wrong(x):
+        r = x - center
+        return float(r @ r), -2.0 * r, {}
+
+    x0 = np.zeros(12)
+    res = lbfgs_twoloop(wrong, x0, 500, step="armijo", max_backtracks=5)
+    assert res.status == "converged" and "no progress" in res.message
+    assert res.n_evals == 1 + 6 and res.info["iterations"] == 0
+    assert res.loss == wrong(x0)[0]
+    np.testing.assert_array_equal(res.x, x0)
+
+
+def test_twoloop_fixed_step_keeps_the_best_point_not_the_last():
+    """A fixed step that overshoots (lr 2.5 on sum(x^2): after the first pair H is exact and every step maps x to
+    -1.5 x): the loss goes up after evaluation 2; the result is the lowest evaluated point, not the last."""
+    counted = Counting(lambda x: (float(np.sum(x * x)), 2.0 * x, {}))
+    res = lbfgs_twoloop(counted, np.full(4, 3.0), 6, lr=2.5, step="fixed")
+    losses = np.array(counted.losses)
+    assert losses[-1] > losses.min()
+    k = int(np.argmin(losses))
+    assert res.loss == losses[k] and res.best_evaluation == k + 1
+    np.testing.assert_array_equal(res.x, counted.xs[k])
+
+
+def test_twoloop_armijo_backtracks_where_the_fixed_step_overshoots():
+    """lr 2.5 on sum(x^2) from 3: the scaled first step is accepted (x = 2.375), then H is exact and the trial
+    x - 2.5 x is rejected; the quadratic interpolation of the backtrack lands on t = 1, the exact minimiser."""
+    counted = Counting(lambda x: (float(np.sum(x * x)), 2.0 * x, {}))
+    res = lbfgs_twoloop(counted, np.full(4, 3.0), 50, lr=2.5, step="armijo")
+    assert res.status == "converged" and res.n_evals == 4 and res.loss == 0.0
+    assert res.info["backtracks"] == 1 and res.info["iterations"] == 2
+    np.testing.assert_allclose(counted.xs[1], 2.375, rtol=1e-15)
+    np.testing.assert_allclose(counted.xs[2], -1.5 * 2.375, rtol=1e-15)     # the rejected trial
+    np.testing.assert_array_equal(res.x, 0.0)
+
+
+@pytest.mark.parametrize("step", ["fixed", "armijo"])
+def test_twoloop_nonfinite_and_interrupt(step):
+    counted = Counting(rosenbrock, nan_at=4)
+    res = lbfgs_twoloop(counted, rosenbrock_start(10), 50, step=step)
+    assert res.status == "nonfinite" and res.n_evals == 4
+    assert res.loss == min(counted.losses[:3])
+    counted = Counting(rosenbrock, interrupt_at=5)
+    res = lbfgs_twoloop(counted, rosenbrock_start(10), 50, step=step)
+    assert res.status == "interrupted" and res.n_evals == 4
+    np.testing.assert_array_equal(res.x, counted.xs[int(np.argmin(counted.losses))])
+
+
+def test_twoloop_argument_errors():
+    for kw in ({"history": 0}, {"history": 2.0}, {"step": "wolfe"}, {"lr": 0.0}, {"c1": 1.0},
+               {"max_backtracks": 0}, {"curvature_eps": -1.0}, {"bounds": (1.0, 0.0)}):
+        with pytest.raises(ValueError):
+            lbfgs_twoloop(rosenbrock, np.zeros(4), 5, **kw)
+    with pytest.raises(TypeError):
+        lbfgs_twoloop(rosenbrock, np.zeros(4), 2.5)
+
+
 # ------------------------------------------------------------------------------------------------ gradient descent
 
 def test_gd_descends_and_converges_to_bounded_minimum():
@@ -422,7 +621,7 @@ def test_gd_zero_step_is_convergence():
 
 # ------------------------------------------------------------------------------------------------ shared wrapper
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(ALL_OPTIMIZERS))
 def test_history_records_and_best_point(name):
     objective, _ = make_smooth_nonconvex(seed=9)
     counted = Counting(objective)
@@ -451,7 +650,7 @@ def test_history_records_and_best_point(name):
     assert res.history[3].as_dict()["evaluation"] == 4
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(ALL_OPTIMIZERS))
 def test_nonfinite_loss_stops_with_best_finite_point(name):
     counted = Counting(rosenbrock, nan_at=5)
     x0 = rosenbrock_start(12).reshape(2, 6)
@@ -464,7 +663,7 @@ def test_nonfinite_loss_stops_with_best_finite_point(name):
     np.testing.assert_array_equal(res.x, counted.xs[k])
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(ALL_OPTIMIZERS))
 def test_nonfinite_gradient_stops(name):
     def obj(x):
         f, g, p = rosenbrock(x)
@@ -479,7 +678,7 @@ def test_nonfinite_gradient_stops(name):
     assert res.status == "nonfinite" and res.n_evals == 3 and "gradient" in res.message
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(ALL_OPTIMIZERS))
 def test_keyboard_interrupt_returns_best_so_far(name):
     counted = Counting(rosenbrock, interrupt_at=7)
     x0 = rosenbrock_start(12).reshape(1, 3, 2, 2)
@@ -491,7 +690,7 @@ def test_keyboard_interrupt_returns_best_so_far(name):
     np.testing.assert_array_equal(res.x, counted.xs[k])
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(ALL_OPTIMIZERS))
 def test_keyboard_interrupt_in_callback(name):
     def cb(record, x):
         if record.evaluation == 3:
@@ -501,7 +700,7 @@ def test_keyboard_interrupt_in_callback(name):
     assert res.status == "interrupted" and res.n_evals == 3
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(ALL_OPTIMIZERS))
 def test_interrupt_at_first_evaluation_returns_x0(name):
     counted = Counting(rosenbrock, interrupt_at=1)
     x0 = rosenbrock_start(6)
@@ -511,7 +710,7 @@ def test_interrupt_at_first_evaluation_returns_x0(name):
     assert math.isnan(res.loss)
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(ALL_OPTIMIZERS))
 def test_callback_once_per_evaluation_with_record(name):
     calls = []
 
@@ -529,7 +728,7 @@ def test_callback_once_per_evaluation_with_record(name):
         assert record.loss == rosenbrock(xe)[0]
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(ALL_OPTIMIZERS))
 def test_zero_budget(name):
     x0 = rosenbrock_start(4)
     res = run(name, rosenbrock, x0, 0)
