@@ -151,9 +151,9 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
                    help="start image: the content image, noise (uniform(0,1) in normalised space, CS231n's "
                         f"init_random) or the style image resized to the output (default: {inits[0]})")
     if not compare:
-        p.add_argument("--optimizer", choices=("lbfgs", "adam", "gd"), default="lbfgs",
-                       help="lbfgs: SciPy L-BFGS-B within the valid pixel range; adam: the CS231n recipe; gd: "
-                            "projected gradient descent (default: lbfgs)")
+        p.add_argument("--optimizer", choices=("lbfgs", "lbfgsb", "adam", "gd"), default="lbfgs",
+                       help="lbfgs: our L-BFGS, projected onto the valid pixel range; lbfgsb: SciPy's L-BFGS-B "
+                            "within it; adam: the CS231n recipe; gd: projected gradient descent (default: lbfgs)")
     p.add_argument("--iterations", type=_int, metavar="N", default=transfer.DEFAULT_ITERATIONS,
                    help="objective evaluations (forward + backward passes), not optimizer iterations "
                         f"(default: {transfer.DEFAULT_ITERATIONS})")
@@ -161,7 +161,7 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
         p.add_argument("--lr", type=_float, metavar="LR",
                        help=f"adam: initial learning rate, lr/30 from 90%% of the evaluations on (default: "
                             f"{transfer.ADAM_LR:g}, CS231n); gd: step size (default: {transfer.GD_LR:g}); "
-                            "not used by lbfgs")
+                            "not used by lbfgs / lbfgsb")
     p.add_argument("--history", type=_int, metavar="M",
                    help=f"L-BFGS memory, correction pairs kept (default: {transfer.LBFGS_HISTORY})")
     p.add_argument("--seed", type=_int, metavar="N",
@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("style", nargs="?", metavar="STYLE", help=f"style image (default: {DEFAULT_STYLE})")
     _add_common(p, "stylize", "compare", compare=True)
     p.add_argument("--optimizers", metavar="NAME,..",
-                   help="comma-separated, run in this order: lbfgs (L-BFGS-B, --history), adam (the CS231n recipe), "
+                   help="comma-separated, run in this order: lbfgs (our L-BFGS, --history), lbfgsb (SciPy L-BFGS-B, "
+                        "--history), adam (the CS231n recipe), "
                         "adam-lr (plain Adam at each --adam-lr), gd (gradient descent, --gd-lr) "
                         "(default: lbfgs,adam,gd, plus adam-lr when --adam-lr is given)")
     p.add_argument("--adam-lr", type=_float, action="append", dest="adam_lrs", metavar="LR",

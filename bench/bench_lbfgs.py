@@ -1,4 +1,4 @@
-"""L-BFGS in NumPy (optim.lbfgs_twoloop) against SciPy's L-BFGS-B (optim.lbfgs) and torch.optim.LBFGS.
+"""L-BFGS in NumPy (optim.lbfgs) against SciPy's L-BFGS-B (optim.lbfgsb) and torch.optim.LBFGS.
 
     python -m bench.bench_lbfgs [--skip quality overhead] [--quality-size 192] [--start content|noise]
                                 [--budget 300] [--only NAME ...] [--repeats 5] [--output lbfgs]
@@ -66,16 +66,16 @@ def variants(bounds):
     """name -> callable(objective, x0, budget, callback) for every optimizer configuration compared."""
     from nst_core import optim
     out = {
-        "scipy L-BFGS-B h20 bounded": lambda o, x, b, cb: optim.lbfgs(o, x, b, history=20, bounds=bounds, callback=cb),
-        "scipy L-BFGS-B h20": lambda o, x, b, cb: optim.lbfgs(o, x, b, history=20, callback=cb),
+        "scipy L-BFGS-B h20 bounded": lambda o, x, b, cb: optim.lbfgsb(o, x, b, history=20, bounds=bounds, callback=cb),
+        "scipy L-BFGS-B h20": lambda o, x, b, cb: optim.lbfgsb(o, x, b, history=20, callback=cb),
     }
     for step in ("fixed", "armijo"):
         for h in (5, 10, 20, 50, 100):
             out[f"twoloop {step} h{h}"] = (
-                lambda o, x, b, cb, h=h, step=step: optim.lbfgs_twoloop(o, x, b, history=h, step=step, callback=cb))
+                lambda o, x, b, cb, h=h, step=step: optim.lbfgs(o, x, b, history=h, step=step, callback=cb))
         for h in (10, 20, 100):
             out[f"twoloop {step} h{h} bounded"] = (
-                lambda o, x, b, cb, h=h, step=step: optim.lbfgs_twoloop(o, x, b, history=h, step=step,
+                lambda o, x, b, cb, h=h, step=step: optim.lbfgs(o, x, b, history=h, step=step,
                                                                         bounds=bounds, callback=cb))
     return out
 
@@ -192,17 +192,17 @@ def section_overhead(sizes, repeats: int, steady: int = 40):
     + 1 evaluations (so the memory is full: the steady state of a long run)."""
     from nst_core import optim
     box = (-1.0, 1.0)
-    configs = [("scipy L-BFGS-B h5", 5, lambda o, x, b: optim.lbfgs(o, x, b, history=5)),
-               ("scipy L-BFGS-B h20", 20, lambda o, x, b: optim.lbfgs(o, x, b, history=20)),
-               ("scipy L-BFGS-B h20 bounded", 20, lambda o, x, b: optim.lbfgs(o, x, b, history=20, bounds=box))]
+    configs = [("scipy L-BFGS-B h5", 5, lambda o, x, b: optim.lbfgsb(o, x, b, history=5)),
+               ("scipy L-BFGS-B h20", 20, lambda o, x, b: optim.lbfgsb(o, x, b, history=20)),
+               ("scipy L-BFGS-B h20 bounded", 20, lambda o, x, b: optim.lbfgsb(o, x, b, history=20, bounds=box))]
     for h in (5, 10, 20, 50, 100):
         configs.append((f"twoloop fixed h{h}", h,
-                        lambda o, x, b, h=h: optim.lbfgs_twoloop(o, x, b, history=h, step="fixed")))
+                        lambda o, x, b, h=h: optim.lbfgs(o, x, b, history=h, step="fixed")))
     for h in (10, 20):
         configs.append((f"twoloop armijo h{h}", h,
-                        lambda o, x, b, h=h: optim.lbfgs_twoloop(o, x, b, history=h, step="armijo")))
+                        lambda o, x, b, h=h: optim.lbfgs(o, x, b, history=h, step="armijo")))
         configs.append((f"twoloop armijo h{h} bounded", h,
-                        lambda o, x, b, h=h: optim.lbfgs_twoloop(o, x, b, history=h, step="armijo", bounds=box)))
+                        lambda o, x, b, h=h: optim.lbfgs(o, x, b, history=h, step="armijo", bounds=box)))
     rows = []
     for n in sizes:
         obj, x0 = quadratic(n)

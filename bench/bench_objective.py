@@ -6,8 +6,9 @@ Sections (all on CS231n's starry_night objective: Tübingen, Starry Night at the
 style layers 1,4,6,7 with weights 3e5,1e3,15,3, TV 2e-2; the same weights file for both):
   eval     time per objective evaluation (forward + losses + gradient): medians and ratio ours/torch, for our
            default one-session objective and for the split path (forward / NumPy losses / backward)
-  quality  wall time for our L-BFGS to reach the loss torch.optim.LBFGS (history 100, no line search, no early
-           stop) reaches in 200 evaluations from the content image; ratio of wall times
+  quality  wall time for our L-BFGS (lbfgs, and SciPy's L-BFGS-B as lbfgsb) to reach the loss torch.optim.LBFGS
+           (history 100, no line search, no early stop) reaches in 200 evaluations from the content image; ratio
+           of wall times; each of ours may spend up to 250 evaluations
   memory   peak resident memory (ru_maxrss of a fresh process doing 3 evaluations) at 1024 and 2048 px
   cold     process start to the first finished evaluation at 512 px (fresh process, model already exported)
   size     installed size of the runtime's dependencies against torch's CPU build (this environment)
@@ -98,7 +99,9 @@ def section_eval(sizes, repeats):
     return rows
 
 
-def section_quality(sizes, evaluations=200):
+def section_quality(sizes, evaluations=200, engines=("lbfgs", "lbfgsb")):
+    """For each size: torch.optim.LBFGS's loss after ``evaluations`` evaluations, then each of our L-BFGS engines
+    (``optim.OPTIMIZERS[name]`` as ``stylize`` runs it: pixel bounds, LBFGS_HISTORY pairs) from the same start."""
     from nst_core import optim
     from nst_core.imageio import pixel_bounds
     from nst_core.objective import single_threaded_blas
@@ -108,28 +111,31 @@ def section_quality(sizes, evaluations=200):
         ref, loss_fn, cx = torch_objective(size)
         run = ref.lbfgs_run(loss_fn, cx, evaluations=evaluations, history=100)
         target = run["best"]
+        row = dict(size=size, torch_loss=target, torch_seconds=run["seconds"])
         obj, x0 = ours_objective(size)
         lo, hi = pixel_bounds(x0.shape)
-        reached = {}
+        print(f"  quality {size} px: torch LBFGS {evaluations} evals -> {target:.6g} in {run['seconds']:.1f} s",
+              flush=True)
+        for name in engines:
+            reached = {}
 
-        def callback(record, x):
-            if "seconds" not in reached and record.loss <= target:
-                reached.update(seconds=time.perf_counter() - start, evaluation=record.evaluation)
+            def callback(record, x):
+                if "seconds" not in reached and record.loss <= target:
+                    reached.update(seconds=time.perf_counter() - start, evaluation=record.evaluation)
 
-        start = time.perf_counter()
-        with single_threaded_blas():  # as nst_core.transfer runs the optimisation
-            res = optim.lbfgs(obj, x0, evaluations, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)),
-                              history=LBFGS_HISTORY, callback=callback)
-        total = time.perf_counter() - start
-        row = dict(size=size, torch_loss=target, torch_seconds=run["seconds"], ours_final_loss=res.loss,
-                   ours_seconds_total=total, ours_seconds_to_torch_loss=reached.get("seconds"),
-                   ours_evals_to_torch_loss=reached.get("evaluation"))
-        row["ratio"] = (row["ours_seconds_to_torch_loss"] / run["seconds"]) if reached else None
+            start = time.perf_counter()
+            with single_threaded_blas():  # as nst_core.transfer runs the optimisation
+                res = optim.OPTIMIZERS[name](obj, x0, evaluations + 50, history=LBFGS_HISTORY, callback=callback,
+                                             bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)))
+            total = time.perf_counter() - start
+            ratio = reached["seconds"] / run["seconds"] if reached else None
+            row[name] = dict(final_loss=res.loss, evaluations=res.n_evals, seconds_total=total,
+                             seconds_to_torch_loss=reached.get("seconds"),
+                             evals_to_torch_loss=reached.get("evaluation"), ratio=ratio)
+            print(f"    {name:7s} reaches it at eval {reached.get('evaluation')} after "
+                  f"{reached.get('seconds', float('nan')):.1f} s (best {res.loss:.6g} after {res.n_evals} evals, "
+                  f"{total:.1f} s) | ratio {ratio if ratio is None else round(ratio, 2)}", flush=True)
         rows.append(row)
-        print(f"  quality {size} px: torch LBFGS {evaluations} evals -> {target:.6g} in {run['seconds']:.1f} s | ours "
-              f"reaches it at eval {reached.get('evaluation')} after {reached.get('seconds', float('nan')):.1f} s "
-              f"(final {res.loss:.6g} in {total:.1f} s) | ratio "
-              f"{row['ratio'] if row['ratio'] is None else round(row['ratio'], 2)}", flush=True)
     return rows
 
 

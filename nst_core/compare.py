@@ -7,7 +7,7 @@
 Fairness
     The problem (images, network, targets, loss weights) is prepared ONCE (``transfer.prepare``) and every optimizer
     minimises that same objective from the same start image ``x0`` with the same budget, counted in OBJECTIVE
-    EVALUATIONS (forward + backward passes), not iterations: an L-BFGS-B iteration can take several evaluations in
+    EVALUATIONS (forward + backward passes), not iterations: an L-BFGS iteration can take several evaluations in
     its line search, an Adam or gradient-descent step exactly one. Every optimizer spends the whole budget (the
     budget counts are exact) unless it truly converges or diverges (then its status says so).
 
@@ -22,15 +22,17 @@ Fairness
     counts are immune to it.
 
 Optimizers (``optimizers`` entries; each result is labelled)
-    "lbfgs"    SciPy's L-BFGS-B within the pixel range [0, 1] (normalised bounds), ``lbfgs_history`` correction
-               pairs; exactly what ``stylize(optimizer="lbfgs")`` runs.
+    "lbfgs"    Our L-BFGS in NumPy (``optim.lbfgs``: two-loop recursion, unit steps with Armijo backtracking),
+               projected onto the pixel range [0, 1] (normalised bounds), ``lbfgs_history`` correction pairs;
+               exactly what ``stylize(optimizer="lbfgs")`` runs.
+    "lbfgsb"   SciPy's L-BFGS-B within the same bounds and with the same memory, as ``stylize(optimizer="lbfgsb")``.
     "adam"     The CS231n recipe, as ``stylize(optimizer="adam")`` runs it: lr 3.0, a fresh Adam at lr 0.1 from
                90 % of the budget on, x clamped to [-1.5, 1.5] before each evaluation until 95 % of the budget (the
                steps 180 and 190 of the exercise's 200 scale with the budget). The clamp box lies inside the pixel
                range, but the last 5 % of the evaluations are not clamped at all.
     "adam-lr"  Plain Adam (torch's update, no schedule) at each rate of ``adam_lrs``, labelled "adam-lr=<lr>".
-               It is PROJECTED onto the pixel range before every evaluation (like L-BFGS-B and gradient descent), so
-               it evaluates only images L-BFGS-B could evaluate too: the losses compare like with like.
+               It is PROJECTED onto the pixel range before every evaluation (like L-BFGS and gradient descent), so
+               it evaluates only images L-BFGS could evaluate too: the losses compare like with like.
     "gd"       Projected gradient descent ``x <- clip(x - gd_lr * grad)`` onto the pixel range, fixed step. The
                default step is ``default_gd_lr(style_scale)``.
     The reported loss of each is its BEST evaluated loss (``Result.loss``), and its image the best evaluated one.
@@ -85,7 +87,7 @@ __all__ = ["compare", "table", "default_gd_lr", "KINDS", "DEFAULT_OPTIMIZERS", "
            "PLOTS_HINT", "FILES"]
 
 #: The optimizer kinds ``optimizers`` may name ("adam-lr" stands for one plain-Adam run per rate of ``adam_lrs``).
-KINDS = ("lbfgs", "adam", "adam-lr", "gd")
+KINDS = ("lbfgs", "lbfgsb", "adam", "adam-lr", "gd")
 #: Optimizers compared unless ``optimizers`` is given ("adam-lr" is added when ``adam_lrs`` is not empty).
 DEFAULT_OPTIMIZERS = ("lbfgs", "adam", "gd")
 #: Evaluations at which images.png shows each optimizer's best image so far (besides its final one).
@@ -151,6 +153,10 @@ def _plan(optimizers, adam_lrs, gd_lr, lbfgs_history: int, budget: int, style_sc
     for name in optimizers:
         if name == "lbfgs":
             runs.append({"label": "lbfgs", "kind": "lbfgs", "settings": {
+                "method": "L-BFGS (NumPy two-loop, Armijo backtracking, projected)", "history": lbfgs_history,
+                "bounds": pixels}})
+        elif name == "lbfgsb":
+            runs.append({"label": "lbfgsb", "kind": "lbfgsb", "settings": {
                 "method": "SciPy L-BFGS-B", "history": lbfgs_history, "maxls": 20, "bounds": pixels}})
         elif name == "adam":
             runs.append({"label": "adam", "kind": "adam", "settings": {
@@ -172,7 +178,7 @@ def _plan(optimizers, adam_lrs, gd_lr, lbfgs_history: int, budget: int, style_sc
 def _optimise(run: dict, problem, budget: int, callback) -> optim.Result:
     kind, s = run["kind"], run["settings"]
     x0 = problem.x0
-    if kind in ("lbfgs", "adam", "gd"):  # exactly as stylize runs them
+    if kind in ("lbfgs", "lbfgsb", "adam", "gd"):  # exactly as stylize runs them
         opt = {"optimizer": kind, "iterations": budget, "callback": callback, "history": s.get("history"),
                "lr": s["lr"] if kind == "gd" else None}
         return transfer._optimise(problem.objective, x0, opt)

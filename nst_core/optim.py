@@ -1,10 +1,10 @@
-"""Optimizers on the pixels: L-BFGS-B (SciPy), L-BFGS in NumPy (two-loop recursion), Adam (the CS231n recipe) and
+"""Optimizers on the pixels: L-BFGS in NumPy (two-loop recursion), L-BFGS-B (SciPy), Adam (the CS231n recipe) and
 projected gradient descent.
 
 All four share one interface and one result type::
 
-    result = lbfgs(objective, x0, budget, bounds=(lo, hi))
-    result = lbfgs_twoloop(objective, x0, budget, bounds=(lo, hi))   # not (yet) in OPTIMIZERS
+    result = lbfgs(objective, x0, budget, bounds=(lo, hi))    # ours; torch's step rule + Armijo, projected box
+    result = lbfgsb(objective, x0, budget, bounds=(lo, hi))   # SciPy's L-BFGS-B
     result = adam(objective, x0, budget)                      # CS231n: lr 3.0, fresh Adam at lr 0.1 from step 180
     result = gradient_descent(objective, x0, budget, lr=0.5)
     result = OPTIMIZERS["lbfgs"](objective, x0, budget)
@@ -64,7 +64,7 @@ __all__ = [
     "Result",
     "STATUSES",
     "lbfgs",
-    "lbfgs_twoloop",
+    "lbfgsb",
     "TWOLOOP_HISTORY",
     "TWOLOOP_STEPS",
     "adam",
@@ -134,9 +134,9 @@ class Result:
     history : list[Record]
         One record per evaluation, in order.
     optimizer : str
-        "lbfgs", "lbfgs_twoloop", "adam" or "gd".
+        "lbfgs", "lbfgsb", "adam" or "gd".
     info : dict
-        Optimizer-specific extras (L-BFGS-B: ``restarts`` and SciPy's ``scipy_messages``; lbfgs_twoloop: counts of
+        Optimizer-specific extras (L-BFGS-B: ``restarts`` and SciPy's ``scipy_messages``; lbfgs: counts of
         iterations, stored / skipped pairs, backtracks and memory resets).
     """
 
@@ -350,7 +350,7 @@ def _positive(value, name: str) -> float:
 # L-BFGS-B
 # ---------------------------------------------------------------------------------------------------------------
 
-def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None, history: int = 10,
+def lbfgsb(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None, history: int = 10,
           maxls: int = 20, callback: Optional[Callback] = None) -> Result:
     """Minimise ``objective`` with SciPy's L-BFGS-B in float64, spending ``budget`` objective evaluations.
 
@@ -440,7 +440,7 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None, h
             cached = (ev.best_loss, ev.best_grad)
             start_loss = ev.best_loss
 
-    return _run("lbfgs", objective, x0, budget, callback, body, keep_grad=True)
+    return _run("lbfgsb", objective, x0, budget, callback, body, keep_grad=True)
 
 
 def _lbfgsb_run(fun, x0: np.ndarray, box, options: dict):
@@ -518,12 +518,12 @@ _SETULB_OK = _probe_setulb()
 # L-BFGS in NumPy (two-loop recursion)
 # ---------------------------------------------------------------------------------------------------------------
 
-#: Default memory (correction pairs) of ``lbfgs_twoloop``; the measurement behind it is in its docstring.
+#: Default memory (correction pairs) of ``lbfgs``; the measurement behind it is in its docstring.
 TWOLOOP_HISTORY = 20
 
 _EPS64 = float(np.finfo(np.float64).eps)
 
-#: The step rules of ``lbfgs_twoloop``.
+#: The step rules of ``lbfgs``.
 TWOLOOP_STEPS = ("fixed", "armijo")
 
 
@@ -540,7 +540,7 @@ except ImportError:  # pragma: no cover - SciPy always has it
         return y
 
 
-def lbfgs_twoloop(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
+def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
                   history: int = TWOLOOP_HISTORY, step: str = "armijo", lr: float = 1.0, curvature_eps: float = 0.0,
                   c1: float = 1e-4, max_backtracks: int = 10, callback: Optional[Callback] = None) -> Result:
     """Minimise ``objective`` with L-BFGS written in NumPy (the two-loop recursion), spending ``budget`` evaluations.
@@ -596,7 +596,7 @@ def lbfgs_twoloop(objective: Objective, x0, budget: int, *, bounds: BoundsLike =
     Returns
     -------
     Result
-        The best evaluated point, ``optimizer="lbfgs_twoloop"``. ``info``: ``iterations`` (accepted steps),
+        The best evaluated point, ``optimizer="lbfgs"``. ``info``: ``iterations`` (accepted steps),
         ``pairs_stored``, ``pairs_skipped``, ``backtracks`` (rejected trials), ``resets`` (memory drops),
         ``history``, ``step``. Status "converged" when the gradient is exactly zero, or when no step is possible
         from an empty memory (the projected steepest-descent step is zero, or "armijo" rejected all its trials).
@@ -763,7 +763,7 @@ def lbfgs_twoloop(objective: Objective, x0, budget: int, *, bounds: BoundsLike =
             info["iterations"] += 1
 
     with _one_blas_thread():
-        return _run("lbfgs_twoloop", objective, x, budget, callback, body)
+        return _run("lbfgs", objective, x, budget, callback, body)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -930,4 +930,4 @@ def gradient_descent(objective: Objective, x0, budget: int, *, lr: float, bounds
 
 
 #: Name -> optimizer, all with the signature ``f(objective, x0, budget, *, ..., callback=None) -> Result``.
-OPTIMIZERS = {"lbfgs": lbfgs, "adam": adam, "gd": gradient_descent}
+OPTIMIZERS = {"lbfgs": lbfgs, "lbfgsb": lbfgsb, "adam": adam, "gd": gradient_descent}

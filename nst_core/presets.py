@@ -61,7 +61,7 @@ TEXTURE = MappingProxyType({
 })
 
 #: Default style scale per optimizer (effective style weights = style_scale * style_weights).
-DEFAULT_STYLE_SCALE = MappingProxyType({"lbfgs": 100.0, "gd": 100.0, "adam": 1.0})
+DEFAULT_STYLE_SCALE = MappingProxyType({"lbfgs": 100.0, "lbfgsb": 100.0, "gd": 100.0, "adam": 1.0})
 
 
 def preset(name: str | None) -> dict:

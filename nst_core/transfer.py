@@ -18,17 +18,18 @@ Options (keyword arguments; None means "the preset's value" / the default shown)
     content_weight  weight of the content loss (>= 0)
     style_layers    sequence of ``features`` indices 0..12 of the style loss
     style_weights   one weight (>= 0) per style layer, in CS231n units
-    style_scale     multiplies every style weight; default ``presets.DEFAULT_STYLE_SCALE[optimizer]`` (lbfgs 100,
-                    gd 100, adam 1)
+    style_scale     multiplies every style weight; default ``presets.DEFAULT_STYLE_SCALE[optimizer]`` (lbfgs and
+                    lbfgsb 100, gd 100, adam 1)
     tv_weight       weight of the total-variation loss (>= 0)
     init            start image: "content", "noise" (uniform(0, 1) in normalised space, CS231n's init_random) or
                     "style" (the style image resized to the output's shape)
-    optimizer       "lbfgs" (SciPy L-BFGS-B with the pixel bounds), "adam" (CS231n's recipe) or "gd"
+    optimizer       "lbfgs" (our NumPy L-BFGS, projected onto the pixel range; ``optim.lbfgs``), "lbfgsb" (SciPy's
+                    L-BFGS-B with the pixel bounds), "adam" (CS231n's recipe) or "gd"
     iterations      objective evaluations (the budget), >= 1
     lr              adam: initial learning rate (default 3.0; the recipe switches to lr/30 at 90% of the
                     evaluations and clamps to [-1.5, 1.5] until 95%, i.e. steps 180 and 190 of 200);
-                    gd: step size (default ``GD_LR``); ignored by lbfgs
-    history         L-BFGS memory (correction pairs), default ``LBFGS_HISTORY``
+                    gd: step size (default ``GD_LR``); ignored by lbfgs and lbfgsb
+    history         L-BFGS memory (correction pairs) of lbfgs and lbfgsb, default ``LBFGS_HISTORY``
     seed            seed of the noise initialisation (None: fresh randomness)
     device          "auto", "cpu" or "cuda" (ONNX Runtime execution provider)
     model           path of features.onnx (default: $NST_HOME or the cache directory, see ``nst_core.model``)
@@ -334,10 +335,10 @@ def _check_size(side: int, minimum: int, what: str, layers) -> None:
 def _optimise(objective, x0: np.ndarray, opt: dict) -> optim.Result:
     budget, callback = opt["iterations"], opt["callback"]
     name = opt["optimizer"]
-    if name == "lbfgs":
+    if name in ("lbfgs", "lbfgsb"):
         lo, hi = pixel_bounds(x0.shape)
-        return optim.lbfgs(objective, x0, budget, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)),
-                           history=opt["history"], callback=callback)
+        return optim.OPTIMIZERS[name](objective, x0, budget, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)),
+                                      history=opt["history"], callback=callback)
     if name == "adam":
         lr = ADAM_LR if opt["lr"] is None else opt["lr"]
         return optim.adam(objective, x0, budget, lr=lr, decay_at=round(0.9 * budget), decayed_lr=lr / 30.0,

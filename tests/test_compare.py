@@ -249,13 +249,13 @@ def test_cli_without_matplotlib_writes_csv_and_summary_and_says_how_to_install(e
     code = ("import sys; sys.modules['matplotlib'] = None\n"
             "import cli\n"
             "sys.exit(cli.main(sys.argv[1:]))\n")
-    r = nst(["compare", *paths, "-o", out, "--quiet", "--optimizers", "lbfgs,adam", "--size", "64", "--style-size",
+    r = nst(["compare", *paths, "-o", out, "--quiet", "--optimizers", "lbfgsb,adam", "--size", "64", "--style-size",
              "64", "--iterations", "5", "--device", "cpu"], env, code=code)
     assert r.returncode == 0, r.stderr
     assert r.stderr.splitlines() == [
         f"nst compare: note: matplotlib is not installed, so loss.png and images.png were not written; install it "
         f"with: {PLOTS_HINT}"]
-    assert sorted(os.listdir(out)) == ["final_adam.png", "final_lbfgs.png", "history.csv", "summary.json",
+    assert sorted(os.listdir(out)) == ["final_adam.png", "final_lbfgsb.png", "history.csv", "summary.json",
                                        "summary.md"]
     saved = json.loads((out / "summary.json").read_text())
     assert saved["plots"] is False and "loss.png" not in saved["files"]

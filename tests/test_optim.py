@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 from nst_core import optim
-from nst_core.optim import OPTIMIZERS, Record, Result, adam, gradient_descent, lbfgs, lbfgs_twoloop
+from nst_core.optim import OPTIMIZERS, Record, Result, adam, gradient_descent, lbfgs, lbfgsb
 
 torch = pytest.importorskip("torch")
 
 SHAPE = (1, 3, 4, 5)
 
-# every optimizer the shared-convention tests run: the registered ones plus lbfgs_twoloop (not in OPTIMIZERS)
-ALL_OPTIMIZERS = {**OPTIMIZERS, "lbfgs_twoloop": lbfgs_twoloop}
+ALL_OPTIMIZERS = OPTIMIZERS  # every registered optimizer runs the shared-convention tests
 
 
 # ------------------------------------------------------------------------------------------------ test problems
@@ -246,7 +245,7 @@ def test_objective_may_reuse_its_gradient_buffer(name):
 
 # ------------------------------------------------------------------------------------------------ L-BFGS-B
 
-def test_lbfgs_bounded_quadratic_reaches_known_minimum_inside_bounds():
+def test_lbfgsb_bounded_quadratic_reaches_known_minimum_inside_bounds():
     objective, lo, hi, x_star, f_star = bounded_quadratic()
     shape = (1, 2, 3, 4)
     x0 = np.random.default_rng(0).uniform(-3, 3, shape)       # partly outside the box: projected first
@@ -256,7 +255,7 @@ def test_lbfgs_bounded_quadratic_reaches_known_minimum_inside_bounds():
         outside.append(bool(np.any(x.reshape(-1) < lo) or np.any(x.reshape(-1) > hi)))
 
     counted = Counting(objective)
-    res = lbfgs(counted, x0, 300, bounds=(lo.reshape(shape), hi.reshape(shape)), callback=cb)
+    res = lbfgsb(counted, x0, 300, bounds=(lo.reshape(shape), hi.reshape(shape)), callback=cb)
     assert res.x.shape == shape and res.x.dtype == np.float64
     np.testing.assert_allclose(res.x.reshape(-1), x_star, atol=1e-7)
     assert res.loss == pytest.approx(f_star, rel=1e-9, abs=1e-12)
@@ -270,19 +269,19 @@ def test_lbfgs_bounded_quadratic_reaches_known_minimum_inside_bounds():
     assert res.status in ("converged", "budget")
 
 
-def test_lbfgs_scalar_bounds_broadcast():
+def test_lbfgsb_scalar_bounds_broadcast():
     objective, _ = make_smooth_nonconvex(seed=8)
     counted = Counting(objective)
-    res = lbfgs(counted, np.full(SHAPE, 5.0), 60, bounds=(-0.25, 0.25))
+    res = lbfgsb(counted, np.full(SHAPE, 5.0), 60, bounds=(-0.25, 0.25))
     assert all(np.abs(x).max() <= 0.25 for x in counted.xs)
     assert np.abs(res.x).max() <= 0.25
 
 
 @pytest.mark.parametrize("budget", [0, 1, 2, 3, 7, 50])
-def test_lbfgs_uses_exactly_the_budget_on_hard_rosenbrock(budget):
+def test_lbfgsb_uses_exactly_the_budget_on_hard_rosenbrock(budget):
     counted = Counting(rosenbrock)
     x0 = rosenbrock_start(200).reshape(1, 2, 10, 10)
-    res = lbfgs(counted, x0, budget)
+    res = lbfgsb(counted, x0, budget)
     assert counted.calls == budget == res.n_evals == len(res.history)
     assert res.status == "budget"
     if budget == 0:
@@ -291,23 +290,23 @@ def test_lbfgs_uses_exactly_the_budget_on_hard_rosenbrock(budget):
         assert res.loss == min(counted.losses)
 
 
-def test_lbfgs_budget_with_bounds_never_exceeded():
+def test_lbfgsb_budget_with_bounds_never_exceeded():
     for budget in (5, 13, 40):
         counted = Counting(rosenbrock)
-        res = lbfgs(counted, rosenbrock_start(60), budget, bounds=(-2.0, 0.9), history=5)
+        res = lbfgsb(counted, rosenbrock_start(60), budget, bounds=(-2.0, 0.9), history=5)
         assert counted.calls == res.n_evals <= budget
 
 
-def test_lbfgs_converges_on_unbounded_rosenbrock_and_stops_when_no_progress():
+def test_lbfgsb_converges_on_unbounded_rosenbrock_and_stops_when_no_progress():
     counted = Counting(rosenbrock)
-    res = lbfgs(counted, rosenbrock_start(20), 5000)
+    res = lbfgsb(counted, rosenbrock_start(20), 5000)
     assert res.status == "converged"
     assert res.loss < 1e-20
     np.testing.assert_allclose(res.x, 1.0, atol=1e-10)
     assert counted.calls == res.n_evals < 5000
 
 
-def test_lbfgs_restart_from_best_point_makes_progress(monkeypatch):
+def test_lbfgsb_restart_from_best_point_makes_progress(monkeypatch):
     """On a nonsmooth objective L-BFGS-B ends with ABNORMAL; a restart from the best point with a fresh memory
     continues (and here reaches the exact minimum, where the subgradient np.sign(0) is exactly zero)."""
     def l1(x):
@@ -324,7 +323,7 @@ def test_lbfgs_restart_from_best_point_makes_progress(monkeypatch):
     monkeypatch.setattr(optim, "_lbfgsb_run", spy)
     x0 = rosenbrock_start(100).reshape(1, 4, 5, 5)
     counted = Counting(l1)
-    res = lbfgs(counted, x0, 2000)
+    res = lbfgsb(counted, x0, 2000)
     assert res.info["restarts"] >= 1 and len(starts) == res.info["restarts"] + 1
     assert res.info["scipy_messages"][0].startswith("ABNORMAL")
     assert res.status == "converged" and res.loss == 0.0
@@ -336,7 +335,7 @@ def test_lbfgs_restart_from_best_point_makes_progress(monkeypatch):
     assert sum(np.array_equal(x.reshape(-1), starts[1]) for x in counted.xs) == 1
 
 
-def test_lbfgs_wrong_gradient_stops_without_progress():
+def test_lbfgsb_wrong_gradient_stops_without_progress():
     """A gradient of the wrong sign on a convex quadratic: the loss rises along every search direction, so every
     line search fails (ABNORMAL); 'no progress possible' is reported and the budget is not wasted."""
     center = np.linspace(-1, 1, 12)
@@ -346,7 +345,7 @@ def test_lbfgs_wrong_gradient_stops_without_progress():
         return float(r @ r), -2.0 * r, {}
 
     x0 = np.zeros(12)
-    res = lbfgs(wrong, x0, 500)
+    res = lbfgsb(wrong, x0, 500)
     assert res.status == "converged" and "no progress" in res.message
     assert len(res.info["scipy_messages"]) == 1 and res.info["scipy_messages"][0].startswith("ABNORMAL")
     assert res.n_evals < 500 and res.info["restarts"] == 0
@@ -354,8 +353,8 @@ def test_lbfgs_wrong_gradient_stops_without_progress():
     np.testing.assert_array_equal(res.x, x0)
 
 
-def test_lbfgs_zero_gradient_at_start_converges_immediately():
-    res = lbfgs(lambda x: (1.0, np.zeros_like(x), {}), np.ones(SHAPE), 10)
+def test_lbfgsb_zero_gradient_at_start_converges_immediately():
+    res = lbfgsb(lambda x: (1.0, np.zeros_like(x), {}), np.ones(SHAPE), 10)
     assert res.status == "converged" and res.n_evals == 1
 
 
@@ -381,13 +380,13 @@ def torch_lbfgs_losses(x0, budget, history_size=100, line_search_fn=None):
 
 
 @pytest.mark.parametrize("n, budget", [(20, 100), (20, 300), (100, 300)])
-def test_lbfgs_at_least_as_good_as_torch_lbfgs_on_rosenbrock(n, budget):
+def test_lbfgsb_at_least_as_good_as_torch_lbfgs_on_rosenbrock(n, budget):
     x0 = rosenbrock_start(n)
     ref = torch_lbfgs_losses(x0, budget)
     assert len(ref) == budget                                   # torch really used the whole budget
     torch_best = np.nanmin(np.where(np.isfinite(ref), ref, np.nan))
-    ours = lbfgs(rosenbrock, x0, budget, history=100)
-    ours10 = lbfgs(rosenbrock, x0, budget)                       # default memory (10)
+    ours = lbfgsb(rosenbrock, x0, budget, history=100)
+    ours10 = lbfgsb(rosenbrock, x0, budget)                       # default memory (10)
     print(f"\nRosenbrock n={n} budget={budget}: torch LBFGS(history 100, no line search) best {torch_best:.6g}; "
           f"ours history 100: {ours.loss:.6g} ({ours.n_evals} evals, {ours.status}); "
           f"ours history 10: {ours10.loss:.6g} ({ours10.n_evals} evals, {ours10.status})")
@@ -415,23 +414,23 @@ def spd_quadratic(seed=0, n=30, cond=1e3):
 
 
 @pytest.mark.parametrize("step", ["fixed", "armijo"])
-def test_twoloop_quadratic_reaches_known_minimiser(step):
+def test_lbfgs_quadratic_reaches_known_minimiser(step):
     objective, x_star, f_star = spd_quadratic()
-    res = lbfgs_twoloop(objective, np.zeros((1, 3, 2, 5)), 400, step=step, history=10)
+    res = lbfgs(objective, np.zeros((1, 3, 2, 5)), 400, step=step, history=10)
     # fixed steps use gradients only; Armijo's test compares losses, which stop resolving progress once f - f* is
     # near f's rounding error (it then stops: "no progress possible")
     tol = 1e-9 if step == "fixed" else 1e-6
     np.testing.assert_allclose(res.x.reshape(-1), x_star, rtol=0, atol=tol * np.abs(x_star).max())
     assert res.loss == pytest.approx(f_star, rel=1e-12)
     assert res.status == ("budget" if step == "fixed" else "converged")
-    assert res.x.shape == (1, 3, 2, 5) and res.optimizer == "lbfgs_twoloop"
+    assert res.x.shape == (1, 3, 2, 5) and res.optimizer == "lbfgs"
 
 
 @pytest.mark.parametrize("step", ["fixed", "armijo"])
 @pytest.mark.parametrize("n", [2, 4, 10])
-def test_twoloop_rosenbrock_reaches_minimum(step, n):
+def test_lbfgs_rosenbrock_reaches_minimum(step, n):
     x0 = rosenbrock_start(n)
-    res = lbfgs_twoloop(rosenbrock, x0, 1000, step=step)
+    res = lbfgs(rosenbrock, x0, 1000, step=step)
     assert res.loss < 1e-16
     np.testing.assert_allclose(res.x, 1.0, atol=1e-7)
     if step == "armijo":                     # accepted iterates only ever go down
@@ -460,7 +459,7 @@ def torch_fixed_step_iterates(objective, x0, budget, history_size, lr=1.0):
 
 
 @pytest.mark.parametrize("history, seed, lr, skips", [(3, 12, 0.7, 0), (100, 12, 0.7, 0), (2, 13, 1.0, 2)])
-def test_twoloop_fixed_step_takes_torch_lbfgs_iterates(history, seed, lr, skips):
+def test_lbfgs_fixed_step_takes_torch_lbfgs_iterates(history, seed, lr, skips):
     """Same rule as torch.optim.LBFGS(line_search_fn=None): first step min(1, 1/|g|_1) lr, then lr; H0 = s'y/y'y;
     pairs kept only if s'y > 1e-10 (a skipped pair leaves the stored ones intact, also with a full memory); the
     oldest pair dropped when the memory is full (histories 2 and 3 exercise it)."""
@@ -469,7 +468,7 @@ def test_twoloop_fixed_step_takes_torch_lbfgs_iterates(history, seed, lr, skips)
     budget = 15                               # fixed steps on a nonconvex problem amplify rounding differences
     ref = torch_fixed_step_iterates(objective, x0, budget, history, lr=lr)
     seen = []
-    res = lbfgs_twoloop(objective, x0, budget, history=history, lr=lr, step="fixed", curvature_eps=1e-10,
+    res = lbfgs(objective, x0, budget, history=history, lr=lr, step="fixed", curvature_eps=1e-10,
                         callback=lambda r, x: seen.append(np.array(x, copy=True)))
     assert len(ref) == len(seen) == budget == res.n_evals
     assert res.info["pairs_skipped"] == skips
@@ -482,10 +481,10 @@ def test_twoloop_fixed_step_takes_torch_lbfgs_iterates(history, seed, lr, skips)
 
 @pytest.mark.parametrize("step", ["fixed", "armijo"])
 @pytest.mark.parametrize("budget", [0, 1, 2, 3, 7, 50])
-def test_twoloop_uses_exactly_the_budget(step, budget):
+def test_lbfgs_uses_exactly_the_budget(step, budget):
     counted = Counting(rosenbrock)
     x0 = rosenbrock_start(200).reshape(1, 2, 10, 10)
-    res = lbfgs_twoloop(counted, x0, budget, step=step, history=5)
+    res = lbfgs(counted, x0, budget, step=step, history=5)
     assert counted.calls == budget == res.n_evals == len(res.history)
     assert res.status == "budget"
     if budget == 0:
@@ -495,12 +494,12 @@ def test_twoloop_uses_exactly_the_budget(step, budget):
 
 
 @pytest.mark.parametrize("step", ["fixed", "armijo"])
-def test_twoloop_bounded_quadratic_reaches_known_minimum_inside_bounds(step):
+def test_lbfgs_bounded_quadratic_reaches_known_minimum_inside_bounds(step):
     objective, lo, hi, x_star, f_star = bounded_quadratic()
     shape = (1, 2, 3, 4)
     x0 = np.random.default_rng(0).uniform(-3, 3, shape)       # partly outside the box: projected first
     counted = Counting(objective)
-    res = lbfgs_twoloop(counted, x0, 300, bounds=(lo.reshape(shape), hi.reshape(shape)), step=step)
+    res = lbfgs(counted, x0, 300, bounds=(lo.reshape(shape), hi.reshape(shape)), step=step)
     assert counted.calls == res.n_evals
     for x in counted.xs:                                       # every evaluated point is inside the box
         assert np.all(x.reshape(-1) >= lo) and np.all(x.reshape(-1) <= hi)
@@ -511,27 +510,27 @@ def test_twoloop_bounded_quadratic_reaches_known_minimum_inside_bounds(step):
 
 
 @pytest.mark.parametrize("step", ["fixed", "armijo"])
-def test_twoloop_scalar_bounds_on_nonconvex(step):
+def test_lbfgs_scalar_bounds_on_nonconvex(step):
     objective, _ = make_smooth_nonconvex(seed=8)
     counted = Counting(objective)
-    res = lbfgs_twoloop(counted, np.full(SHAPE, 5.0), 60, bounds=(-0.25, 0.25), step=step)
+    res = lbfgs(counted, np.full(SHAPE, 5.0), 60, bounds=(-0.25, 0.25), step=step)
     assert counted.calls == res.n_evals
     assert all(np.abs(x).max() <= 0.25 for x in counted.xs)
     assert res.loss < objective(np.full(SHAPE, 0.25))[0]
 
 
-def test_twoloop_projected_gradient_zero_converges():
+def test_lbfgs_projected_gradient_zero_converges():
     """Gradient pointing out of the box at the bound everywhere: x cannot move, stop after one evaluation."""
-    res = lbfgs_twoloop(lambda x: (float(np.sum(x)), np.ones_like(x), {}), np.full(6, 0.5), 50, bounds=(0.5, 1.0))
+    res = lbfgs(lambda x: (float(np.sum(x)), np.ones_like(x), {}), np.full(6, 0.5), 50, bounds=(0.5, 1.0))
     assert res.status == "converged" and res.n_evals == 1 and "projected gradient" in res.message
 
 
-def test_twoloop_zero_gradient_at_start_converges():
-    res = lbfgs_twoloop(lambda x: (1.0, np.zeros_like(x), {}), np.ones(SHAPE), 10)
+def test_lbfgs_zero_gradient_at_start_converges():
+    res = lbfgs(lambda x: (1.0, np.zeros_like(x), {}), np.ones(SHAPE), 10)
     assert res.status == "converged" and res.n_evals == 1
 
 
-def test_twoloop_armijo_wrong_gradient_stops_without_progress():
+def test_lbfgs_armijo_wrong_gradient_stops_without_progress():
     center = np.linspace(-1, 1, 12)
 
     def wrong(x):
@@ -539,18 +538,18 @@ def test_twoloop_armijo_wrong_gradient_stops_without_progress():
         return float(r @ r), -2.0 * r, {}
 
     x0 = np.zeros(12)
-    res = lbfgs_twoloop(wrong, x0, 500, step="armijo", max_backtracks=5)
+    res = lbfgs(wrong, x0, 500, step="armijo", max_backtracks=5)
     assert res.status == "converged" and "no progress" in res.message
     assert res.n_evals == 1 + 6 and res.info["iterations"] == 0
     assert res.loss == wrong(x0)[0]
     np.testing.assert_array_equal(res.x, x0)
 
 
-def test_twoloop_fixed_step_keeps_the_best_point_not_the_last():
+def test_lbfgs_fixed_step_keeps_the_best_point_not_the_last():
     """A fixed step that overshoots (lr 2.5 on sum(x^2): after the first pair H is exact and every step maps x to
     -1.5 x): the loss goes up after evaluation 2; the result is the lowest evaluated point, not the last."""
     counted = Counting(lambda x: (float(np.sum(x * x)), 2.0 * x, {}))
-    res = lbfgs_twoloop(counted, np.full(4, 3.0), 6, lr=2.5, step="fixed")
+    res = lbfgs(counted, np.full(4, 3.0), 6, lr=2.5, step="fixed")
     losses = np.array(counted.losses)
     assert losses[-1] > losses.min()
     k = int(np.argmin(losses))
@@ -558,11 +557,11 @@ def test_twoloop_fixed_step_keeps_the_best_point_not_the_last():
     np.testing.assert_array_equal(res.x, counted.xs[k])
 
 
-def test_twoloop_armijo_backtracks_where_the_fixed_step_overshoots():
+def test_lbfgs_armijo_backtracks_where_the_fixed_step_overshoots():
     """lr 2.5 on sum(x^2) from 3: the scaled first step is accepted (x = 2.375), then H is exact and the trial
     x - 2.5 x is rejected; the quadratic interpolation of the backtrack lands on t = 1, the exact minimiser."""
     counted = Counting(lambda x: (float(np.sum(x * x)), 2.0 * x, {}))
-    res = lbfgs_twoloop(counted, np.full(4, 3.0), 50, lr=2.5, step="armijo")
+    res = lbfgs(counted, np.full(4, 3.0), 50, lr=2.5, step="armijo")
     assert res.status == "converged" and res.n_evals == 4 and res.loss == 0.0
     assert res.info["backtracks"] == 1 and res.info["iterations"] == 2
     np.testing.assert_allclose(counted.xs[1], 2.375, rtol=1e-15)
@@ -571,24 +570,24 @@ def test_twoloop_armijo_backtracks_where_the_fixed_step_overshoots():
 
 
 @pytest.mark.parametrize("step", ["fixed", "armijo"])
-def test_twoloop_nonfinite_and_interrupt(step):
+def test_lbfgs_nonfinite_and_interrupt(step):
     counted = Counting(rosenbrock, nan_at=4)
-    res = lbfgs_twoloop(counted, rosenbrock_start(10), 50, step=step)
+    res = lbfgs(counted, rosenbrock_start(10), 50, step=step)
     assert res.status == "nonfinite" and res.n_evals == 4
     assert res.loss == min(counted.losses[:3])
     counted = Counting(rosenbrock, interrupt_at=5)
-    res = lbfgs_twoloop(counted, rosenbrock_start(10), 50, step=step)
+    res = lbfgs(counted, rosenbrock_start(10), 50, step=step)
     assert res.status == "interrupted" and res.n_evals == 4
     np.testing.assert_array_equal(res.x, counted.xs[int(np.argmin(counted.losses))])
 
 
-def test_twoloop_argument_errors():
+def test_lbfgs_argument_errors():
     for kw in ({"history": 0}, {"history": 2.0}, {"step": "wolfe"}, {"lr": 0.0}, {"c1": 1.0},
                {"max_backtracks": 0}, {"curvature_eps": -1.0}, {"bounds": (1.0, 0.0)}):
         with pytest.raises(ValueError):
-            lbfgs_twoloop(rosenbrock, np.zeros(4), 5, **kw)
+            lbfgs(rosenbrock, np.zeros(4), 5, **kw)
     with pytest.raises(TypeError):
-        lbfgs_twoloop(rosenbrock, np.zeros(4), 2.5)
+        lbfgs(rosenbrock, np.zeros(4), 2.5)
 
 
 # ------------------------------------------------------------------------------------------------ gradient descent
@@ -739,19 +738,19 @@ def test_zero_budget(name):
 
 def test_argument_errors():
     with pytest.raises(ValueError):
-        lbfgs(rosenbrock, np.zeros(4), -1)
+        lbfgsb(rosenbrock, np.zeros(4), -1)
     with pytest.raises(TypeError):
-        lbfgs(rosenbrock, np.zeros(4), 2.5)
+        lbfgsb(rosenbrock, np.zeros(4), 2.5)
     with pytest.raises(ValueError):
-        lbfgs(rosenbrock, np.zeros(4), 5, bounds=(1.0, 0.0))
+        lbfgsb(rosenbrock, np.zeros(4), 5, bounds=(1.0, 0.0))
     with pytest.raises(ValueError):
-        lbfgs(rosenbrock, np.zeros(4), 5, bounds=(np.zeros(3), 1.0))
+        lbfgsb(rosenbrock, np.zeros(4), 5, bounds=(np.zeros(3), 1.0))
     with pytest.raises(ValueError):
         gradient_descent(rosenbrock, np.zeros(4), 5, lr=0.0)
     with pytest.raises(ValueError):
         adam(rosenbrock, np.array([np.nan, 0.0]), 5)
     with pytest.raises(ValueError):
-        lbfgs(lambda x: (0.0, np.zeros(3), {}), np.zeros(4), 5)     # gradient of the wrong size
+        lbfgsb(lambda x: (0.0, np.zeros(3), {}), np.zeros(4), 5)     # gradient of the wrong size
 
 
 def test_optim_does_not_import_torch():
@@ -777,7 +776,7 @@ def test_direct_setulb_driver_matches_scipy_minimize(monkeypatch):
     runs = []
     for direct in (True, False):
         monkeypatch.setattr(optim, "_SETULB_OK", direct)
-        res = optim.lbfgs(objective, np.zeros((5, 6)), 40, bounds=bounds, history=5)
+        res = optim.lbfgsb(objective, np.zeros((5, 6)), 40, bounds=bounds, history=5)
         runs.append([r.loss for r in res.history])
     assert optim._probe_setulb()
     assert runs[0] == runs[1]

@@ -116,10 +116,22 @@ def test_pil_inputs_and_inits(features_model, paths):
     assert a.loss == b.loss  # the seed fixes the start
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "gd"])
+@pytest.mark.parametrize("optimizer", ["lbfgsb", "adam", "gd"])
 def test_other_optimizers(features_model, paths, optimizer):
     image, result = stylize(paths["content"], paths["style"], model=features_model, optimizer=optimizer, **FAST)
     assert result.optimizer == optimizer and result.n_evals == 3
+    if optimizer == "lbfgsb":
+        assert "restarts" in result.info and "pairs_stored" not in result.info  # SciPy's, not ours
+
+
+def test_lbfgs_and_lbfgsb_minimise_the_same_problem(features_model, paths):
+    """Both L-BFGS engines get the same bounds and memory from stylize and end far below the start loss."""
+    runs = {name: stylize(paths["content"], paths["style"], model=features_model, optimizer=name, history=5,
+                          **dict(FAST, iterations=12))[1] for name in ("lbfgs", "lbfgsb")}
+    assert runs["lbfgs"].history[0].loss == runs["lbfgsb"].history[0].loss  # same objective, same start
+    assert runs["lbfgs"].info["history"] == 5
+    for result in runs.values():
+        assert result.n_evals == 12 and result.loss < 0.5 * result.history[0].loss
 
 
 def test_texture_and_invert_shapes(features_model, paths):
