@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 from bench.bench_objective import CACHE, ours_objective, torch_objective  # noqa: E402
-from bench.common import machine, save_json  # noqa: E402
+from bench.common import save_json  # noqa: E402
 
 CHECKPOINTS = (50, 100, 200)
 
@@ -234,10 +234,8 @@ def main(argv=None):
     ap.add_argument("--output", default="lbfgs", help="name of the JSON file in bench/results")
     ap.add_argument("--skip", nargs="*", default=[], choices=["quality", "overhead"])
     args = ap.parse_args(argv)
-    from bench.common import features_model
-    features_model(CACHE)
-    results = dict(machine=machine())
-    print(f"machine: {results['machine']}")
+    from bench.common import start
+    results = start(CACHE)
     if "overhead" not in args.skip:
         results["overhead"] = section_overhead(args.overhead_sizes, args.repeats)
     if "quality" not in args.skip:

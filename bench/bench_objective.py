@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
-from bench.common import IMAGES, WEIGHTS, machine, median_time, save_json  # noqa: E402
+from bench.common import IMAGES, WEIGHTS, median_time, save_json  # noqa: E402
 
 STARRY = dict(content_layer=3, content_weight=6e-2, style_layers=(1, 4, 6, 7), style_weights=(3e5, 1e3, 15, 3),
               tv_weight=2e-2)
@@ -259,10 +259,8 @@ def main(argv=None):
         memory.reexec_with_huge_pages()
     if args.child:
         return _child(args.child[0], int(args.child[1]))
-    from bench.common import features_model
-    features_model(CACHE)
-    results = dict(machine=machine())
-    print(f"machine: {results['machine']}")
+    from bench.common import start
+    results = start(CACHE)
     if "eval" not in args.skip:
         results["eval"] = section_eval(args.sizes, args.repeats)
     if "quality" not in args.skip:

@@ -41,6 +41,15 @@ def features_model(cache: Path) -> Path:
     return path
 
 
+def start(cache: Path) -> dict:
+    """Start a benchmark run: export the model into `cache` if needed, print the machine, and return the results
+    dict the sections fill ({"machine": ...})."""
+    features_model(cache)
+    results = dict(machine=machine())
+    print(f"machine: {results['machine']}", flush=True)
+    return results
+
+
 def content_input(size: int) -> np.ndarray:
     """Tübingen preprocessed with its smaller edge = size: float32 [1,3,size,~1.33 size]."""
     from nst_core.imageio import open_image, preprocess

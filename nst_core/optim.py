@@ -339,6 +339,12 @@ def _as_bounds(bounds: BoundsLike, shape: Tuple[int, ...], what: str = "bounds")
     return lo, hi
 
 
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
 def _positive(value, name: str) -> float:
     value = float(value)
     if not (value > 0 and math.isfinite(value)):
@@ -393,10 +399,8 @@ def lbfgsb(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None, 
     """
     x0 = _as_x0(x0)
     budget = _as_budget(budget)
-    if isinstance(history, bool) or not isinstance(history, (int, np.integer)) or history < 1:
-        raise ValueError(f"history must be a positive int, got {history!r}")
-    if isinstance(maxls, bool) or not isinstance(maxls, (int, np.integer)) or maxls < 1:
-        raise ValueError(f"maxls must be a positive int, got {maxls!r}")
+    history = _positive_int(history, "history")
+    maxls = _positive_int(maxls, "maxls")
     box = _as_bounds(bounds, x0.shape)
     if box is not None:
         np.clip(x0, box[0], box[1], out=x0)
@@ -625,8 +629,7 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
     """
     x = _as_x0(x0)
     budget = _as_budget(budget)
-    if isinstance(history, bool) or not isinstance(history, (int, np.integer)) or history < 1:
-        raise ValueError(f"history must be a positive int, got {history!r}")
+    history = _positive_int(history, "history")
     if step not in TWOLOOP_STEPS:
         raise ValueError(f"step must be one of {TWOLOOP_STEPS}, got {step!r}")
     lr = _positive(lr, "lr")
@@ -636,8 +639,7 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
     c1 = float(c1)
     if not 0.0 < c1 < 1.0:
         raise ValueError(f"c1 must be in (0, 1), got {c1}")
-    if isinstance(max_backtracks, bool) or not isinstance(max_backtracks, (int, np.integer)) or max_backtracks < 1:
-        raise ValueError(f"max_backtracks must be a positive int, got {max_backtracks!r}")
+    max_backtracks = _positive_int(max_backtracks, "max_backtracks")
     box = _as_bounds(bounds, x.shape)
     if box is not None:
         np.clip(x, box[0], box[1], out=x)
