@@ -49,7 +49,7 @@ def ours_objective(size: int, style_size: int | None = None, fused: bool = True)
     fused: the default one-session objective (True) or the split forward / NumPy losses / backward path."""
     import onnx
     from nst_core.model import Network, tap_name
-    from nst_core.objective import make_objective, single_threaded_blas, targets
+    from nst_core.objective import make_objective, targets
     from bench.common import features_model
     model = onnx.load(features_model(CACHE))
     layers = sorted({STARRY["content_layer"], *STARRY["style_layers"]})
@@ -57,9 +57,13 @@ def ours_objective(size: int, style_size: int | None = None, fused: bool = True)
     cx, sx = inputs(size, style_size)
     ct, grams = targets(net, cx, sx, STARRY["content_layer"], STARRY["style_layers"])
     inner = make_objective(net, content_target=ct, style_targets=grams, fused=fused, **STARRY)
+    # Found once: single_threaded_blas() (threadpool_limits) rescans the process's loaded libraries on every entry,
+    # 1.5-3 ms, which a per-evaluation wrapper would charge to every evaluation. nst_core enters it once per run.
+    from threadpoolctl import ThreadpoolController
+    blas = ThreadpoolController()
 
     def obj(x):
-        with single_threaded_blas():
+        with blas.limit(limits=1, user_api="blas"):
             return inner(x)
     return obj, cx.astype(np.float64)
 
