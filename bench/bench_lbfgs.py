@@ -1,7 +1,7 @@
 """L-BFGS in NumPy (optim.lbfgs) against SciPy's L-BFGS-B (optim.lbfgsb) and torch.optim.LBFGS.
 
     python -m bench.bench_lbfgs [--skip quality overhead] [--quality-size 192] [--start content|noise]
-                                [--budget 300] [--only NAME ...] [--repeats 5] [--output lbfgs]
+                                [--budget 300] [--only SUBSTRING ...] [--repeats 5] [--output lbfgs]
 
 Sections:
   quality   CS231n's starry_night objective (bench.bench_objective) at 192 px from the content image (--start noise:
@@ -77,6 +77,10 @@ def variants(bounds):
             out[f"twoloop {step} h{h} bounded"] = (
                 lambda o, x, b, cb, h=h, step=step: optim.lbfgs(o, x, b, history=h, step=step,
                                                                         bounds=bounds, callback=cb))
+    for h in (20, 100):  # the default keeps its pairs in float32; the same runs with float64 pairs
+        out[f"twoloop armijo h{h} bounded float64"] = (
+            lambda o, x, b, cb, h=h: optim.lbfgs(o, x, b, history=h, bounds=bounds, memory_dtype="float64",
+                                                 callback=cb))
     return out
 
 
@@ -187,7 +191,7 @@ def quadratic(n: int, seed: int = 0):
     return objective, np.zeros(n)
 
 
-def section_overhead(sizes, repeats: int, steady: int = 40):
+def section_overhead(sizes, repeats: int, steady: int = 40, only=None):
     """Optimizer seconds per evaluation, measured over the last `steady` evaluations of a run of history + steady
     + 1 evaluations (so the memory is full: the steady state of a long run)."""
     from nst_core import optim
@@ -203,6 +207,11 @@ def section_overhead(sizes, repeats: int, steady: int = 40):
                         lambda o, x, b, h=h: optim.lbfgs(o, x, b, history=h, step="armijo")))
         configs.append((f"twoloop armijo h{h} bounded", h,
                         lambda o, x, b, h=h: optim.lbfgs(o, x, b, history=h, step="armijo", bounds=box)))
+        configs.append((f"twoloop armijo h{h} bounded float64", h,
+                        lambda o, x, b, h=h: optim.lbfgs(o, x, b, history=h, step="armijo", bounds=box,
+                                                         memory_dtype="float64")))
+    if only:
+        configs = [c for c in configs if any(s in c[0] for s in only)]
     rows = []
     for n in sizes:
         obj, x0 = quadratic(n)
@@ -217,7 +226,7 @@ def section_overhead(sizes, repeats: int, steady: int = 40):
             row = dict(n=n, name=name, evaluations=evaluations, overhead_ms_per_eval=1e3 * statistics.median(per_eval),
                        min_ms=1e3 * min(per_eval), max_ms=1e3 * max(per_eval), status=res.status)
             rows.append(row)
-            print(f"  n={n:8d} {name:28s} optimizer {row['overhead_ms_per_eval']:7.2f} ms/eval (median of {repeats}; "
+            print(f"  n={n:8d} {name:36s} optimizer {row['overhead_ms_per_eval']:7.2f} ms/eval (median of {repeats}; "
                   f"min {row['min_ms']:.2f}, max {row['max_ms']:.2f})", flush=True)
     return rows
 
@@ -226,7 +235,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quality-size", type=int, default=192)
     ap.add_argument("--budget", type=int, default=300, help="evaluations per variant in the quality section")
-    ap.add_argument("--only", nargs="*", help="run only the quality variants whose name contains one of these")
+    ap.add_argument("--only", nargs="*", help="run only the variants whose name contains one of these")
     ap.add_argument("--overhead-sizes", type=int, nargs="+", default=[3 * 192 * 256, 3 * 512 * 683])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--start", choices=["content", "noise"], default="content")
@@ -237,7 +246,7 @@ def main(argv=None):
     from bench.common import start
     results = start(CACHE)
     if "overhead" not in args.skip:
-        results["overhead"] = section_overhead(args.overhead_sizes, args.repeats)
+        results["overhead"] = section_overhead(args.overhead_sizes, args.repeats, only=args.only)
     if "quality" not in args.skip:
         results["quality"] = section_quality(args.quality_size, args.budget, args.only, args.fresh_torch,
                                              args.start)

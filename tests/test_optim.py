@@ -458,25 +458,30 @@ def torch_fixed_step_iterates(objective, x0, budget, history_size, lr=1.0):
     return xs
 
 
+@pytest.mark.parametrize("memory_dtype, atol", [("float64", 1e-10), ("float32", 1e-3)])
 @pytest.mark.parametrize("history, seed, lr, skips", [(3, 12, 0.7, 0), (100, 12, 0.7, 0), (2, 13, 1.0, 2)])
-def test_lbfgs_fixed_step_takes_torch_lbfgs_iterates(history, seed, lr, skips):
+def test_lbfgs_fixed_step_takes_torch_lbfgs_iterates(history, seed, lr, skips, memory_dtype, atol):
     """Same rule as torch.optim.LBFGS(line_search_fn=None): first step min(1, 1/|g|_1) lr, then lr; H0 = s'y/y'y;
     pairs kept only if s'y > 1e-10 (a skipped pair leaves the stored ones intact, also with a full memory); the
-    oldest pair dropped when the memory is full (histories 2 and 3 exercise it)."""
+    oldest pair dropped when the memory is full (histories 2 and 3 exercise it). With float64 pairs the iterates
+    are torch's (float64) to rounding; float32 pairs (the default) round each pair once: 1e-9 apart after one step,
+    growing to 2e-4 over 15 fixed steps on this nonconvex problem (a wrong pair or order would be O(0.1) off)."""
     objective, _ = make_smooth_nonconvex(seed=seed)
     x0 = np.random.default_rng(13).uniform(-1.0, 1.0, SHAPE)
     budget = 15                               # fixed steps on a nonconvex problem amplify rounding differences
     ref = torch_fixed_step_iterates(objective, x0, budget, history, lr=lr)
     seen = []
     res = lbfgs(objective, x0, budget, history=history, lr=lr, step="fixed", curvature_eps=1e-10,
-                        callback=lambda r, x: seen.append(np.array(x, copy=True)))
+                memory_dtype=memory_dtype, callback=lambda r, x: seen.append(np.array(x, copy=True)))
     assert len(ref) == len(seen) == budget == res.n_evals
     assert res.info["pairs_skipped"] == skips
     assert res.info["pairs_stored"] + res.info["pairs_skipped"] == budget - 1
     moved = [np.abs(b - a).max() for a, b in zip(ref, ref[1:])]
     assert min(moved) > 1e-6                  # the iterates really move
     for k, (a, b) in enumerate(zip(seen, ref)):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10, err_msg=f"evaluation {k + 1}")
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=f"evaluation {k + 1}")
+    if memory_dtype == "float32":             # ... but not exactly them: the float32 path really is taken
+        assert max(np.abs(a - b).max() for a, b in zip(seen, ref)) > 1e-10
 
 
 @pytest.mark.parametrize("step", ["fixed", "armijo"])
@@ -583,7 +588,8 @@ def test_lbfgs_nonfinite_and_interrupt(step):
 
 def test_lbfgs_argument_errors():
     for kw in ({"history": 0}, {"history": 2.0}, {"step": "wolfe"}, {"lr": 0.0}, {"c1": 1.0},
-               {"max_backtracks": 0}, {"curvature_eps": -1.0}, {"bounds": (1.0, 0.0)}):
+               {"max_backtracks": 0}, {"curvature_eps": -1.0}, {"bounds": (1.0, 0.0)}, {"memory_dtype": "float16"},
+               {"memory_dtype": None}):
         with pytest.raises(ValueError):
             lbfgs(rosenbrock, np.zeros(4), 5, **kw)
     with pytest.raises(TypeError):
