@@ -153,7 +153,8 @@ def _plan(optimizers, adam_lrs, gd_lr, lbfgs_history: int, budget: int, style_sc
     for name in optimizers:
         if name == "lbfgs":
             runs.append({"label": "lbfgs", "kind": "lbfgs", "settings": {
-                "method": "L-BFGS (NumPy two-loop, Armijo backtracking, projected)", "history": lbfgs_history,
+                "method": "L-BFGS (NumPy two-loop, Armijo backtracking, projected, float32 pairs)",
+                "history": lbfgs_history,
                 "bounds": pixels}})
         elif name == "lbfgsb":
             runs.append({"label": "lbfgsb", "kind": "lbfgsb", "settings": {

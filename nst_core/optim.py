@@ -606,9 +606,8 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
     memory_dtype : "float32" or "float64"
         Precision of the stored pairs and of the two-loop recursion. The iterate, the gradient, the step rule and
         ``s'y`` stay float64 either way; with float32 a pair is rounded once when stored. float32 (default) halves
-        the two-loop's memory traffic (it is memory-bandwidth bound: 47 vs 103 ms per iteration with 20 pairs at
-        n = 3*512*682) and its memory, at the precision torch.optim.LBFGS works in; float64 takes exactly the
-        iterates of a float64 reference.
+        the two-loop's memory traffic (it is memory-bandwidth bound, see Notes) and its memory, at the precision
+        torch.optim.LBFGS works in; float64 takes exactly the iterates of a float64 reference.
     callback : callable, optional
         ``callback(record, x)`` after every evaluation.
 
@@ -617,8 +616,9 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
     Result
         The best evaluated point, ``optimizer="lbfgs"``. ``info``: ``iterations`` (accepted steps),
         ``pairs_stored``, ``pairs_skipped``, ``backtracks`` (rejected trials), ``resets`` (memory drops),
-        ``history``, ``step``. Status "converged" when the gradient is exactly zero, or when no step is possible
-        from an empty memory (the projected steepest-descent step is zero, or "armijo" rejected all its trials).
+        ``history``, ``step``, ``memory_dtype``. Status "converged" when the gradient is exactly zero, or when no
+        step is possible from an empty memory (the projected steepest-descent step is zero, or "armijo" rejected all
+        its trials).
 
     Notes
     -----
@@ -676,7 +676,7 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
 
     def body(ev: _Evaluator, info: dict):
         info.update(iterations=0, pairs_stored=0, pairs_skipped=0, backtracks=0, resets=0, history=int(history),
-                    step=step)
+                    step=step, memory_dtype=mdt.name)
         m = max(1, min(int(history), budget - 1))     # never more pairs than evaluations - 1
         slots = m + 1                                 # m pairs + the slot the next pair is written to
         S = np.empty((slots, n), mdt)                 # ring buffers of s_i, y_i (pages committed when written)

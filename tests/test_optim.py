@@ -474,7 +474,7 @@ def test_lbfgs_fixed_step_takes_torch_lbfgs_iterates(history, seed, lr, skips, m
     res = lbfgs(objective, x0, budget, history=history, lr=lr, step="fixed", curvature_eps=1e-10,
                 memory_dtype=memory_dtype, callback=lambda r, x: seen.append(np.array(x, copy=True)))
     assert len(ref) == len(seen) == budget == res.n_evals
-    assert res.info["pairs_skipped"] == skips
+    assert res.info["pairs_skipped"] == skips and res.info["memory_dtype"] == memory_dtype
     assert res.info["pairs_stored"] + res.info["pairs_skipped"] == budget - 1
     moved = [np.abs(b - a).max() for a, b in zip(ref, ref[1:])]
     assert min(moved) > 1e-6                  # the iterates really move
