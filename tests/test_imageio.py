@@ -527,6 +527,39 @@ def test_save_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch, failure
     assert os.listdir(tmp_path) == ["out.png"]
 
 
+@pytest.mark.parametrize("where", ["mkstemp", "fsync"])
+def test_ctrl_c_during_the_write_comes_after_a_complete_file(tmp_path, monkeypatch, where):
+    """A real SIGINT while the temporary file is created (just after mkstemp made it: it used to be left behind) or
+    written: the KeyboardInterrupt arrives once the new file is complete and in place, with no temporary left."""
+    import signal
+    import tempfile
+    path = tmp_path / "out.png"
+    imageio.save_image(str(path), noise_rgb(6, 6))
+    if where == "mkstemp":
+        real = tempfile.mkstemp
+
+        def interrupted(*args, **kwargs):
+            made = real(*args, **kwargs)
+            signal.raise_signal(signal.SIGINT)
+            return made
+        monkeypatch.setattr(imageio.tempfile, "mkstemp", interrupted)
+    else:
+        real = os.fsync
+
+        def interrupted(fd):
+            signal.raise_signal(signal.SIGINT)
+            real(fd)
+        monkeypatch.setattr(imageio.os, "fsync", interrupted)
+    new = noise_rgb(6, 6, seed=9)
+    with pytest.raises(KeyboardInterrupt):
+        imageio.save_image(str(path), new)
+    monkeypatch.undo()
+    with Image.open(path) as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), new)
+    assert os.listdir(tmp_path) == ["out.png"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_save_failure_without_previous_file(tmp_path, monkeypatch):
     def fail(self, fp, *args, **kwargs):
         raise ValueError("encoder exploded")
