@@ -40,6 +40,7 @@ import onnx
 import torch
 
 from nst_core.errors import NSTError
+from nst_core.interrupts import sigint_deferred
 
 from .squeezenet import (IMAGENET_MEAN, IMAGENET_STD, MIN_INPUT_SIZE, NUM_TAPS, TAP_CHANNELS, FeatureTaps,
                          build_squeezenet)
@@ -216,13 +217,15 @@ def _set_metadata(proto: onnx.ModelProto, *, source: str, sha256: str, exporter:
 def _write_atomically(proto: onnx.ModelProto, final: Path) -> Path:
     """Write ``proto`` to a unique temp file next to ``final``, validate it, then ``os.replace`` it onto ``final``."""
     out_dir = final.parent
+    tmp = None
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}-", suffix=".onnx.tmp", dir=out_dir)
-    except OSError as e:
-        raise NSTError(f"cannot write the ONNX model into {out_dir}: {_one_line(e)}") from None
-    tmp = Path(tmp_name)
-    try:
+        with sigint_deferred():  # a Ctrl-C here is raised once tmp is known, so the cleanup below removes it
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}-", suffix=".onnx.tmp", dir=out_dir)
+            except OSError as e:
+                raise NSTError(f"cannot write the ONNX model into {out_dir}: {_one_line(e)}") from None
+            tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(proto.SerializeToString())
@@ -243,8 +246,9 @@ def _write_atomically(proto: onnx.ModelProto, final: Path) -> Path:
         except OSError as e:
             raise NSTError(f"cannot move the ONNX model onto {final}: {_one_line(e)}") from None
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         raise
     with contextlib.suppress(OSError, AttributeError):   # best effort: make the rename durable
         dir_fd = os.open(out_dir, os.O_RDONLY)

@@ -24,20 +24,18 @@ looks like to a person. Transparent pixels therefore become white, half-transpar
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import numbers
 import os
 import re
-import signal
 import tempfile
-import threading
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import NSTError
+from .interrupts import sigint_deferred
 
 __all__ = [
     "MEAN",
@@ -399,29 +397,6 @@ def save_image(path, rgb_uint8: np.ndarray, forbid=()) -> None:
     write_bytes(name, buffer.getvalue())
 
 
-@contextlib.contextmanager
-def _sigint_deferred():
-    """Hold Ctrl-C (SIGINT) for the duration of the block, then deliver it to whatever handler was installed.
-
-    A KeyboardInterrupt raised inside ``tempfile.mkstemp`` after it created the file, or just after it returned,
-    escapes the cleanup that removes the temporary file (seen: a ``.out_000026.png.XXXX.png`` left behind by a
-    Ctrl-C during ``--save-every``). Python runs signal handlers in the main thread only, so elsewhere (and where
-    no Python handler is installed) the block runs as is."""
-    caught = []
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is not None:
-            signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-            if caught:
-                signal.raise_signal(signal.SIGINT)
-
-
 def write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: a temporary file in the same directory (same extension), fsync,
     ``os.replace``, then fsync of the directory. ``path`` holds either its old content or all of ``data``; the
@@ -429,7 +404,7 @@ def write_bytes(path, data: bytes) -> None:
     until the file is complete (or removed). A replaced file keeps its permission bits.
     Problems raise NSTError("<path>: <problem>")."""
     path = os.fspath(path)
-    with _sigint_deferred():
+    with sigint_deferred():
         _write_bytes(path, data)
 
 

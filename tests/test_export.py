@@ -342,6 +342,27 @@ def test_failed_write_leaves_no_temp_and_keeps_old_model(features_proto, tmp_pat
     assert final.read_bytes() == b"old model"
 
 
+def test_ctrl_c_just_after_mkstemp_leaves_no_temp(features_proto, tmp_path, monkeypatch):
+    """A real SIGINT right after mkstemp made the temporary file (it used to escape the cleanup)."""
+    import signal
+    import tempfile
+    final = tmp_path / "features.onnx"
+    final.write_bytes(b"old model")
+    real = tempfile.mkstemp
+
+    def interrupted(*args, **kwargs):
+        made = real(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return made
+
+    monkeypatch.setattr(tempfile, "mkstemp", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _write_atomically(features_proto, final)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.onnx"]
+    assert final.read_bytes() == b"old model"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_creates_missing_out_dir(features_proto, tmp_path):
     final = tmp_path / "a" / "b" / "features.onnx"
     assert _write_atomically(features_proto, final) == final
