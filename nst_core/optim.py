@@ -626,8 +626,8 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
     ``daxpy`` on flat contiguous arrays, no temporaries, no n x n matrix), against the much larger bookkeeping of
     L-BFGS-B's Cauchy-point and subspace steps. It is memory-bandwidth bound: with a full memory of 20 pairs and
     bounds, 8.2 ms per iteration at n = 3*192*256 and 66 ms at n = 3*512*683 with float32 pairs (13.8 / 121 ms
-    with float64 pairs), against SciPy L-BFGS-B's 27 / 183 ms unbounded and 58 / 417 ms with bounds
-    (bench/bench_lbfgs.py's overhead section, 2-core development machine, cheap quadratic objective). The run
+    with float64 pairs), against SciPy L-BFGS-B's 27 / 183 ms unbounded and 58 / 417 ms with bounds in an earlier
+    run (bench/bench_lbfgs.py's overhead section, 2-core development machine, cheap quadratic objective). The run
     (objective included) uses one BLAS thread: OpenBLAS's two threads made the two-loop 4-30x slower there
     between ORT calls. The direction is not computed after the last evaluation.
 
@@ -730,9 +730,7 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
                 dm = _axpy(alpha[i] - beta, S[i], dm)
             if box is not None and count:
                 dm *= free                            # d_F = -(H_FF) g_F: a descent direction, d = 0 elsewhere
-            if exact:
-                d = dm
-            else:
+            if not exact:                             # (exact: d is dm, updated in place)
                 np.copyto(d, dm)
             gtd = float(np.dot(g, d))
             if not gtd < 0.0:                         # not a descent direction (rounding): drop the memory
