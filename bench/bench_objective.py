@@ -43,17 +43,18 @@ def inputs(size: int, style_size: int | None = None):
             preprocess(open_image(IMAGES / "starry_night.jpg"), style_size or size))
 
 
-def ours_objective(size: int, style_size: int | None = None, fused: bool = True):
+def ours_objective(size: int, style_size: int | None = None, fused: bool = True, optimization: str = "all"):
     """(objective, x0 float64) of nst_core for the starry_night problem at `size`; the objective runs with one
     BLAS thread, as nst_core.transfer runs it (OpenBLAS's own threads fight ONNX Runtime's for the cores).
-    fused: the default one-session objective (True) or the split forward / NumPy losses / backward path."""
+    fused: the default one-session objective (True) or the split forward / NumPy losses / backward path;
+    optimization: the sessions' graph optimisation (nst_core.model.OPTIMIZATIONS)."""
     import onnx
     from nst_core.model import Network, tap_name
     from nst_core.objective import make_objective, targets
     from bench.common import features_model
     model = onnx.load(features_model(CACHE))
     layers = sorted({STARRY["content_layer"], *STARRY["style_layers"]})
-    net = Network(model, [tap_name(k) for k in layers], device="cpu")
+    net = Network(model, [tap_name(k) for k in layers], device="cpu", optimization=optimization)
     cx, sx = inputs(size, style_size)
     ct, grams = targets(net, cx, sx, STARRY["content_layer"], STARRY["style_layers"])
     inner = make_objective(net, content_target=ct, style_targets=grams, fused=fused, **STARRY)

@@ -127,13 +127,37 @@ def _shared_arena(ort) -> bool:
     return _ARENA[0]
 
 
-def session(model: onnx.ModelProto, device: str = "auto", threads: int = 0):
+# Graph optimisation settings a session can be built with: (ORT level name, rewrites switched off).
+OPTIMIZATIONS = {
+    "all": ("ORT_ENABLE_ALL", ()),  # the default
+    "no-layout": ("ORT_ENABLE_ALL", ("NchwcTransformer",)),
+    "extended": ("ORT_ENABLE_EXTENDED", ()),
+    "basic": ("ORT_ENABLE_BASIC", ()),  # constant folding and redundancy removal only: the tests' reference
+}
+
+
+def session(model: onnx.ModelProto, device: str = "auto", threads: int = 0, optimization: str = "all"):
     """An ORT InferenceSession for `model`. Thread spinning is off: our forward and backward sessions alternate,
-    and spinning made that ~1.8x slower on 2 cores (DESIGN.md). The CPU memory arena: ``memory.arena_mode()``."""
+    and spinning made that ~1.8x slower on 2 cores (DESIGN.md). The CPU memory arena: ``memory.arena_mode()``.
+
+    optimization: a key of OPTIMIZATIONS. The default is ORT_ENABLE_ALL, NCHWc layout rewrite included. That
+    rewrite (NchwcTransformer: blocked-channel Conv/MaxPool kernels, on CPUs with AVX2 or AVX-512) was suspected in
+    issue 13 of giving wrong gradients on an AVX-512 machine. It does not: bench/repro_relu_tie.py is the minimal
+    reproducer (the model cut at one Conv, no backward at all): on that input one pre-activation is +1.3e-5 in
+    float64 while every float32 implementation (torch, ORT with and without the rewrite) is off by up to 8e-5 in
+    that tensor, so its ReLU is on or off by rounding luck, and that one unit moves the gradient by 1e-3. With the
+    activation pattern fixed, the rewritten graph's gradient equals float64 torch's on the same piece within 2.5e-7
+    (tests/test_ort_rewrite.py, tests/kinks.py). Kept on because it is faster: per evaluation, off/on 1.03-1.08 at
+    256-1024 px (bench/bench_layout.py). DESIGN-NOTES.md has the whole story."""
     ort = _ort()
+    if optimization not in OPTIMIZATIONS:
+        raise ValueError(f"optimization must be one of {', '.join(OPTIMIZATIONS)}")
+    level, disabled = OPTIMIZATIONS[optimization]
     opts = ort.SessionOptions()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    if disabled:
+        opts.add_session_config_entry("optimization.disable_specified_optimizers", ",".join(disabled))
     opts.log_severity_level = 3
     mode = memory.arena_mode()
     if mode == "off":
@@ -157,10 +181,11 @@ class Network:
     Sessions are built on first use."""
 
     def __init__(self, model: onnx.ModelProto, taps, device: str = "auto", threads: int = 0,
-                 maxpool: str = "scatter"):
+                 maxpool: str = "scatter", optimization: str = "all"):
         self.taps = list(dict.fromkeys(taps))
         providers(device)  # NSTError now for a device this ORT build lacks
         self._model, self._device, self._threads, self._maxpool = model, device, threads, maxpool
+        self._optimization = optimization  # session() graph optimisation; tests compare "all" with "basic"
         self._graph = vjp.build_vjp(model, self.taps, INPUT, maxpool=maxpool)  # UnsupportedOperator now
         self._split = None  # (forward model, backward model)
         self._fwd = self._bwd = None  # their sessions, each built on first use
@@ -175,7 +200,8 @@ class Network:
     def _forward_session(self):
         if self._fwd is None:
             fwd = self._split_models()[0]
-            self._fwd = (session(fwd, self._device, self._threads), [o.name for o in fwd.graph.output])
+            sess = session(fwd, self._device, self._threads, self._optimization)
+            self._fwd = (sess, [o.name for o in fwd.graph.output])
         return self._fwd
 
     def features(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -192,20 +218,32 @@ class Network:
         self._saved[INPUT] = x
         return {t: self._saved[t] for t in self.taps}
 
-    def backward(self, cotangents: dict[str, np.ndarray]) -> np.ndarray:
-        """dL/dx [1,3,H,W] float32 at the last forward's x, given dL/d(tap) for each tap (same shapes)."""
+    def saved(self) -> dict[str, np.ndarray]:
+        """The tensors the last forward() kept for backward(), by ONNX name: the image, the ReLU outputs whose
+        masks the backward applies and the max pools' inputs (float32, the arrays backward() will read)."""
         if not self._saved:
+            raise RuntimeError("saved() before forward()")
+        needed = {i.name for i in self._split_models()[1].graph.input}
+        return {k: v for k, v in self._saved.items() if k in needed}
+
+    def backward(self, cotangents: dict[str, np.ndarray], saved: dict | None = None) -> np.ndarray:
+        """dL/dx [1,3,H,W] float32 at the last forward's x, given dL/d(tap) for each tap (same shapes).
+        saved: the forward tensors to use instead of the last forward's (a ``saved()`` dict, e.g. of another
+        Network on the same model: the backward is then the same linear map, whatever rounding each forward did)."""
+        saved = self._saved if saved is None else saved
+        if not saved:
             raise RuntimeError("backward() before forward()")
         if self._bwd is None:
             bwd = self._split_models()[1]
-            self._bwd = (session(bwd, self._device, self._threads), [i.name for i in bwd.graph.input])
+            sess = session(bwd, self._device, self._threads, self._optimization)
+            self._bwd = (sess, [i.name for i in bwd.graph.input])
         sess, inputs = self._bwd
         feeds = {}
         for name in inputs:
             if name.startswith("grad_"):
                 feeds[name] = np.ascontiguousarray(cotangents[name[5:]], dtype=np.float32)
             else:
-                feeds[name] = self._saved[name]
+                feeds[name] = saved[name]
         return sess.run(["grad_image"], feeds)[0]
 
     def objective(self, content_tap: str | None, content_target, content_weight: float, grams: dict,
@@ -222,7 +260,7 @@ class Network:
         key = (content_tap, style_taps)
         if key not in self._objectives:
             model = lossgraph.objective_model(self._model, content_tap, style_taps, INPUT, maxpool=self._maxpool)
-            self._objectives[key] = session(model, self._device, self._threads)
+            self._objectives[key] = session(model, self._device, self._threads, self._optimization)
         sess = self._objectives[key]
         feeds = {}
         if content_tap:

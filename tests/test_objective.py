@@ -1,8 +1,12 @@
 """The whole style-transfer objective (ORT forward + NumPy losses + ORT VJP + TV) against the same objective written
 in torch and differentiated by autograd in float64, and against finite differences.
 
-Bounds for the gradient (DESIGN.md: float32 max-pool near-ties flip a few arg-max winners): relative L2 <= 1e-2 and
-at most 2% of the elements off by more than 1e-4 x max|grad|.
+Gradient bounds (DESIGN-NOTES.md, "ReLU and max-pool near-ties"): a unit within float32's rounding of a ReLU or
+max-pool tie is on either side by luck, and moves the gradient by ~1e-3. On this very input one pre-activation of
+features.7's squeeze is +1.3e-5 in float64 while float32's rounding there reaches 8e-5; ORT's NCHWc kernels (AVX2 /
+AVX-512) put it off, float32 torch on. So the gradient is judged on our own activation pattern: float64 torch forced
+onto it (tests/kinks.py) must match ours within 20x float32 torch's deviation on the same piece + 1e-6, and with at
+most 0.5 % more elements off; every unit where our pattern differs from float64's must be a near-tie.
 """
 import numpy as np
 import onnx
@@ -15,6 +19,7 @@ from nst_core.model import Network, tap_name
 from nst_core.objective import active_layers, make_objective, targets
 
 torch = pytest.importorskip("torch")
+from kinks import forced, pattern, torch_saved, unexplained_flips  # noqa: E402
 from torch_reference import as_dtype, loss_and_grad, make_loss  # noqa: E402
 
 H, W = 128, 160
@@ -39,13 +44,14 @@ def net64(torch_squeezenet):
     return as_dtype(torch_squeezenet, torch.float64)
 
 
-def ours(features_model, content, style, params, taps=None, fused=True):
+def ours(features_model, content, style, params, taps=None, fused=True, with_network=False):
     layers = active_layers(params["content_layer"], params["content_weight"], params["style_layers"],
                            params["style_weights"])
     network = Network(onnx.load(features_model), [tap_name(k) for k in (taps or layers)], device="cpu")
     p_target, grams = targets(network, content, style, params["content_layer"],
                               [k for k, w in zip(params["style_layers"], params["style_weights"]) if w])
-    return make_objective(network, content_target=p_target, style_targets=grams, fused=fused, **params)
+    objective = make_objective(network, content_target=p_target, style_targets=grams, fused=fused, **params)
+    return (objective, network) if with_network else objective
 
 
 def figures(got, ref):
@@ -56,12 +62,15 @@ def figures(got, ref):
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "split"])
 @pytest.mark.parametrize("params", [STARRY, SHARED_TAP], ids=["starry_night", "shared_tap"])
-def test_objective_matches_torch_float64(features_model, images, net64, params, fused):
+def test_objective_matches_torch_float64(features_model, images, torch_squeezenet, net64, params, fused):
     content, style, x = images
-    objective = ours(features_model, content, style, params, fused=fused)
+    objective, network = ours(features_model, content, style, params, fused=fused, with_network=True)
     loss, grad, parts = objective(x)
     assert grad.dtype == np.float64 and grad.shape == x.shape
     assert set(parts) == {"content", "style", "tv"}
+    network.forward(x.astype(np.float32))
+    saved = network.saved()
+    ours_pattern = pattern(saved)
 
     ref_fn = make_loss(net64, content, style, dtype=torch.float64, **params)
     ref_loss, ref_grad, ref_parts = loss_and_grad(ref_fn, x)
@@ -70,10 +79,24 @@ def test_objective_matches_torch_float64(features_model, images, net64, params, 
     assert abs(loss - sum(parts.values())) <= 1e-12 * abs(loss)
     for k in parts:
         assert abs(parts[k] - ref_parts[k]) <= 1e-4 * abs(ref_parts[k]) + 1e-12, k
-    rel, off = figures(grad, ref_grad)
-    print(f"gradient: relative L2 {rel:.2e}, elements off by > 1e-4 max: {100 * off:.3f}%")
-    assert rel <= 1e-2
-    assert off <= 0.02
+
+    with forced(net64, ours_pattern):
+        _, piece, _ = loss_and_grad(ref_fn, x)
+    fn32 = make_loss(torch_squeezenet, content, style, dtype=torch.float32, **params)
+    with forced(torch_squeezenet, ours_pattern):
+        _, piece32, _ = loss_and_grad(fn32, x, dtype=torch.float32)
+    _, plain32, _ = loss_and_grad(fn32, x, dtype=torch.float32)
+    rel, off = figures(grad, piece)
+    rel_t, off_t = figures(piece32, piece)
+    print(f"gradient on our pattern: ours relative L2 {rel:.2e}, {100 * off:.3f}% off by > 1e-4 max | float32 torch "
+          f"{rel_t:.2e}, {100 * off_t:.3f}%")
+    print("against plain float64 torch: ours %.2e, float32 torch %.2e" % (figures(grad, ref_grad)[0],
+                                                                       figures(plain32, ref_grad)[0]))
+    assert rel <= 20 * rel_t + 1e-6
+    assert off <= off_t + 0.005
+    values64, pre64 = torch_saved(net64, x, saved)
+    _, pre32 = torch_saved(torch_squeezenet, x, saved)
+    assert unexplained_flips(ours_pattern, pattern(values64), pre64, pre32) == []
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "split"])

@@ -1,8 +1,12 @@
 """The whole SqueezeNet VJP with the real weights against torch autograd in float64.
 
-Float32 max-pool near-ties flip a few arg-max winners (DESIGN.md), so the bound is relative L2 <= 1e-2 and at most
-2% of elements off by more than 1e-4 x max|dL/dx|. Torch's own float32 gradient is measured against the same
-float64 reference beside ours, and ours must not be much worse than it.
+The network is piecewise linear, and float32 puts a unit within its rounding of a tie (a ReLU pre-activation near
+0, two max-pool candidates near equal) on either side by luck; one such unit moves the gradient by up to ~1e-2
+(DESIGN-NOTES.md). So the tight check is on one piece: torch in float64 forced onto the activation pattern our
+forward pass produced (tests/kinks.py) must give our gradient within 20x float32 torch's own deviation on that same
+piece + 1e-6 (both measured here), and with at most 0.5 % more elements off than it. Against plain float64 torch,
+every unit where our pattern differs from float64's must be a near-tie: within 10x float32 torch's largest rounding
+of that tensor. The figures of plain float32 torch are printed beside ours.
 """
 import copy
 
@@ -16,6 +20,7 @@ from nst_core import vjp
 from nst_core.model import Network, tap_name
 
 torch = pytest.importorskip("torch")
+from kinks import forced, pattern, torch_saved, unexplained_flips  # noqa: E402
 
 CS231N = (1, 3, 4, 6, 7)
 ALL = tuple(range(13))
@@ -59,9 +64,6 @@ def test_squeezenet_vjp_matches_torch_float64(features_model, images_dir, nets, 
         shapes = [f.shape for f in net32.feature_maps(torch.tensor(x))]
     cot = {k: rng.standard_normal(shapes[k]).astype(np.float32) for k in taps}
 
-    ref = torch_grad(net64, x, taps, cot, torch.float64)
-    torch32 = torch_grad(net32, x, taps, cot, torch.float32)
-
     model = onnx.load(features_model)
     names = [tap_name(k) for k in taps]
     full = vjp.vjp_model(vjp.build_vjp(model, names))
@@ -80,14 +82,31 @@ def test_squeezenet_vjp_matches_torch_float64(features_model, images_dir, nets, 
         a, r = feats[tap_name(k)].astype(np.float64), ref_feats[k].numpy().astype(np.float64)
         assert np.linalg.norm(a - r) <= 1e-5 * np.linalg.norm(r)
 
-    rel, off = figures(ours, ref)
-    rel_split, off_split = figures(split, ref)
+    saved = network.saved()
+    ours_pattern = pattern(saved)
+    with forced(net64, ours_pattern):
+        piece = torch_grad(net64, x, taps, cot, torch.float64)
+    with forced(net32, ours_pattern):
+        piece32 = torch_grad(net32, x, taps, cot, torch.float32)
+    ref = torch_grad(net64, x, taps, cot, torch.float64)
+    torch32 = torch_grad(net32, x, taps, cot, torch.float32)
+
+    rel_p, off_p = figures(piece32, piece)
+    print(f"\n{hw} taps={taps}: on our pattern: torch float32 {rel_p:.2e}, {off_p:.3%} off", end="")
+    for name, got in (("one model", ours), ("split", split)):
+        rel, off = figures(got, piece)
+        print(f" | {name} {rel:.2e}, {off:.3%}", end="")
+        assert rel <= 20 * rel_p + 1e-6 and off <= off_p + 0.005, name
+    rel, off = figures(split, ref)
     rel_t, off_t = figures(torch32, ref)
-    print(f"\n{hw} taps={taps}: ours rel L2 {rel:.2e}, {off:.3%} off | split {rel_split:.2e}, {off_split:.3%} | "
-          f"torch float32 {rel_t:.2e}, {off_t:.3%}")
-    for r, o in ((rel, off), (rel_split, off_split)):
-        assert r <= 1e-2 and o <= 0.02
-        assert r <= max(3 * rel_t, 1e-5)
+    print(f"\n  plain float64 torch: ours {rel:.2e}, {off:.3%} off | torch float32 {rel_t:.2e}, {off_t:.3%}")
+
+    values64, pre64 = torch_saved(net64, x, saved)
+    _, pre32 = torch_saved(net32, x, saved)
+    ref_pattern = pattern(values64)
+    differ = {str(k): int(np.sum(ours_pattern[k] != ref_pattern[k])) for k in ours_pattern}
+    print(f"  units on another side than float64: {sum(differ.values())}")
+    assert unexplained_flips(ours_pattern, ref_pattern, pre64, pre32) == []
 
 
 def test_pruned_to_deepest_tap(features_model):
