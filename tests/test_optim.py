@@ -336,8 +336,12 @@ def test_lbfgsb_restart_from_best_point_makes_progress(monkeypatch):
 
 
 def test_lbfgsb_wrong_gradient_stops_without_progress():
-    """A gradient of the wrong sign on a convex quadratic: the loss rises along every search direction, so every
-    line search fails (ABNORMAL); 'no progress possible' is reported and the budget is not wasted."""
+    """A gradient of the wrong sign on a convex quadratic: the loss rises along every search direction, so no line
+    search finds a lower loss; 'no progress possible' is reported and the budget is not wasted.
+
+    Which message SciPy stops with depends on the BLAS kernel's rounding (ABNORMAL_TERMINATION_IN_LNSRCH with
+    OpenBLAS's Haswell kernels, CONVERGENCE: REL_REDUCTION_OF_F with its SkylakeX ones), so only the behaviour is
+    asserted: one SciPy run, no restart, the start point and its loss returned."""
     center = np.linspace(-1, 1, 12)
 
     def wrong(x):
@@ -347,7 +351,7 @@ def test_lbfgsb_wrong_gradient_stops_without_progress():
     x0 = np.zeros(12)
     res = lbfgsb(wrong, x0, 500)
     assert res.status == "converged" and "no progress" in res.message
-    assert len(res.info["scipy_messages"]) == 1 and res.info["scipy_messages"][0].startswith("ABNORMAL")
+    assert len(res.info["scipy_messages"]) == 1
     assert res.n_evals < 500 and res.info["restarts"] == 0
     assert res.loss == wrong(x0)[0]
     np.testing.assert_array_equal(res.x, x0)
@@ -417,10 +421,12 @@ def spd_quadratic(seed=0, n=30, cond=1e3):
 def test_lbfgs_quadratic_reaches_known_minimiser(step):
     objective, x_star, f_star = spd_quadratic()
     res = lbfgs(objective, np.zeros((1, 3, 2, 5)), 400, step=step, history=10)
-    # fixed steps use gradients only; Armijo's test compares losses, which stop resolving progress once f - f* is
-    # near f's rounding error (it then stops: "no progress possible")
-    tol = 1e-9 if step == "fixed" else 1e-6
-    np.testing.assert_allclose(res.x.reshape(-1), x_star, rtol=0, atol=tol * np.abs(x_star).max())
+    # Where L-BFGS stops improving x depends on rounding: its curvature pairs are differences of gradients, which
+    # lose their digits as the steps shrink (fixed steps stalled at 1e-8 to 2e-8 of max|x*| with OpenBLAS's Haswell
+    # and SkylakeX kernels), and Armijo's test compares losses, which stop resolving progress once f - f* is near
+    # f's rounding (it then stops: "no progress possible"). 1e-6 of max|x*| is six orders below the start's error
+    # and two above any such stall: it asserts convergence, not one BLAS kernel's last digits.
+    np.testing.assert_allclose(res.x.reshape(-1), x_star, rtol=0, atol=1e-6 * np.abs(x_star).max())
     assert res.loss == pytest.approx(f_star, rel=1e-12)
     assert res.status == ("budget" if step == "fixed" else "converged")
     assert res.x.shape == (1, 3, 2, 5) and res.optimizer == "lbfgs"
