@@ -9,7 +9,8 @@
 
 Exit status: 0 success; 2 a problem with the input (bad option, image, model or output path; one line on stderr
 ``nst: error: ...``, never a traceback); 3 the optimisation diverged (NaN or infinite loss / gradient: the best
-finite image is saved); 130 interrupted by Ctrl-C (during the optimisation the best image so far is saved first).
+finite image is saved); 128 + the signal's number when stopped by a signal: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129
+SIGHUP (during the optimisation the best image so far is saved first, at the output path).
 Every option is checked before any model or image is loaded; images and logs are written atomically (temporary
 file + rename), so OUT never holds a partial file, and an input image is never overwritten.
 
@@ -21,9 +22,7 @@ import argparse
 import math
 import os
 import re
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ CS231N_TAPS = "1,3,4,6,7"
 
 EXIT_INPUT = 2
 EXIT_NONFINITE = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT; SIGTERM and SIGHUP give 128 + their number (nst_core.interrupts)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -344,7 +343,7 @@ def _problem_options(args) -> dict:
 
 
 def _cmd_transfer(args) -> int:
-    from nst_core import transfer
+    from nst_core import interrupts, transfer
     from nst_core.imageio import check_output_path, deprocess, save_image
 
     task = args.task
@@ -401,12 +400,12 @@ def _cmd_transfer(args) -> int:
         _write_log(args.log, result)
     if result.status == "interrupted":
         if result.best_evaluation is None:
-            print("nst: interrupted before the first evaluation; nothing saved", file=sys.stderr)
+            print(f"nst: {interrupts.stopped_by()} before the first evaluation; nothing saved", file=sys.stderr)
         else:
             save_image(out, image, forbid=inputs)
-            print(f"nst: interrupted after {result.n_evals} evaluations; saved the best image so far "
+            print(f"nst: {interrupts.stopped_by()} after {result.n_evals} evaluations; saved the best image so far "
                   f"(evaluation {result.best_evaluation}, loss {result.loss:.6g}) to {out}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupts.exit_status()
     if result.status == "nonfinite":
         detail = result.message.split(";")[0]
         detail = detail[len("stopped: "):] if detail.startswith("stopped: ") else detail
@@ -427,7 +426,7 @@ def _cmd_transfer(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from nst_core import compare, transfer
+    from nst_core import compare, interrupts, transfer
 
     content = _default_image(args.content, DEFAULT_CONTENT, "content")
     style = _default_image(args.style, DEFAULT_STYLE, "style")
@@ -450,12 +449,12 @@ def _cmd_compare(args) -> int:
     if summary["interrupted"] is not None:
         finished = list(summary["optimizers"])
         if finished:
-            print(f"nst: interrupted during {summary['interrupted']}; wrote the finished optimizers "
+            print(f"nst: {interrupts.stopped_by()} during {summary['interrupted']}; wrote the finished optimizers "
                   f"({', '.join(finished)}) to {args.output}", file=sys.stderr)
         else:
-            print(f"nst: interrupted during {summary['interrupted']}; nothing finished, nothing written",
-                  file=sys.stderr)
-        return EXIT_INTERRUPTED
+            print(f"nst: {interrupts.stopped_by()} during {summary['interrupted']}; nothing finished, nothing "
+                  f"written", file=sys.stderr)
+        return interrupts.exit_status()
     if not args.quiet:
         print(f"wrote {', '.join(summary['files'])} to {args.output}")
         print("\n".join(compare.table(summary)))
@@ -603,41 +602,31 @@ def main(argv=None) -> int:
         from nst_core import memory
 
         memory.reexec_with_huge_pages()
-    interrupted = []
+    from nst_core import interrupts
 
-    def on_sigint(signum, frame):
-        # Python's default behaviour, remembered: a Ctrl-C inside an import (NumPy, SciPy and ONNX while the parser
-        # is built, about a second; onnxruntime, torch later) can surface as an ImportError, or as the NSTError
-        # made from one ("onnxruntime is not installed"), instead of as a KeyboardInterrupt
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    ours = (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
-    if ours:
-        signal.signal(signal.SIGINT, on_sigint)
-    try:
+    # A stop signal (Ctrl-C, SIGTERM, SIGHUP) raises KeyboardInterrupt: the optimizers return the best point so far,
+    # the commands save it and exit with 128 + the signal's number. One during an import (NumPy, SciPy and ONNX
+    # while the parser is built, about a second; onnxruntime later) can surface as an ImportError, or as the
+    # NSTError made from one ("onnxruntime is not installed"), instead: interrupts.received() tells them apart.
+    with interrupts.stop_signals():
         try:
-            parser = build_parser()
-            args = parser.parse_args(argv)
-            return args.func(args)
-        except Exception:
-            if interrupted:
-                raise KeyboardInterrupt from None
-            raise
-    except NSTError as exc:
-        print(f"nst: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_INPUT
-    except KeyboardInterrupt:
-        print("nst: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except MemoryError:
-        print("nst: error: out of memory; try a smaller --size or --style-size", file=sys.stderr)
-        return EXIT_INPUT
-    finally:
-        if ours:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
+            try:
+                parser = build_parser()
+                args = parser.parse_args(argv)
+                return args.func(args)
+            except Exception:
+                if interrupts.received():
+                    raise KeyboardInterrupt from None
+                raise
+        except NSTError as exc:
+            print(f"nst: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_INPUT
+        except KeyboardInterrupt:
+            print(f"nst: {interrupts.stopped_by()}", file=sys.stderr)
+            return interrupts.exit_status()
+        except MemoryError:
+            print("nst: error: out of memory; try a smaller --size or --style-size", file=sys.stderr)
+            return EXIT_INPUT
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -59,9 +59,10 @@ Repeatability
     (the thread count being equal), the losses run in NumPy with one BLAS thread, and the budgets are exact. Without
     a seed a noise start draws one, and ``summary["seed"]`` records it so that the run can be repeated.
 
-Ctrl-C
+Ctrl-C, SIGTERM, SIGHUP
     An interrupted optimizer is left out (its partial run would not be comparable); the optimizers finished before it
-    are written as usual and ``summary["interrupted"]`` names it. The CLI then exits with status 130.
+    are written as usual and ``summary["interrupted"]`` names it. The CLI then exits with status 128 + the signal's
+    number (130 for Ctrl-C, 143 for SIGTERM).
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from . import model as _model
-from . import optim, transfer
+from . import interrupts, optim, transfer
 from .errors import NSTError
 from .imageio import deprocess, save_image, write_bytes
 from .objective import single_threaded_blas
@@ -592,32 +593,36 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
             + ", ".join(r["label"] for r in runs))
         done, interrupted = [], None
         for i, run in enumerate(runs):
-            state = {"best": math.inf, "x": None, "checkpoints": {}}
+            try:
+                state = {"best": math.inf, "x": None, "checkpoints": {}}
 
-            def callback(record, x, state=state):
-                if math.isfinite(record.loss) and record.loss < state["best"]:
-                    state["best"] = record.loss
-                    state["x"] = np.array(x, copy=True)
-                if record.evaluation in marks and state["x"] is not None:
-                    state["checkpoints"][record.evaluation] = (deprocess(state["x"]), state["best"])
+                def callback(record, x, state=state):
+                    if math.isfinite(record.loss) and record.loss < state["best"]:
+                        state["best"] = record.loss
+                        state["x"] = np.array(x, copy=True)
+                    if record.evaluation in marks and state["x"] is not None:
+                        state["checkpoints"][record.evaluation] = (deprocess(state["x"]), state["best"])
 
-            result = _optimise(run, problem, budget, callback)
-            if result.status == "interrupted":
-                interrupted = run["label"]
-                say(f"[{i + 1}/{len(runs)}] {run['label']}: interrupted after {result.n_evals} evaluations; "
-                    f"left out")
+                result = _optimise(run, problem, budget, callback)
+                if result.status == "interrupted":
+                    interrupted = run["label"]
+                    say(f"[{i + 1}/{len(runs)}] {run['label']}: interrupted after {result.n_evals} evaluations; "
+                        f"left out")
+                    break
+                run = dict(run, result=result, checkpoints=state["checkpoints"],
+                           final=deprocess(result.x) if result.best_evaluation is not None else None)
+                done.append(run)
+                say(f"[{i + 1}/{len(runs)}] {run['label']}: loss {result.loss:.6g} (best at evaluation "
+                    f"{result.best_evaluation} of {result.n_evals}), {result.history[-1].seconds:.1f} s"
+                    + ("" if result.status == "budget" else f", {result.status}: {result.message}"))
+            except KeyboardInterrupt:  # a stop signal between two optimizers, outside their own handling
+                interrupted = runs[min(len(done), len(runs) - 1)]["label"]
                 break
-            run = dict(run, result=result, checkpoints=state["checkpoints"],
-                       final=deprocess(result.x) if result.best_evaluation is not None else None)
-            done.append(run)
-            say(f"[{i + 1}/{len(runs)}] {run['label']}: loss {result.loss:.6g} (best at evaluation "
-                f"{result.best_evaluation} of {result.n_evals}), {result.history[-1].seconds:.1f} s"
-                + ("" if result.status == "budget" else f", {result.status}: {result.message}"))
 
     notes = []
     if interrupted is not None:
         left = [r["label"] for r in runs[len(done):]]
-        notes.append(f"interrupted (Ctrl-C) during {interrupted}: {', '.join(left)} left out of this comparison")
+        notes.append(f"{interrupts.stopped_by()} during {interrupted}: {', '.join(left)} left out of this comparison")
     preset = options.get("preset", DEFAULT_PRESET)
     summary = _summarise(done, problem, opt, preset, content, style, budget, seed, seed_drawn, marks, start_loss)
     summary.update(started=started, machine=machine, interrupted=interrupted, out_dir=directory)

@@ -161,7 +161,11 @@ def test_runtime_never_imports_torch(env, images, tmp_path):
     assert r.stdout.splitlines()[-1] == "0 0 0 False False"
 
 
-def test_ctrl_c_saves_the_best_image_and_exits_130(env, images, tmp_path):
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_stop_signal_saves_the_best_image_and_exits_128_plus_signal(env, images, tmp_path, signum, status):
+    """Ctrl-C, a scheduler's SIGTERM and a closed terminal's SIGHUP all stop the run the same way: the best image so
+    far at the output path, written atomically, the signal named, exit status 128 + its number."""
     out = tmp_path / "out.png"
     first = tmp_path / "out_000001.png"  # --save-every 1 with 100000 evaluations: 6-digit numbers
     proc = subprocess.Popen(CLI + ["stylize", *images, "-o", str(out), "--size", "64", "--iterations", "100000",
@@ -174,18 +178,40 @@ def test_ctrl_c_saves_the_best_image_and_exits_130(env, images, tmp_path):
             assert time.monotonic() < deadline, "no intermediate image within 120 s"
             time.sleep(0.05)
         time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == status, stderr
     assert "Traceback" not in stderr and "saved the best image so far" in stderr and str(out) in stderr
+    word = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)", signal.SIGHUP: "hung up (SIGHUP)"}
+    assert stderr.startswith(f"nst: {word[signum]} after "), stderr
     with Image.open(out) as im:
         im.load()
         assert im.size == (85, 64)
     rows = list(csv.reader((tmp_path / "run.csv").open()))
     assert len(rows) >= 2 and rows[0][0] == "evaluation"
+    assert leftovers(tmp_path) == []
+
+
+def test_background_job_killed_with_sigterm_leaves_a_picture_and_exits_143(env, images, tmp_path):
+    """`nst stylize ... &` from a non-interactive shell, then `kill -TERM`: such a job starts with SIGINT ignored,
+    SIGTERM is what stops it. The shell reports nst's own exit status, 143, and the picture is complete."""
+    out = tmp_path / "out.png"
+    first = tmp_path / "out_00001.png"
+    cmd = " ".join(CLI + ["stylize", *images, "-o", str(out), "--size", "64", "--iterations", "10000",
+                          "--save-every", "1", "--device", "cpu"])
+    script = (f"{cmd} 2> {tmp_path / 'err.txt'} &\npid=$!\n"
+              f"for i in $(seq 1200); do [ -e {first} ] && break; sleep 0.1; done\nsleep 0.3\n"
+              "kill -TERM $pid\nwait $pid\necho status=$?\n")
+    r = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    stderr = (tmp_path / "err.txt").read_text()
+    assert r.stdout.strip().endswith("status=143"), (r.stdout, r.stderr, stderr)
+    assert "Traceback" not in stderr and stderr.startswith("nst: terminated (SIGTERM) after "), stderr
+    with Image.open(out) as im:
+        im.load()
+        assert im.size == (85, 64)
     assert leftovers(tmp_path) == []
 
 

@@ -176,7 +176,7 @@ def test_ctrl_c_writes_the_finished_optimizers(features_model, paths, tmp_path, 
     assert summary["interrupted"] == "gd" and list(summary["optimizers"]) == ["lbfgs", "adam"]
     _, rows = read_csv(tmp_path / "c" / "history.csv")
     assert [r[0] for r in rows] == ["lbfgs"] * 6 + ["adam"] * 6
-    assert "interrupted (Ctrl-C) during gd: gd left out" in (tmp_path / "c" / "summary.md").read_text()
+    assert "interrupted during gd: gd left out" in (tmp_path / "c" / "summary.md").read_text()
     assert not (tmp_path / "c" / "final_gd.png").exists()
 
 
@@ -280,3 +280,32 @@ def test_cli_errors_are_one_line_exit_2(env, paths, tmp_path, args, message):
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("nst: error: ") and message in lines[0], r.stderr
     assert not (tmp_path / "cmp").exists()
+
+
+def test_cli_sigterm_writes_the_finished_optimizers_and_exits_143(env, paths, tmp_path):
+    """SIGTERM (a scheduler's timeout) during the second optimizer: the first one's files are written, the signal
+    is named, exit status 143."""
+    import signal
+
+    out = tmp_path / "c"
+    proc = subprocess.Popen(CLI + ["compare", *paths, "-o", str(out), "--optimizers", "adam,gd", "--size", "32",
+                                   "--style-size", "32", "--device", "cpu", "--iterations", "3000"],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stderr:  # progress: "nst compare: [1/2] adam: ..." once adam has finished
+            lines.append(line)
+            if "[1/2]" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = "".join(lines) + rest
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and "nst: terminated (SIGTERM) during gd; wrote the finished optimizers (adam)"\
+        in stderr, stderr
+    assert json.loads((out / "summary.json").read_text())["interrupted"] == "gd"
+    assert "terminated (SIGTERM) during gd: gd left out" in (out / "summary.md").read_text()
+    assert leftovers(out) == []
