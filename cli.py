@@ -1,6 +1,6 @@
 """The ``nst`` command line: a thin layer over ``nst_core.transfer`` (and ``export`` for ``nst export``).
 
-    nst stylize [CONTENT STYLE] [-o OUT] [--preset NAME] [problem and optimizer options]
+    nst stylize [CONTENT STYLE [STYLE ...]] [-o OUT] [--preset NAME] [problem and optimizer options]
     nst invert  [CONTENT] [-o OUT] ...          feature inversion (content only, from noise)
     nst texture [STYLE] [-o OUT] ...            texture synthesis (style only, from noise)
     nst export  [--weights FILE] [--out DIR]    write features.onnx (needs torch: pip install 'nst-onnx[export]')
@@ -161,6 +161,7 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
                        help=f"adam: initial learning rate, lr/30 from 90%% of the evaluations on (default: "
                             f"{transfer.ADAM_LR:g}, CS231n); gd: step size (default: {transfer.GD_LR:g}); "
                             "not used by lbfgs / lbfgsb")
+    _add_artist(p, task)
     p.add_argument("--history", type=_int, metavar="M",
                    help=f"L-BFGS memory, correction pairs kept (default: {transfer.LBFGS_HISTORY})")
     p.add_argument("--seed", type=_int, metavar="N",
@@ -176,6 +177,21 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress lines and no summary table (default: off)" if compare else
                    "no progress bar and no summary line (default: off; the bar is shown only on a terminal)")
+
+
+def _add_artist(p: argparse.ArgumentParser, task: str) -> None:
+    """--original-colors and --style-blend (stylize, compare) and --pooling (every transfer task)."""
+    if task == "stylize":
+        p.add_argument("--original-colors", choices=("off", "luminance", "match"), default=None,
+                       help="keep the content's colours: luminance (transfer on luminance only, then the content's "
+                            "chroma) or match (the style's colours matched to the content's first) "
+                            "(default: off)")
+        p.add_argument("--style-blend", type=_float_list, metavar="W,W,..",
+                       help="one weight >= 0 per STYLE image, normalised to sum 1: each style layer's target Gram "
+                            "matrix is the weighted sum of the styles' (default: equal weights)")
+    p.add_argument("--pooling", choices=("max", "avg"), default=None,
+                   help="the network's pooling: max (SqueezeNet's, CS231n's) or avg (every max pool becomes an "
+                        "average pool, same windows; smoother pictures) (default: max)")
 
 
 def _add_runtime(p: argparse.ArgumentParser, device: bool = True) -> None:
@@ -204,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "130 interrupted (best image saved).")
     p.add_argument("content", nargs="?", metavar="CONTENT",
                    help=f"content image (default: {DEFAULT_CONTENT})")
-    p.add_argument("style", nargs="?", metavar="STYLE", help=f"style image (default: {DEFAULT_STYLE})")
+    p.add_argument("style", nargs="*", metavar="STYLE",
+                   help=f"style image; several are blended (--style-blend) (default: {DEFAULT_STYLE})")
     _add_common(p, "stylize", "stylized.png")
     p.set_defaults(func=_cmd_transfer, task="stylize")
 
@@ -232,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="Exit status: 0 ok (also when an optimizer diverges: the summary says so), 2 bad input, "
                               "130 interrupted (the optimizers finished before Ctrl-C are written).")
     p.add_argument("content", nargs="?", metavar="CONTENT", help=f"content image (default: {DEFAULT_CONTENT})")
-    p.add_argument("style", nargs="?", metavar="STYLE", help=f"style image (default: {DEFAULT_STYLE})")
+    p.add_argument("style", nargs="*", metavar="STYLE",
+                   help=f"style image; several are blended (--style-blend) (default: {DEFAULT_STYLE})")
     _add_common(p, "stylize", "compare", compare=True)
     p.add_argument("--optimizers", metavar="NAME,..",
                    help="comma-separated, run in this order: lbfgs (our L-BFGS, --history), lbfgsb (SciPy L-BFGS-B, "
@@ -338,12 +356,19 @@ def _default_image(given, default: Path, what: str) -> str:
 def _problem_options(args) -> dict:
     names = ("preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
              "style_scale", "tv_weight", "init", "optimizer", "iterations", "lr", "history", "seed", "device",
-             "model")
+             "model", "original_colors", "style_blend", "pooling")
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
+def _styles(given) -> list:
+    """The STYLE arguments (a list, or None for invert), the default style image when none is given."""
+    if isinstance(given, list) and given:
+        return given
+    return [_default_image(None, DEFAULT_STYLE, "style")]
+
+
 def _cmd_transfer(args) -> int:
-    from nst_core import interrupts, transfer
+    from nst_core import blend, interrupts, transfer
     from nst_core.imageio import check_output_path, deprocess, save_image
 
     task = args.task
@@ -352,8 +377,12 @@ def _cmd_transfer(args) -> int:
     if args.save_every < 0:
         raise NSTError(f"--save-every must be >= 0, got {args.save_every}")
     content = _default_image(args.content, DEFAULT_CONTENT, "content") if task != "texture" else None
-    style = _default_image(args.style, DEFAULT_STYLE, "style") if task != "invert" else None
-    inputs = [p for p in (content, style) if p is not None]
+    if task == "stylize":
+        style = _styles(args.style)
+        blend.blend_weights(options.get("style_blend"), len(style))  # the count, before any file is touched
+    else:
+        style = _default_image(args.style, DEFAULT_STYLE, "style") if task != "invert" else None
+    inputs = [p for p in [content] + blend.as_list(style) if p is not None]
     out = args.output
     check_output_path(out)
     _check_not_input(out, inputs, "the output")
@@ -429,7 +458,8 @@ def _cmd_compare(args) -> int:
     from nst_core import compare, interrupts, transfer
 
     content = _default_image(args.content, DEFAULT_CONTENT, "content")
-    style = _default_image(args.style, DEFAULT_STYLE, "style")
+    style = _styles(args.style)
+    style = style[0] if len(style) == 1 else style
     options = _problem_options(args)
     iterations = options.pop("iterations", transfer.DEFAULT_ITERATIONS)
     history = options.pop("history", transfer.LBFGS_HISTORY)

@@ -78,7 +78,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from . import model as _model
-from . import interrupts, optim, transfer
+from . import blend, interrupts, optim, transfer
 from .errors import NSTError
 from .imageio import deprocess, save_image, write_bytes
 from .objective import single_threaded_blas
@@ -103,7 +103,8 @@ FILES = ("history.csv", "loss.png", "images.png", "summary.md", "summary.json")
 PLOTS_HINT = "pip install 'nst-onnx[plots]'"
 _CSV_COLUMNS = ("optimizer", "evaluation", "seconds", "loss", "content", "style", "tv")
 _PROBLEM_OPTIONS = ("preset", "size", "style_size", "content_layer", "content_weight", "style_layers",
-                    "style_weights", "tv_weight", "init", "device", "model")
+                    "style_weights", "tv_weight", "init", "device", "model", "original_colors", "style_blend",
+                    "pooling")
 
 
 def default_gd_lr(style_scale: float) -> float:
@@ -351,12 +352,26 @@ def table(summary: dict) -> list:
     return lines
 
 
+def _artist(p: dict) -> str:
+    """The artist controls of the problem, for the settings line ("" when all are at their defaults)."""
+    parts = []
+    if p.get("original_colors", "off") != "off":
+        parts.append(f"original colors {p['original_colors']}")
+    if isinstance(p.get("style"), list):
+        blend_ = p.get("style_blend")
+        parts.append("style blend " + (",".join(f"{w:g}" for w in blend_) if blend_ else "equal"))
+    if p.get("pooling", "max") != "max":
+        parts.append(f"pooling {p['pooling']}")
+    return "".join(f"; {t}" for t in parts)
+
+
 def _summary_md(summary: dict) -> str:
     p, opts = summary["problem"], summary["optimizers"]
     labels = list(opts)
     best = summary["best"]
     lines = ["# Optimizer comparison", ""]
-    lines.append(f"`nst compare`: {os.path.basename(p['content'])} in the style of {os.path.basename(p['style'])}, "
+    style = " + ".join(os.path.basename(s) for s in blend.as_list(p["style"]))
+    lines.append(f"`nst compare`: {os.path.basename(p['content'])} in the style of {style}, "
                  f"{p['height']}x{p['width']} px, preset {p['preset'] or 'none'}, style scale {p['style_scale']:g}, "
                  f"init {p['init']}. Every optimizer minimises the same objective from the same start image "
                  f"(loss {p['start_loss']:.6g}) with the same budget of {summary['budget']} objective evaluations "
@@ -382,7 +397,8 @@ def _summary_md(summary: dict) -> str:
                  f"{p['size']} (output {p['height']}x{p['width']}), style size {p['style_size']}; content layer "
                  f"{p['content_layer']} weight {p['content_weight']:g}; style layers "
                  f"{','.join(map(str, p['style_layers']))} weights {weights} x style scale {p['style_scale']:g}; "
-                 f"TV weight {p['tv_weight']:g}; init {p['init']}; device {p['device']}; model {p['model']}")
+                 f"TV weight {p['tv_weight']:g}; init {p['init']}; device {p['device']}; model {p['model']}"
+                 + _artist(p))
     if p["init"] == "noise":
         seed = f"seed {summary['seed']}" + (" (drawn, not given)" if summary.get("seed_drawn") else "")
     else:
@@ -476,8 +492,10 @@ def _summarise(done: list, problem, opt: dict, preset: str, content, style, budg
                   for run in done}
     h, w = problem.x0.shape[2:]
     problem_info = {k: opt[k] for k in _PROBLEM_OPTIONS if k in opt}
-    problem_info.update(preset=preset, content=os.fspath(content) if isinstance(content, (str, os.PathLike))
-                        else "<image>", style=os.fspath(style) if isinstance(style, (str, os.PathLike)) else "<image>",
+    name = lambda s: os.fspath(s) if isinstance(s, (str, os.PathLike)) else "<image>"  # noqa: E731
+    styles = blend.as_list(style)
+    problem_info.update(preset=preset, content=name(content),
+                        style=name(styles[0]) if len(styles) == 1 else [name(s) for s in styles],
                         height=int(h), width=int(w), style_scale=opt["style_scale"], start_loss=start_loss,
                         model=os.fspath(opt["model_path"]))
     return {"budget": budget, "seed": seed, "seed_drawn": seed_drawn, "checkpoints": list(checkpoints),
@@ -501,7 +519,7 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
     Parameters
     ----------
     content, style : path or PIL image
-        The content photo and the style painting.
+        The content photo and the style painting (``style`` may be a list of them, blended by ``style_blend``).
     out_dir : path
         Directory for the files (see the module docstring); created if missing, its parent must exist.
     optimizers : sequence of str or comma-separated str, optional
@@ -526,7 +544,8 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
         ``progress(line)`` receives one line of text as each optimizer starts and ends (e.g. print to stderr).
     **problem_options
         ``preset``, ``size``, ``style_size``, ``content_layer``, ``content_weight``, ``style_layers``,
-        ``style_weights``, ``tv_weight``, ``init``, ``device``, ``model``: as for ``transfer.stylize``.
+        ``style_weights``, ``tv_weight``, ``init``, ``device``, ``model``, ``original_colors``, ``style_blend``,
+        ``pooling``: as for ``transfer.stylize``.
 
     Returns
     -------
@@ -558,6 +577,7 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
     opt = transfer.validate_options("stylize", optimizer="lbfgs", iterations=iterations, seed=seed,
                                     history=lbfgs_history, style_scale=style_scale, **options)
     budget, history = opt["iterations"], opt["history"]
+    blend.blend_weights(opt["style_blend"], len(blend.as_list(style)))  # the count, before any image is decoded
     if isinstance(checkpoints, (str, bytes)) or not hasattr(checkpoints, "__iter__"):
         raise NSTError(f"checkpoints must be a sequence of evaluation numbers, got {checkpoints!r}")
     marks = []
@@ -570,7 +590,7 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
     runs = _plan(optimizers, adam_lrs, gd_lr, history, budget, opt["style_scale"])
     directory = _check_out_dir(out_dir)
     names = list(FILES) + [f"final_{r['label']}.png" for r in runs]
-    inputs = [p for p in (content, style) if isinstance(p, (str, bytes, os.PathLike))]
+    inputs = [p for p in [content] + blend.as_list(style) if isinstance(p, (str, bytes, os.PathLike))]
     for name in names:
         for inp in inputs:
             if _same_file(os.path.join(directory, name), inp):
@@ -601,7 +621,7 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
                         state["best"] = record.loss
                         state["x"] = np.array(x, copy=True)
                     if record.evaluation in marks and state["x"] is not None:
-                        state["checkpoints"][record.evaluation] = (deprocess(state["x"]), state["best"])
+                        state["checkpoints"][record.evaluation] = (problem.finish(state["x"]), state["best"])
 
                 result = _optimise(run, problem, budget, callback)
                 if result.status == "interrupted":
@@ -610,7 +630,7 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
                         f"left out")
                     break
                 run = dict(run, result=result, checkpoints=state["checkpoints"],
-                           final=deprocess(result.x) if result.best_evaluation is not None else None)
+                           final=problem.finish(result.x) if result.best_evaluation is not None else None)
                 done.append(run)
                 say(f"[{i + 1}/{len(runs)}] {run['label']}: loss {result.loss:.6g} (best at evaluation "
                     f"{result.best_evaluation} of {result.n_evals}), {result.history[-1].seconds:.1f} s"

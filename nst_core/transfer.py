@@ -34,6 +34,12 @@ Options (keyword arguments; None means "the preset's value" / the default shown)
     device          "auto", "cpu" or "cuda" (ONNX Runtime execution provider)
     model           path of features.onnx (default: $NST_HOME or the cache directory, see ``nst_core.model``)
     callback        ``callback(record, x)`` after every evaluation (``optim`` semantics; x is read-only)
+    original_colors stylize: "off" (default), "luminance" (transfer on luminance, the content's chroma kept) or
+                    "match" (the style's colours matched to the content's first); ``nst_core.colour``
+    style_blend     stylize: one weight >= 0 per style image when ``style`` is a list (normalised to sum 1;
+                    default equal); each layer's target Gram matrix is the blend of the styles'; ``nst_core.blend``
+    pooling         "max" (default, SqueezeNet's) or "avg": the network's max pools become average pools
+                    (``nst_core.pooling``)
 
 Every option is validated before any image is decoded or any model loaded; problems raise ``NSTError`` with a
 one-line message. Networks (ONNX Runtime sessions) are cached per (model file, taps, device), so repeated calls in
@@ -51,8 +57,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from . import blend, colour, optim
 from . import model as _model
-from . import optim
+from . import pooling as _pooling
 from .errors import NSTError
 from .imageio import deprocess, open_image, pixel_bounds, preprocess
 from .objective import active_layers, make_objective, single_threaded_blas, targets
@@ -130,11 +137,12 @@ def validate_options(task: str, **options) -> dict:
     """
     allowed = {"preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
                "style_scale", "tv_weight", "init", "optimizer", "iterations", "lr", "history", "seed", "device",
-               "model", "callback"}
+               "model", "callback", "original_colors", "style_blend", "pooling"}
     if task == "invert":
-        allowed -= {"preset", "style_size", "style_layers", "style_weights", "style_scale"}
+        allowed -= {"preset", "style_size", "style_layers", "style_weights", "style_scale", "original_colors",
+                    "style_blend"}
     elif task == "texture":
-        allowed -= {"preset", "content_layer", "content_weight"}
+        allowed -= {"preset", "content_layer", "content_weight", "original_colors", "style_blend"}
     elif task != "stylize":
         raise ValueError(f"unknown task {task!r}")
     unknown = sorted(k for k, v in options.items() if k not in allowed and v is not None)
@@ -203,6 +211,9 @@ def validate_options(task: str, **options) -> dict:
     if callback is not None and not callable(callback):
         raise NSTError("callback must be callable")
     out["callback"] = callback
+    out["original_colors"] = colour.check_mode(opt.get("original_colors", "off"))
+    out["style_blend"] = blend.check_blend(opt["style_blend"]) if "style_blend" in opt else None
+    out["pooling"] = _pooling.check_pooling(opt.get("pooling", "max"))
 
     if task == "texture":
         out["content_weight"] = 0.0
@@ -289,10 +300,11 @@ def min_side(onnx_model, taps) -> int:
     raise NSTError(f"the model cannot compute {', '.join(taps)} at any size up to 4096 px")
 
 
-def _network(path, layers, device):
-    """The cached ``Network`` for (model file, layers, device), and the minimum input side for those layers."""
+def _network(path, layers, device, pooling: str = "max"):
+    """The cached ``Network`` for (model file, layers, device, pooling), and the minimum input side for those
+    layers (the same for both poolings: kernel, strides, pads and ceil_mode are kept)."""
     taps = tuple(_model.tap_name(k) for k in layers)
-    key = (_model_key(path), taps, device)
+    key = (_model_key(path), taps, device) + (() if pooling == "max" else (pooling, _pooling.AVG_SCALE))
     net = _NETWORKS.get(key)
     min_key = (key[0], taps)
     if net is None or min_key not in _MIN_SIZES:
@@ -300,7 +312,7 @@ def _network(path, layers, device):
         if min_key not in _MIN_SIZES:
             _MIN_SIZES[min_key] = min_side(onnx_model, taps)
         if net is None:
-            net = _model.Network(onnx_model, taps, device=device)
+            net = _model.Network(_pooling.with_pooling(onnx_model, pooling), taps, device=device)
             _NETWORKS[key] = net
     return net, _MIN_SIZES[min_key]
 
@@ -365,19 +377,34 @@ class Problem:
     options : dict
         The validated options (``validate_options``); ``options["optimizer"]`` etc. say how ``stylize`` would
         optimise it.
+    finish : callable
+        ``finish(x) -> uint8 [h, w, 3]``: the picture of an optimised x: ``imageio.deprocess``, or with
+        ``original_colors="luminance"`` its luminance joined with the content's chroma (``colour.recombine``).
     """
 
     objective: Callable
     x0: np.ndarray
     bounds: tuple
     options: dict
+    finish: Callable = deprocess
+
+
+def _resized(image, width: int, height: int):
+    """A PIL image or a float [H, W, 3] array resized (bilinear) to exactly width x height."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, c], dtype=np.float32))
+                                .resize((width, height), Image.Resampling.BILINEAR)) for c in range(3)], axis=2)
 
 
 def _prepare(opt: dict, content=None, style=None) -> Problem:
     """Load the model and images, compute the targets and build the objective for validated options ``opt``."""
     model_path = _model.find_model(opt["model"])  # NSTError (how to make one) before decoding any image
+    styles = blend.as_list(style)
+    weights = blend.blend_weights(opt.get("style_blend"), len(styles)) if styles else ()
     content_pil = _open(content, "content") if content is not None else None
-    style_pil = _open(style, "style") if style is not None else None
+    style_pils = [_open(s, "style") for s in styles]
+    content_img, style_imgs = colour.network_images(opt.get("original_colors", "off"), content_pil, style_pils)
 
     style_weights = opt["effective_style_weights"]
     layers = active_layers(opt["content_layer"], opt["content_weight"], opt["style_layers"], style_weights)
@@ -390,18 +417,20 @@ def _prepare(opt: dict, content=None, style=None) -> Problem:
         _check_size(opt["size"], minimum, "size", layers)
         if any(style_weights):
             _check_size(opt["style_size"], minimum, "style size", layers)
-        network, _ = _network(model_path, layers, opt["device"])
+        network, _ = _network(model_path, layers, opt["device"], opt.get("pooling", "max"))
 
     # the output's shape: the content image at `size`, or (texture) the style image at `size`
-    base_x = preprocess(content_pil if content_pil is not None else style_pil, opt["size"])
-    style_x = None
-    if style_pil is not None and any(style_weights):
-        style_x = preprocess(style_pil, opt["style_size"])
+    base_x = preprocess(content_img if content_pil is not None else style_imgs[0], opt["size"])
+    style_xs = []
+    if style_imgs and any(style_weights):  # each style on its own at the style size; weight-0 styles skipped
+        style_xs = [preprocess(s, opt["style_size"]) if w else None for s, w in zip(style_imgs, weights)]
     content_x = base_x if content_pil is not None and opt["content_weight"] else None
     content_target, grams = (None, {})
     if network is not None:
         with single_threaded_blas():
-            content_target, grams = targets(network, content_x, style_x, opt["content_layer"],
+            content_target, _ = targets(network, content_x, None, opt["content_layer"], ())
+            if style_xs:
+                grams = blend.blended_grams(network, style_xs, weights,
                                             [k for k, w in zip(opt["style_layers"], style_weights) if w])
 
     if opt["init"] == "content" or (opt["init"] == "style" and content_pil is None):
@@ -409,10 +438,11 @@ def _prepare(opt: dict, content=None, style=None) -> Problem:
     elif opt["init"] == "noise":
         rng = np.random.default_rng(opt["seed"])
         x0 = rng.uniform(0.0, 1.0, size=base_x.shape)
-    else:  # the style image resized to the output's exact shape
+        if opt.get("original_colors") == "luminance":
+            x0 = colour.grey_normalised(x0)
+    else:  # the (most heavily weighted) style image resized to the output's exact shape
         h, w = base_x.shape[2:]
-        x0 = preprocess(style_pil.convert("RGB").resize((w, h), Image.Resampling.BILINEAR), None)
-        x0 = x0.astype(np.float64)
+        x0 = preprocess(_resized(style_imgs[int(np.argmax(weights))], w, h), None).astype(np.float64)
 
     objective = make_objective(network, content_target=content_target, content_layer=opt["content_layer"],
                                content_weight=opt["content_weight"], style_targets=grams,
@@ -420,22 +450,31 @@ def _prepare(opt: dict, content=None, style=None) -> Problem:
                                tv_weight=opt["tv_weight"])
     x0.flags.writeable = False
     lo, hi = pixel_bounds(x0.shape)
-    return Problem(objective=objective, x0=x0, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)), options=opt)
+    finish = deprocess
+    if opt.get("original_colors") == "luminance":  # the content's chroma at the output's size
+        chroma = preprocess(content_pil, opt["size"])
+        finish = lambda x: colour.recombine(x, chroma)  # noqa: E731
+    return Problem(objective=objective, x0=x0, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)), options=opt,
+                   finish=finish)
 
 
 def prepare(task: str, content=None, style=None, **options) -> Problem:
     """Validate ``options`` (see the module docstring) and build the problem of ``task`` without optimising it.
 
-    ``task``: "stylize" (needs ``content`` and ``style``), "invert" (``content``) or "texture" (``style``); images
-    are paths or PIL images. Returns a ``Problem`` whose objective and start image several optimizers can share
+    ``task``: "stylize" (needs ``content`` and ``style``: one image or a list, blended by ``style_blend``), "invert"
+    (``content``) or "texture" (``style``, one image); images are paths or PIL images. Returns a ``Problem`` whose objective and start image several optimizers can share
     (``nst_core.compare`` does); ``stylize(...)`` is ``prepare("stylize", ...)`` followed by the optimizer of
     ``options["optimizer"]``. Raises ``NSTError`` like ``stylize``.
     """
     opt = validate_options(task, **options)
     if task != "texture" and content is None:
         raise NSTError(f"{task} needs a content image")
-    if task != "invert" and style is None:
+    if task != "invert" and not blend.as_list(style):
         raise NSTError(f"{task} needs a style image")
+    if task == "texture" and len(blend.as_list(style)) > 1:
+        raise NSTError("texture takes one style image")
+    if task == "stylize":  # the blend's count, before any image is decoded
+        blend.blend_weights(opt["style_blend"], len(blend.as_list(style)))
     return _prepare(opt, content=content if task != "texture" else None, style=style if task != "invert" else None)
 
 
@@ -445,17 +484,19 @@ def _run(opt: dict, content=None, style=None) -> tuple[np.ndarray, optim.Result]
     # overflow to inf / NaN is detected by the optimizers (status "nonfinite"); no NumPy warnings on the way
     with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         result = _optimise(problem.objective, problem.x0, opt)
-    return deprocess(result.x), result
+    return problem.finish(result.x), result
 
 
 def stylize(content, style, **options) -> tuple[np.ndarray, optim.Result]:
-    """Paint ``content`` in the style of ``style`` (paths or PIL images); see the module docstring for options.
+    """Paint ``content`` in the style of ``style`` (paths or PIL images; ``style`` may be a list of them, blended
+    by ``style_blend``); see the module docstring for options.
 
     Defaults: preset starry_night's sizes, layers and weights, init "content", L-BFGS with 200 evaluations and
     style scale 100 (Adam: 1, i.e. CS231n exactly). Returns ``(image uint8 [h, w, 3], Result)``; h, w: the
     content image with its smaller edge resized to ``size``.
     """
     opt = validate_options("stylize", **options)
+    blend.blend_weights(opt["style_blend"], len(blend.as_list(style)))  # the count, before decoding any image
     return _run(opt, content=content, style=style)
 
 
