@@ -373,7 +373,7 @@ def _cmd_transfer(args) -> int:
 
     task = args.task
     options = _problem_options(args)
-    transfer.validate_options(task, **options)  # every option, before any file is touched
+    opt = transfer.validate_options(task, **options)  # every option, before any file is touched
     if args.save_every < 0:
         raise NSTError(f"--save-every must be >= 0, got {args.save_every}")
     content = _default_image(args.content, DEFAULT_CONTENT, "content") if task != "texture" else None
@@ -398,6 +398,11 @@ def _cmd_transfer(args) -> int:
         bar = tqdm(total=args.iterations, file=sys.stderr, unit="eval", dynamic_ncols=True, leave=False)
     width = max(4, len(str(args.iterations)))
     best = {"loss": math.inf, "x": None}
+    picture = deprocess  # of the intermediate images: the luminance mode's carry the content's chroma too
+    if args.save_every and opt.get("original_colors", "off") == "luminance":
+        from nst_core.colour import finisher
+        from nst_core.imageio import open_image
+        picture = finisher("luminance", open_image(content), opt["size"])
 
     def callback(record, x):
         if math.isfinite(record.loss) and record.loss < best["loss"]:
@@ -406,7 +411,7 @@ def _cmd_transfer(args) -> int:
                 best["x"] = x.copy()
         if args.save_every and record.evaluation % args.save_every == 0 and best["x"] is not None:
             try:
-                save_image(_intermediate_path(out, record.evaluation, width), deprocess(best["x"]), forbid=inputs)
+                save_image(_intermediate_path(out, record.evaluation, width), picture(best["x"]), forbid=inputs)
             except NSTError as exc:  # an intermediate must not end the run: warn once, stop saving them
                 args.save_every = 0
                 print(f"nst: warning: {_one_line(exc)}; no more intermediate images", file=sys.stderr)

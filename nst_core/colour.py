@@ -34,7 +34,8 @@ from .errors import NSTError
 from .imageio import MEAN, STD
 
 __all__ = ["ORIGINAL_COLORS", "BT601", "RIDGE", "check_mode", "luminance", "rgb_to_ycbcr", "ycbcr_to_rgb", "grey",
-           "match_luminance", "match_colours", "sym_sqrt", "recombine", "network_images", "grey_normalised"]
+           "match_luminance", "match_colours", "sym_sqrt", "recombine", "finisher", "network_images",
+           "grey_normalised"]
 
 #: Allowed values of the ``original_colors`` option.
 ORIGINAL_COLORS = ("off", "luminance", "match")
@@ -147,6 +148,18 @@ def recombine(x: np.ndarray, content: np.ndarray) -> np.ndarray:
     ycc[..., 0] = luminance(np.clip(rgb, 0.0, 1.0))
     out = np.clip(ycbcr_to_rgb(ycc), 0.0, 1.0)
     return np.rint(out * 255.0).astype(np.uint8)
+
+
+def finisher(mode: str, content, size: int):
+    """``finish(x) -> uint8 [h, w, 3]``, the picture of an optimised normalised x in ``mode``: ``deprocess``, or for
+    "luminance" ``recombine`` with the chroma of ``content`` (a PIL image) preprocessed at ``size`` (the output's
+    smaller edge, so x must have that shape)."""
+    from .imageio import deprocess, preprocess
+
+    if mode != "luminance":
+        return deprocess
+    chroma = preprocess(content, size)
+    return lambda x: recombine(x, chroma)
 
 
 def network_images(mode: str, content, styles):

@@ -450,10 +450,7 @@ def _prepare(opt: dict, content=None, style=None) -> Problem:
                                tv_weight=opt["tv_weight"])
     x0.flags.writeable = False
     lo, hi = pixel_bounds(x0.shape)
-    finish = deprocess
-    if opt.get("original_colors") == "luminance":  # the content's chroma at the output's size
-        chroma = preprocess(content_pil, opt["size"])
-        finish = lambda x: colour.recombine(x, chroma)  # noqa: E731
+    finish = colour.finisher(opt.get("original_colors", "off"), content_pil, opt["size"])
     return Problem(objective=objective, x0=x0, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)), options=opt,
                    finish=finish)
 
