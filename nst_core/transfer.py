@@ -22,7 +22,7 @@ Options (keyword arguments; None means "the preset's value" / the default shown)
                     lbfgsb 100, gd 100, adam 1)
     tv_weight       weight of the total-variation loss (>= 0)
     init            start image: "content", "noise" (uniform(0, 1) in normalised space, CS231n's init_random) or
-                    "style" (the style image resized to the output's shape)
+                    "style" (the style image resized to the output's shape; of several, the most heavily weighted)
     optimizer       "lbfgs" (our NumPy L-BFGS, projected onto the pixel range; ``optim.lbfgs``), "lbfgsb" (SciPy's
                     L-BFGS-B with the pixel bounds), "adam" (CS231n's recipe) or "gd"
     iterations      objective evaluations (the budget), >= 1
@@ -133,7 +133,9 @@ def validate_options(task: str, **options) -> dict:
     a negative / NaN / infinite weight or scale, a size or iteration count < 1, an unknown layer (valid
     0..12), a style layer given twice, style weights whose count differs from the style layers', an unknown
     init / optimizer / device, a non-positive learning rate, an L-BFGS history < 1, a negative seed, an init
-    the task has no image for, or all weights zero. Also raises for ``device="cuda"`` without onnxruntime-gpu.
+    the task has no image for, or all weights zero; an unknown original-colors mode or pooling, a negative,
+    non-finite or all-zero style blend (its count is checked against the styles by ``prepare`` / ``stylize``).
+    Also raises for ``device="cuda"`` without onnxruntime-gpu.
     """
     allowed = {"preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
                "style_scale", "tv_weight", "init", "optimizer", "iterations", "lr", "history", "seed", "device",
@@ -401,6 +403,8 @@ def _prepare(opt: dict, content=None, style=None) -> Problem:
     """Load the model and images, compute the targets and build the objective for validated options ``opt``."""
     model_path = _model.find_model(opt["model"])  # NSTError (how to make one) before decoding any image
     styles = blend.as_list(style)
+    if opt["task"] == "texture" and len(styles) > 1:
+        raise NSTError("texture takes one style image")
     weights = blend.blend_weights(opt.get("style_blend"), len(styles)) if styles else ()
     content_pil = _open(content, "content") if content is not None else None
     style_pils = [_open(s, "style") for s in styles]
@@ -468,8 +472,6 @@ def prepare(task: str, content=None, style=None, **options) -> Problem:
         raise NSTError(f"{task} needs a content image")
     if task != "invert" and not blend.as_list(style):
         raise NSTError(f"{task} needs a style image")
-    if task == "texture" and len(blend.as_list(style)) > 1:
-        raise NSTError("texture takes one style image")
     if task == "stylize":  # the blend's count, before any image is decoded
         blend.blend_weights(opt["style_blend"], len(blend.as_list(style)))
     return _prepare(opt, content=content if task != "texture" else None, style=style if task != "invert" else None)

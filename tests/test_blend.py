@@ -38,6 +38,19 @@ def test_blend_weights():
             blend.blend_weights(weights, n)
 
 
+def test_style_lists_in_the_api(paths):
+    opts = dict(model=paths["model"], iterations=1, **FAST)
+    with pytest.raises(NSTError, match="texture takes one style image"):
+        transfer.texture([paths["starry"], paths["scream"]], **opts)
+    with pytest.raises(NSTError, match="style blend has 2 weights for 1 style image;"):
+        transfer.stylize(paths["content"], paths["starry"], style_blend=(1, 1), **opts)
+    with pytest.raises(NSTError, match="unknown option 'style_blend'"):
+        transfer.validate_options("invert", style_blend=(1,))
+    one = transfer.prepare("stylize", paths["content"], [paths["starry"]], style_blend=(5,), **opts)
+    plain = transfer.prepare("stylize", paths["content"], paths["starry"], **opts)
+    assert one.objective(one.x0)[0] == plain.objective(plain.x0)[0]
+
+
 def test_blended_grams_are_the_weighted_sum(paths):
     layers = (1, 4)
     net = Network(load_model(paths["model"], [tap_name(k) for k in layers]), [tap_name(k) for k in layers],
