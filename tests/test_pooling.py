@@ -1,6 +1,7 @@
 """--pooling avg: the MaxPool -> AveragePool rewrite (nst_core.pooling) against torch's nn.AvgPool2d with the same
 weights: the graph, the forward taps, and the gradient of the rewritten model against torch autograd in float64,
-bounded as in test_vjp_squeezenet.py (ours judged against torch's own float32 deviation, measured here)."""
+judged as test_vjp_squeezenet.py judges the max-pool network (on one ReLU pattern, against torch's own float32
+deviation measured in the same test)."""
 import copy
 
 import numpy as np
@@ -13,7 +14,9 @@ from nst_core import pooling, transfer, vjp
 from nst_core.errors import NSTError
 from nst_core.model import Network, tap_name
 
-from test_vjp_squeezenet import CS231N, figures, photo, torch_grad  # noqa: E402  (rootdir-relative, as torch_reference)
+import kinks  # noqa: E402  (tests/ is on the path)
+from kinks import forced, pattern, torch_saved, unexplained_flips  # noqa: E402
+from test_vjp_squeezenet import CS231N, figures, photo, torch_grad  # noqa: E402
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -95,9 +98,24 @@ def test_average_pool_semantics_match_torch_with_pads_and_ceil_mode(hw, pads):
     assert np.linalg.norm(grad - xt.grad.numpy()) <= 1e-5 * np.linalg.norm(xt.grad.numpy())
 
 
-@pytest.mark.parametrize("taps", [CS231N, tuple(range(13))], ids=["cs231n", "all13"])
-@pytest.mark.parametrize("hw", [(192, 256), (161, 223)], ids=["192x256", "161x223"])
-def test_avg_squeezenet_vjp_matches_torch_float64(features_model, images_dir, avg_nets, taps, hw):
+def is_relu_output(net, name: str) -> bool:
+    try:
+        return bool(kinks._relu_modules(net, name))
+    except KeyError:
+        return False
+
+
+def relu_masks(pat: dict) -> dict:
+    """The ReLU part of a kinks.pattern: an average pool has no winners to force."""
+    return {k: v for k, v in pat.items() if not isinstance(k, tuple)}
+
+
+@pytest.mark.parametrize("hw, taps", [((192, 256), CS231N), ((161, 223), tuple(range(13)))],
+                         ids=["192x256-cs231n", "161x223-all13"])  # 161: a ceil_mode window past the edge
+def test_avg_squeezenet_vjp_matches_torch_float64(features_model, images_dir, avg_nets, hw, taps):
+    """As test_vjp_squeezenet.py judges the max-pool network: on our forward's ReLU pattern, torch float64
+    (forced onto it, tests/kinks.py) must give our gradient within 20x float32 torch's own deviation on that piece
+    + 1e-6, with at most 0.5 % more elements off; every ReLU on another side than float64's must be a near-tie."""
     net32, net64 = avg_nets
     x = photo(images_dir, *hw)
     names = [tap_name(k) for k in taps]
@@ -112,19 +130,32 @@ def test_avg_squeezenet_vjp_matches_torch_float64(features_model, images_dir, av
 
     rng = np.random.default_rng(0)
     cot = {k: rng.standard_normal(ref_feats[k].shape).astype(np.float32) for k in taps}
-    ref = torch_grad(net64, x, taps, cot, torch.float64)
-    torch32 = torch_grad(net32, x, taps, cot, torch.float32)
     full = vjp.vjp_model(vjp.build_vjp(model, names))
+    assert not any(n.op_type in ("MaxPool", "ScatterElements") for n in full.graph.node)
     sess = ort.InferenceSession(full.SerializeToString(), providers=["CPUExecutionProvider"])
     ours = sess.run(["grad_image"], {"image": x} | {vjp.grad_name(tap_name(k)): cot[k] for k in taps})[0]
     split = network.backward({tap_name(k): cot[k] for k in taps})
-    rel_t, off_t = figures(torch32, ref)
+
+    # the ReLU outputs among the saved tensors (the backward also reads the pools' outputs, for their shapes)
+    saved = {k: v for k, v in network.saved().items() if k == "image" or is_relu_output(net64, k)}
+    ours_pattern = relu_masks(pattern(saved))
+    with forced(net64, ours_pattern):
+        piece = torch_grad(net64, x, taps, cot, torch.float64)
+    with forced(net32, ours_pattern):
+        piece32 = torch_grad(net32, x, taps, cot, torch.float32)
+    rel_p, off_p = figures(piece32, piece)
+    print(f"\n{hw} taps={taps}: on our pattern: torch float32 {rel_p:.2e}, {off_p:.3%} off", end="")
     for label, got in (("one model", ours), ("split", split)):
-        rel, off = figures(got.astype(np.float64), ref)
-        print(f"\n{hw} taps={taps} {label}: ours rel L2 {rel:.2e}, {off:.3%} off | torch float32 {rel_t:.2e}, "
-              f"{off_t:.3%}")
-        assert rel <= 1e-2 and off <= 0.02
-        assert rel <= max(3 * rel_t, 1e-5)
+        rel, off = figures(got.astype(np.float64), piece)
+        print(f" | {label} {rel:.2e}, {off:.3%}", end="")
+        assert rel <= 20 * rel_p + 1e-6 and off <= off_p + 0.005, label
+    ref = torch_grad(net64, x, taps, cot, torch.float64)
+    rel, off = figures(split.astype(np.float64), ref)
+    rel_t, off_t = figures(torch_grad(net32, x, taps, cot, torch.float32), ref)
+    print(f"\n  plain float64 torch: ours {rel:.2e}, {off:.3%} off | torch float32 {rel_t:.2e}, {off_t:.3%}")
+    values64, pre64 = torch_saved(net64, x, saved)
+    _, pre32 = torch_saved(net32, x, saved)
+    assert unexplained_flips(ours_pattern, relu_masks(pattern(values64)), pre64, pre32) == []
 
 
 def test_stylize_with_average_pooling(images_dir, features_model):
