@@ -402,7 +402,7 @@ def _cmd_transfer(args) -> int:
     if args.save_every and opt.get("original_colors", "off") == "luminance":
         from nst_core.colour import finisher
         from nst_core.imageio import open_image
-        picture = finisher("luminance", open_image(content), opt["size"])
+        picture = finisher("luminance", open_image(content))
 
     def callback(record, x):
         if math.isfinite(record.loss) and record.loss < best["loss"]:

@@ -150,16 +150,24 @@ def recombine(x: np.ndarray, content: np.ndarray) -> np.ndarray:
     return np.rint(out * 255.0).astype(np.uint8)
 
 
-def finisher(mode: str, content, size: int):
-    """``finish(x) -> uint8 [h, w, 3]``, the picture of an optimised normalised x in ``mode``: ``deprocess``, or for
-    "luminance" ``recombine`` with the chroma of ``content`` (a PIL image) preprocessed at ``size`` (the output's
-    smaller edge, so x must have that shape)."""
+def finisher(mode: str, content):
+    """``finish(x) -> uint8 [h, w, 3]``, the picture of an optimised normalised x [1, 3, h, w] in ``mode``:
+    ``deprocess``, or for "luminance" ``recombine`` with the chroma of ``content`` (a PIL image) preprocessed at x's
+    size (smaller edge min(h, w), as the output was made; cached per shape, so pictures of every scale of a
+    coarse-to-fine run work)."""
     from .imageio import deprocess, preprocess
 
     if mode != "luminance":
         return deprocess
-    chroma = preprocess(content, size)
-    return lambda x: recombine(x, chroma)
+    chromas: dict = {}
+
+    def finish(x):
+        shape = tuple(np.shape(x)[-2:])
+        if shape not in chromas:
+            chromas[shape] = preprocess(content, min(shape))
+        return recombine(x, chromas[shape])
+
+    return finish
 
 
 def network_images(mode: str, content, styles):

@@ -454,7 +454,7 @@ def _prepare(opt: dict, content=None, style=None) -> Problem:
                                tv_weight=opt["tv_weight"])
     x0.flags.writeable = False
     lo, hi = pixel_bounds(x0.shape)
-    finish = colour.finisher(opt.get("original_colors", "off"), content_pil, opt["size"])
+    finish = colour.finisher(opt.get("original_colors", "off"), content_pil)
     return Problem(objective=objective, x0=x0, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)), options=opt,
                    finish=finish)
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from nst_core import colour, transfer
 from nst_core.errors import NSTError
-from nst_core.imageio import MEAN, STD, open_image, preprocess
+from nst_core.imageio import MEAN, STD, deprocess, open_image, preprocess
 
 FAST = dict(size=48, style_size=48, iterations=12, device="cpu")
 # JFIF's full-range YCbCr (ITU-T T.871), the published coefficients, chroma centred at 0
@@ -99,6 +99,15 @@ def test_recombine_takes_luminance_from_x_and_chroma_from_content():
     assert np.abs(out - np.clip(expected, 0, 1) * 255).max() <= 0.5 + 1e-3
     with pytest.raises(NSTError, match="non-finite"):
         colour.recombine(np.full((1, 3, h, w), np.nan), norm(content_rgb))
+
+
+def test_finisher_takes_the_chroma_at_each_size(images_dir):
+    content = open_image(images_dir / "tubingen.jpg")
+    finish = colour.finisher("luminance", content)
+    for size in (24, 40):  # e.g. the scales of a coarse-to-fine run
+        c = preprocess(content, size)
+        assert np.array_equal(finish(c), colour.recombine(c, c))
+    assert colour.finisher("off", content) is deprocess
 
 
 def test_unknown_mode_is_a_one_line_error():
