@@ -238,7 +238,8 @@ def _assemble(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Se
     del graph.output[:]
     names = OUTPUTS_F32[:-1] if f32 else OUTPUTS[:-1]
     graph.output.extend([_scalar(n, weight_type) for n in names] + grad_out)
-    graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in b.constants.items())
+    used = {i for n in graph.node for i in n.input}
+    graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in b.constants.items() if n in used)
     m.producer_name = "nst_core.lossgraph"
     return m
 
