@@ -597,7 +597,7 @@ def _cmd_export_vjp(args) -> int:
 
 
 def _cmd_bundle(args) -> int:
-    from nst_core import bundle, transfer
+    from nst_core import bundle, presets, transfer
 
     if args.check:
         report = bundle.check_bundle(args.directory)
@@ -609,6 +609,7 @@ def _cmd_bundle(args) -> int:
              "style_scale", "tv_weight", "model")
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     opt = transfer.validate_options("stylize", optimizer="lbfgs", **options)
+    opt["preset"] = args.preset or presets.DEFAULT_PRESET  # the base of the options given
     manifest = bundle.write_bundle(args.directory, opt)
     w = ", ".join(f"{x['input']}={x['value']:g}" for x in manifest["weights"])
     print(f"wrote {args.directory}: targets.onnx, objective.onnx, manifest.json, reference/ ({w})")

@@ -37,8 +37,8 @@ from .errors import NSTError
 from .imageio import MEAN, STD, pixel_bounds, preprocess
 from .interrupts import sigint_deferred
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "write_bundle", "check_bundle", "float64_tensors",
-           "reference_case", "grad_checksums", "load_manifest"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "write_bundle", "check_bundle", "bundle_objective",
+           "float64_tensors", "reference_case", "grad_checksums", "load_manifest"]
 
 FORMAT = "nst-bundle"
 FORMAT_VERSION = 1
@@ -412,3 +412,30 @@ def check_bundle(directory) -> dict:
         if not err <= limits[k]:
             raise NSTError(f"{d}: reference case: {k} is off by {err:.3g} relative (tolerance {limits[k]:g})")
     return {"directory": str(d), "worst": worst, "limits": limits}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A Python host of a bundle (tests and benchmarks: the same models that other hosts run)
+
+
+def bundle_objective(directory, content_x: np.ndarray, style_x: np.ndarray, device: str = "cpu"):
+    """``objective(x) -> (loss, grad, parts)`` over the bundle's objective.onnx, with the targets of
+    ``content_x`` / ``style_x`` (float32 [1, 3, h, w] normalised, e.g. ``imageio.preprocess``) from its
+    targets.onnx and the manifest's weights: the optimizers of ``nst_core.optim`` can run it. x float64
+    [1, 3, H, W] (H, W those of content_x); grad float32 as the model returns it."""
+    d, manifest = load_manifest(directory)
+    targets = _model.session(onnx.load(str(d / manifest["models"]["targets"]["file"])), device)
+    objective = _model.session(onnx.load(str(d / manifest["models"]["objective"]["file"])), device)
+    images = {lossgraph.CONTENT_IMAGE: content_x, lossgraph.STYLE_IMAGE: style_x}
+    t_in = [i["name"] for i in manifest["models"]["targets"]["inputs"]]
+    t_out = [o["name"] for o in manifest["models"]["targets"]["outputs"]]
+    feeds = dict(zip(t_out, targets.run(t_out, {k: np.ascontiguousarray(images[k], np.float32) for k in t_in})))
+    for w in manifest["weights"]:
+        feeds[w["input"]] = np.array(w["value"], dtype=np.float32)
+
+    def run(x: np.ndarray):
+        feeds["image"] = np.ascontiguousarray(x, dtype=np.float32)
+        loss, content, style, tv, grad = objective.run(list(lossgraph.OUTPUTS_F32), feeds)
+        return float(loss), grad, {"content": float(content), "style": float(style), "tv": float(tv)}
+
+    return run
