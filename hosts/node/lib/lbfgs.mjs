@@ -18,10 +18,26 @@ class BudgetSpent extends Error {}
 class NonFinite extends Error {}
 class Interrupted extends Error {}
 
-function dot(a, b) {
+// One function per array type, so that each stays monomorphic for the JIT (a shared one ran 3x slower).
+function dot64(a, b) {
   let s = 0;
   for (let i = 0; i < a.length; i++) s += a[i] * b[i];
   return s;
+}
+
+function dotMem(a, b) {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
+  return s;
+}
+
+function axpyMem(alpha, x, y) { // y += alpha * x
+  for (let i = 0; i < y.length; i++) y[i] += alpha * x[i];
+}
+
+function anyNonzero(a) {
+  for (let i = 0; i < a.length; i++) if (a[i] !== 0) return true;
+  return false;
 }
 
 /**
@@ -53,7 +69,7 @@ export async function lbfgs(objective, x0, budget, options = {}) {
     if (shouldStop && shouldStop()) throw new Interrupted();
     const out = await objective(x);
     const loss = Number(out.loss);
-    const g = Float64Array.from(out.grad);
+    const g = new Float64Array(out.grad); // the typed-array constructor copies fast; .from iterates
     const record = { evaluation: records.length + 1, seconds: (performance.now() - t0) / 1000, loss,
       parts: { ...out.parts } };
     records.push(record);
@@ -89,7 +105,7 @@ export async function lbfgs(objective, x0, budget, options = {}) {
     let [f, g] = await evaluate(xc);
     for (;;) {
       if (records.length >= budget) return null;
-      if (!g.some((v) => v !== 0)) return ['converged', `converged: gradient exactly zero at evaluation ${records.length}`];
+      if (!anyNonzero(g)) return ['converged', `converged: gradient exactly zero at evaluation ${records.length}`];
       if (box) {
         let any = false;
         for (let i = 0; i < n; i++) {
@@ -105,19 +121,17 @@ export async function lbfgs(objective, x0, budget, options = {}) {
       const order = [];
       for (let j = 0; j < count; j++) order.push(((head - 1 - j) % slots + slots) % slots);
       for (const i of order) {
-        alpha[i] = rho[i] * dot(S[i], dm);
-        const a = alpha[i], Yi = Y[i];
-        for (let k = 0; k < n; k++) dm[k] -= a * Yi[k];
+        alpha[i] = rho[i] * dotMem(S[i], dm);
+        axpyMem(-alpha[i], Y[i], dm);
       }
       if (count) for (let k = 0; k < n; k++) dm[k] *= gamma;
       for (let j = order.length - 1; j >= 0; j--) {
         const i = order[j];
-        const c = alpha[i] - rho[i] * dot(Y[i], dm), Si = S[i];
-        for (let k = 0; k < n; k++) dm[k] += c * Si[k];
+        axpyMem(alpha[i] - rho[i] * dotMem(Y[i], dm), S[i], dm);
       }
       if (box && count) for (let k = 0; k < n; k++) dm[k] *= free[k];
       d.set(dm);
-      const gtd = dot(g, d);
+      const gtd = dot64(g, d);
       if (!(gtd < 0)) {
         if (count === 0) return ['converged', `no progress possible: -grad is not a descent direction (g'd = ${gtd})`];
         count = 0; gamma = 1.0; fresh = true; info.resets++;
@@ -138,7 +152,7 @@ export async function lbfgs(objective, x0, budget, options = {}) {
         }
         if (!moved) { zeroStep = true; break; }
         [ft, gt] = await evaluate(xt);
-        const dec = dot(g, s);
+        const dec = dot64(g, s);
         if (ft <= f + c1 * Math.min(dec, 0)) { accepted = true; break; }
         info.backtracks++;
         if (records.length >= budget) return null;
@@ -157,8 +171,8 @@ export async function lbfgs(objective, x0, budget, options = {}) {
         continue;
       }
       for (let k = 0; k < n; k++) y[k] = gt[k] - g[k];
-      const ys = dot(s, y);
-      const yy = dot(y, y);
+      const ys = dot64(s, y);
+      const yy = dot64(y, y);
       if (ys > curvatureEps && ys > eps * yy) {
         S[head].set(s);
         Y[head].set(y);
