@@ -39,9 +39,9 @@ targets (content features, style Gram matrices) as ONNX. Both are what ``nst bun
              style_image    float32 [1, 3, Hs, Ws]    (only with style taps)
     outputs  content_target (the content tap's features), gram.<tap> float32 [C_l, C_l] (G = F F^T / (C H W))
 
-Its sums of squares are float32, accumulated as a tree (``_sum_squares_f32``): a plain float32 ReduceSumSquare over
-the 2.8M values of the content tap at 512 px was 1.1e-4 off the float64 sum (1.4e-3 at 1024 px), the tree about
-1e-7 (bench/bench_bundle.py measures the whole objective).
+Its sums of squares are float32, accumulated as a tree (``_sum_squares_f32``): on 2.8M random values (the content
+tap's size at 512 px) ORT's plain float32 ReduceSumSquare was 1.1e-4 off the float64 sum (1.4e-3 on 11M, the size at
+1024 px), the tree within 1.2e-7 (tests/test_bundle.py; bench/bench_bundle.py measures the whole objective).
 """
 from __future__ import annotations
 

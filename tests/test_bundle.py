@@ -105,16 +105,15 @@ def test_objective_f32_matches_numpy_reference(model, images):
 
 
 def test_tv_term_and_its_gradient(model, images):
-    """With the network's weights at zero, loss and gradient are TV's alone: against losses.tv_loss in float64."""
-    content, style, x = images
-    grams = {t: np.zeros((c, c), np.float32) for t, c in (("features.1", 64),)}
-    feeds = {"image": x.astype(np.float32), lossgraph.CONTENT_TARGET: np.zeros((1, 128, 17, 23), np.float32),
-             **{lossgraph.gram_input(t): g for t, g in grams.items()},
+    """With the content and style weights at zero, loss and gradient are TV's alone: against losses.tv_loss in
+    float64 on the same (float32) pixels."""
+    content, _, x = images
+    target = session(lossgraph.targets_model(model, "features.3", []), "cpu").run(
+        None, {lossgraph.CONTENT_IMAGE: content})[0]
+    feeds = {"image": x.astype(np.float32), lossgraph.CONTENT_TARGET: np.zeros_like(target),
+             lossgraph.gram_input("features.1"): np.zeros((64, 64), np.float32),
              **weight_feeds(0.0, {"features.1": 0.0}, 0.7)}
-    m = lossgraph.objective_model_f32(model, "features.3", ["features.1"])
-    feeds[lossgraph.CONTENT_TARGET] = np.zeros(session(lossgraph.targets_model(model, "features.3", []), "cpu").run(
-        None, {lossgraph.CONTENT_IMAGE: content})[0].shape, np.float32)
-    out = run_f32(m, feeds)
+    out = run_f32(lossgraph.objective_model_f32(model, "features.3", ["features.1"]), feeds)
     want, want_grad = tv_loss(x.astype(np.float32).astype(np.float64), 0.7)
     assert abs(float(out["tv_loss"]) - want) <= 1e-6 * want
     assert float(out["loss"]) == float(out["tv_loss"])
