@@ -16,12 +16,14 @@ Sections:
                and the Node host (float32 / float64 pairs) against Python on the bundle's objective.
   timing       `nst bundle`, then `node hosts/node/stylize.mjs` against `nst stylize` on the same problem (the
                default: starry_night, 192 px, 200 evaluations, tubingen.jpg / starry_night.jpg), whole commands,
-               alternated, median of 3 each.
+               alternated, median of 3 each; then where Node's time goes (bench/node_time_split.mjs): one
+               objective.onnx call, and the optimizer's own ms per evaluation.
 Writes bench/results/bundle.json.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -194,6 +196,37 @@ def sensitivity(size: int = 128, evals: int = 50) -> list:
     return rows
 
 
+def _python_time_split(bundle_dir: Path, size: int = 192, evals: int = 200) -> dict:
+    """The Python side of node_time_split.mjs: median ms of one call of nst stylize's objective and of the
+    bundle's objective.onnx (20 calls after a warm-up), and optim.lbfgs's own ms per evaluation over one run."""
+    from nst_core import optim
+    from nst_core.objective import single_threaded_blas
+    p = _problem(size)
+    out = {}
+    with single_threaded_blas():
+        for name, fn in (("fused_objective_ms", p.objective), ("bundle_objective_ms", _bundle_objective(bundle_dir,
+                                                                                                        size))):
+            fn(p.x0)
+            times = []
+            for _ in range(20):
+                t = time.perf_counter()
+                fn(p.x0)
+                times.append(time.perf_counter() - t)
+            out[name] = statistics.median(times) * 1e3
+    inside = [0.0]
+
+    def timed(x):
+        t = time.perf_counter()
+        r = p.objective(x)
+        inside[0] += time.perf_counter() - t
+        return r
+
+    t = time.perf_counter()
+    r = optim.lbfgs(timed, p.x0, evals, bounds=p.bounds, history=20)
+    out["optimizer_ms_per_eval"] = (time.perf_counter() - t - inside[0]) / r.n_evals * 1e3
+    return out
+
+
 def _timed(cmd, env) -> tuple[float, str]:
     t = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
@@ -222,6 +255,14 @@ def timing(repeats: int = 3) -> dict:
                statistics.median(py), "lines": lines}
         print(f"median: nst stylize {out['nst_stylize_seconds']:.1f} s, node {out['node_seconds']:.1f} s, ratio "
               f"{out['ratio_node_over_nst']:.2f}\n  {lines['python']}\n  {lines['node']}", flush=True)
+        _, split = _timed(["node", str(REPO / "bench" / "node_time_split.mjs"), str(b), *images], env)
+        out["node_split"] = json.loads(split)
+        out["python_split"] = _python_time_split(b)
+        print(f"node: objective.onnx {out['node_split']['objective_ms']:.1f} ms per call, L-BFGS "
+              f"{out['node_split']['optimizer_ms_per_eval']:.1f} ms per evaluation; python: nst stylize's objective "
+              f"{out['python_split']['fused_objective_ms']:.1f} ms, objective.onnx "
+              f"{out['python_split']['bundle_objective_ms']:.1f} ms, L-BFGS "
+              f"{out['python_split']['optimizer_ms_per_eval']:.1f} ms per evaluation", flush=True)
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
