@@ -74,3 +74,22 @@ test('paints the reference images: PNG of the content size, log with nst stylize
   assert.ok(Math.abs(first[2] - (first[3] + first[4] + first[5])) <= 1e-6 * first[2]);
   assert.equal(first[3], 0); // the start point is the content image: no content loss
 });
+
+test('Ctrl-C ends the run with exit 130 and the best image so far', { skip: noBundle }, async () => {
+  const { spawn } = await import('node:child_process');
+  const out = path.join(tmp, 'interrupted.png');
+  const ref = (name) => path.join(bundleDir, 'reference', name);
+  const child = spawn(process.execPath, [script, '--bundle', bundleDir, ref('content.png'), ref('style.png'), '-o', out,
+    '--size', '48', '--style-size', '40', '--iterations', '1000000', '--log', path.join(tmp, 'interrupted.csv')]);
+  let stderr = '';
+  child.stderr.on('data', (d) => { stderr += d; });
+  await new Promise((resolve) => setTimeout(resolve, 4000));
+  child.kill('SIGINT');
+  const code = await new Promise((resolve) => child.on('close', resolve));
+  assert.equal(code, 130, stderr);
+  assert.match(stderr, /interrupted after \d+ evaluations; saved the best image so far/);
+  const img = readImage(out);
+  assert.deepEqual([img.width, img.height], [64, 48]);
+  const rows = fs.readFileSync(path.join(tmp, 'interrupted.csv'), 'utf8').trim().split('\n');
+  assert.ok(rows.length > 2);
+});
