@@ -6,6 +6,7 @@
     nst export  [--weights FILE] [--out DIR]    write features.onnx (needs torch: pip install 'nst-onnx[export]')
     nst export-vjp --taps 1,3,4,6,7 [--height H --width W] [--out vjp.onnx]   self-contained VJP model
     nst info    [--model PATH]                  the model's path, taps and metadata
+    nst bundle  DIR [--preset NAME ...] | --check DIR   float32 models + manifest for other hosts
 
 Exit status: 0 success; 2 a problem with the input (bad option, image, model or output path; one line on stderr
 ``nst: error: ...``, never a traceback); 3 the optimisation diverged (NaN or infinite loss / gradient: the best
@@ -204,6 +205,25 @@ def _add_runtime(p: argparse.ArgumentParser, device: bool = True) -> None:
                         "~/.cache/nst/features.onnx)")
 
 
+def _add_bundle_options(p: argparse.ArgumentParser) -> None:
+    """The loss options of ``nst bundle`` (stylize's, without the optimizer's)."""
+    from nst_core import presets
+
+    p.add_argument("--preset", choices=tuple(presets.PRESETS), default=None,
+                   help=f"CS231n parameter set (default: {presets.DEFAULT_PRESET}'s values)")
+    p.add_argument("--size", type=_int, metavar="PX", help="content size hosts use by default (default: the preset's)")
+    p.add_argument("--style-size", type=_int, metavar="PX", help="style size (default: the preset's)")
+    p.add_argument("--content-layer", type=_int, metavar="L", help="content layer 0..12 (default: the preset's)")
+    p.add_argument("--content-weight", type=_float, metavar="W", help="content weight (default: the preset's)")
+    p.add_argument("--style-layers", type=_int_list, metavar="L,L,..", help="style layers (default: the preset's)")
+    p.add_argument("--style-weights", type=_float_list, metavar="W,W,..",
+                   help="one weight per style layer (default: the preset's)")
+    p.add_argument("--style-scale", type=_float, metavar="S",
+                   help="multiplies the style weights (default: L-BFGS's, 100)")
+    p.add_argument("--tv-weight", type=_float, metavar="W", help="TV weight (default: the preset's)")
+    _add_runtime(p, device=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nst", description="Optimization-based neural style transfer on ONNX Runtime "
                                              "(SqueezeNet 1.1 features, CS231n losses).",
@@ -287,6 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE.onnx", default="vjp.onnx", help="output model (default: vjp.onnx)")
     _add_runtime(p, device=False)
     p.set_defaults(func=_cmd_export_vjp)
+
+    p = sub.add_parser("bundle", help="write a host bundle (targets.onnx, objective.onnx, manifest.json)",
+                       description="Write DIR: float32-only ONNX models of the loss targets and of the whole "
+                                   "objective (losses, TV and dL/dimage), a manifest.json describing them, and a "
+                                   "reference case, for hosts in other languages (docs/hosts.md). An existing "
+                                   "bundle in DIR is replaced atomically. With --check, validate DIR instead.",
+                       epilog="Exit status: 0 ok, 2 bad input or a bundle that fails its check.")
+    p.add_argument("directory", metavar="DIR", help="bundle directory (created; an old bundle there is replaced)")
+    p.add_argument("--check", action="store_true",
+                   help="validate DIR against its manifest: models load, reference case reproduces (default: off)")
+    _add_bundle_options(p)
+    p.set_defaults(func=_cmd_bundle)
 
     p = sub.add_parser("info", help="show the feature model's path, taps and metadata",
                        description="Show the feature model's path, taps and metadata.")
@@ -595,6 +627,26 @@ def _cmd_export_vjp(args) -> int:
     shape = f"{args.height}x{args.width}" if args.height is not None else "dynamic H x W"
     print(f"wrote {out}: inputs image [1,3,{shape}] + {', '.join(vjp.grad_name(n) for n in names)}; "
           f"output grad_image")
+    return 0
+
+
+def _cmd_bundle(args) -> int:
+    from nst_core import bundle, presets, transfer
+
+    if args.check:
+        report = bundle.check_bundle(args.directory)
+        worst = max(report["worst"].items(), key=lambda kv: kv[1] / report["limits"][kv[0]])
+        print(f"{report['directory']}: ok (models load; reference case within tolerance, closest: {worst[0]} "
+              f"off by {worst[1]:.2g} relative, limit {report['limits'][worst[0]]:g})")
+        return 0
+    names = ("preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
+             "style_scale", "tv_weight", "model")
+    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    opt = transfer.validate_options("stylize", optimizer="lbfgs", **options)
+    opt["preset"] = args.preset or presets.DEFAULT_PRESET  # the base of the options given
+    manifest = bundle.write_bundle(args.directory, opt)
+    w = ", ".join(f"{x['input']}={x['value']:g}" for x in manifest["weights"])
+    print(f"wrote {args.directory}: targets.onnx, objective.onnx, manifest.json, reference/ ({w})")
     return 0
 
 
