@@ -1,8 +1,8 @@
 // The browser end-to-end run that tests/test_web_host.py checks: node e2e.mjs URL OUTDIR CONTENT_URL STYLE_URL
 // CONTENT_FILE STYLE_FILE. Writes OUTDIR/result.json with
 //   run: window.nst.run's history, threads, size (20 evaluations at 128 px; the PNG saved as run.png)
-//   ui: the clicked-through run (file inputs, start, wait, download): the downloaded file's path, the status line,
-//       the screenshot's path
+//   ui: the clicked-through run (file inputs, start, the preview's evaluations seen, stop, download): the downloaded
+//       file's path, the status line, the screenshot's path
 //   errors: the one-line #error text for an unreadable image, a bundle that does not load, no WebAssembly SIMD
 import fs from 'node:fs';
 import path from 'node:path';
@@ -29,17 +29,24 @@ try {
   fs.writeFileSync(path.join(out, 'run.png'), Buffer.from(run.png.split(',')[1], 'base64'));
   result.run = { ...run, png: path.join(out, 'run.png') };
 
-  // the real UI, once: file inputs, size, evaluations, start, wait for the result, download
+  // the real UI, once: file inputs, size, evaluations, start; watch the preview change; stop; download
   await page.setInputFiles('#content-file', contentFile);
   await page.setInputFiles('#style-file', styleFile);
   await page.fill('#size', String(SIZE));
-  await page.fill('#iterations', '10');
+  await page.fill('#iterations', '500');
   await page.click('#start');
+  const previews = new Set();
+  for (let i = 0; i < 600 && previews.size < 3; i++) {
+    const e = await page.locator('#preview').getAttribute('data-evaluation');
+    if (e) previews.add(e);
+    await page.waitForTimeout(50);
+  }
+  await page.click('#stop');
   await page.waitForSelector('#download[aria-disabled="false"]', { timeout: 60000 });
   const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
   const saved = path.join(out, 'download.png');
   await download.saveAs(saved);
-  result.ui = { download: saved, status: await page.locator('#status').textContent(),
+  result.ui = { download: saved, status: await page.locator('#status').textContent(), previews: [...previews],
     progress: await page.evaluate(() => [document.getElementById('progress').value, document.getElementById('progress').max]),
     screenshot: path.join(out, 'screenshot.png') };
   await page.screenshot({ path: result.ui.screenshot, fullPage: true });
