@@ -140,7 +140,7 @@ function showProgress(record, best, iterations) {
 
 /** One run in a fresh worker. content / style: Blobs. Resolves {history, png, status, message, threads, width,
  * height}; rejects with a one-line PageError (also shown on the page). */
-async function runJob({ content, style, preset, size, iterations, threads, styleSize }) {
+async function runJob({ content, style, preset, size, iterations, threads, styleSize, spinning = false }) {
   if (state.running) throw new PageError('a run is already in progress');
   if (!state.manifest) throw new PageError(state.loadError || 'the bundle has not loaded yet');
   const problem = wasmProblem();
@@ -180,7 +180,7 @@ async function runJob({ content, style, preset, size, iterations, threads, style
       };
       worker.onerror = (e) => { e.preventDefault(); reject(new PageError(`the worker failed: ${e.message || 'it did not start (are /ort/ and /lib/ served?)'}`)); };
       worker.postMessage({ type: 'run', bundle: state.bundleUrl, manifest: state.manifest, content, style, size,
-        styleSize, iterations, weights: choice.weights, threads, previewEvery: PREVIEW_EVERY });
+        styleSize, iterations, weights: choice.weights, threads, spinning, previewEvery: PREVIEW_EVERY });
     });
     const canvas = $('preview');
     rgbToCanvas(canvas, done.rgb, done.width, done.height);

@@ -4,7 +4,7 @@
 //
 // Messages in:  {type: 'run', bundle (URL of the bundle directory, ending in '/'), manifest, content, style (Blobs),
 //                size, styleSize (smaller edges, px), iterations, weights ({objective input: value}), threads,
-//                previewEvery}
+//                spinning (let ORT's idle threads spin: off by default, see docs/hosts.md), previewEvery}
 //               {type: 'stop'}  (ends the run after the current evaluation; the best point so far is the result)
 // Messages out: {type: 'started', threads, width, height}
 //               {type: 'progress', record: {evaluation, seconds, loss, content, style, tv}, best}
@@ -69,12 +69,12 @@ async function decode(blob, what) {
   return { width, height, rgb: rgbaToRgb(rgba, width, height) };
 }
 
-async function openSessions(bundleUrl, manifest, threads) {
+async function openSessions(bundleUrl, manifest, threads, spinning) {
   ort.env.wasm.wasmPaths = new URL('./ort/', import.meta.url).href;
   ort.env.wasm.numThreads = threads;
   ort.env.logLevel = 'error';
   const options = { executionProviders: ['wasm'], graphOptimizationLevel: 'all',
-    extra: { session: { intra_op: { allow_spinning: '0' } } } };
+    extra: { session: { intra_op: { allow_spinning: spinning ? '1' : '0' } } } };
   const sessions = {};
   for (const name of ['targets', 'objective']) {
     const info = manifest.models[name];
@@ -131,7 +131,7 @@ async function run(msg) {
   const prep = manifest.preprocessing;
   const content = preprocess(await decode(msg.content, 'the photo'), size, prep);
   const style = preprocess(await decode(msg.style, 'the painting'), styleSize, prep);
-  const sessions = await openSessions(msg.bundle, manifest, threads);
+  const sessions = await openSessions(msg.bundle, manifest, threads, Boolean(msg.spinning));
   const [, , height, width] = content.dims;
   self.postMessage({ type: 'started', threads: ort.env.wasm.numThreads, width, height });
   const feeds = {};
