@@ -116,10 +116,10 @@ def python_first_loss(bundle_dir, env):
 
 
 def test_window_nst_run_matches_python(e2e, bundle_dir, env, capsys):
-    """window.nst.run, 20 evaluations at 128 px: the first loss equals Python's float64 reference within 1e-5
+    """window.nst.run, 20 evaluations at 128 px on 2 WebAssembly threads: the first loss equals Python's float64 reference within 1e-5
     relative, the best after 20 is below half the first, and the PNG has the problem's size."""
     run = e2e["run"]
-    assert e2e["crossOriginIsolated"] is True
+    assert e2e["crossOriginIsolated"] is True and run["threads"] == 2
     assert [h["evaluation"] for h in run["history"]] == list(range(1, EVALS + 1))
     first = run["history"][0]
     loss_ref, loss_ort, shape = python_first_loss(bundle_dir, env)
@@ -137,7 +137,8 @@ def test_window_nst_run_matches_python(e2e, bundle_dir, env, capsys):
 
 def test_ui_click_through(e2e, bundle_dir, capsys):
     """File inputs, start, the preview updating, stop, download: the downloaded PNG is the stopped run's picture,
-    with the problem's size, and not the photo itself. The screenshot's path is printed."""
+    with the problem's size, and not the photo itself; a file dropped on a zone is taken. The screenshot's path is
+    printed."""
     ui = e2e["ui"]
     with capsys.disabled():
         print(f"\nweb e2e screenshot: {ui['screenshot']}")
@@ -154,6 +155,7 @@ def test_ui_click_through(e2e, bundle_dir, capsys):
     with Image.open(bundle_dir / "inputs" / "tubingen.png") as im:
         photo = np.asarray(im.resize(size, Image.BILINEAR), np.float64)
     assert np.abs(got - photo).mean() > 2.0  # painted: the first steps at style scale 100 change it a lot
+    assert ui["dropped"]["thumb"] == ui["dropped"]["photo"], ui["dropped"]  # a drop on the painting's zone took
     assert e2e["consoleErrors"] == [], e2e["consoleErrors"]
 
 

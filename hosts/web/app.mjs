@@ -103,7 +103,9 @@ function fillMenus(choices) {
   const threads = $('threads');
   const most = self.crossOriginIsolated ? Math.max(1, Math.min(8, navigator.hardwareConcurrency || 1)) : 1;
   for (let n = 1; n <= most; n++) threads.add(new Option(String(n), String(n)));
-  threads.value = String(Math.min(2, most));
+  // onnxruntime-web's own default: half the logical cores, at most 4 (1 on a 2-core machine, where a second thread
+  // made each evaluation slower in bench/bench_web.py).
+  threads.value = String(Math.min(most, 4, Math.ceil((navigator.hardwareConcurrency || 1) / 2)));
   threads.title = self.crossOriginIsolated ? '' : 'one thread: the page is not cross-origin isolated (serve it with nst serve-web)';
 }
 

@@ -1,6 +1,6 @@
 // The browser end-to-end run that tests/test_web_host.py checks: node e2e.mjs URL OUTDIR CONTENT_URL STYLE_URL
 // CONTENT_FILE STYLE_FILE. Writes OUTDIR/result.json with
-//   run: window.nst.run's history, threads, size (20 evaluations at 128 px; the PNG saved as run.png)
+//   run: window.nst.run's history, threads, size (20 evaluations at 128 px, 2 threads; the PNG saved as run.png)
 //   ui: the clicked-through run (file inputs, start, the preview's evaluations seen, stop, download): the downloaded
 //       file's path, the status line, the screenshot's path
 //   errors: the one-line #error text for an unreadable image, a bundle that does not load, no WebAssembly SIMD
@@ -25,7 +25,7 @@ try {
   if (!ready.ok) throw new Error(`the page did not get ready: ${ready.error}`);
   result.presets = ready.presets;
   result.crossOriginIsolated = await page.evaluate(() => self.crossOriginIsolated);
-  const run = await page.evaluate((o) => window.nst.run(o), { content: contentUrl, style: styleUrl, size: SIZE, iterations: ITERATIONS, threads: 1 });
+  const run = await page.evaluate((o) => window.nst.run(o), { content: contentUrl, style: styleUrl, size: SIZE, iterations: ITERATIONS, threads: 2 });
   fs.writeFileSync(path.join(out, 'run.png'), Buffer.from(run.png.split(',')[1], 'base64'));
   result.run = { ...run, png: path.join(out, 'run.png') };
 
@@ -50,6 +50,22 @@ try {
     progress: await page.evaluate(() => [document.getElementById('progress').value, document.getElementById('progress').max]),
     screenshot: path.join(out, 'screenshot.png') };
   await page.screenshot({ path: result.ui.screenshot, fullPage: true });
+
+  // drag and drop: the photo dropped on the painting's zone becomes the painting (its thumbnail shows it)
+  const dt = await page.evaluateHandle(async (u) => {
+    const blob = await (await fetch(u)).blob();
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([blob], 'dropped.png', { type: blob.type }));
+    return transfer;
+  }, contentUrl);
+  await page.dispatchEvent('#style-drop', 'drop', { dataTransfer: dt });
+  await page.waitForFunction(() => document.getElementById('style-thumb').complete
+    && document.getElementById('style-thumb').naturalWidth > 0 && document.getElementById('style-thumb').src.startsWith('blob:'));
+  result.ui.dropped = await page.evaluate(async (u) => {
+    const thumb = document.getElementById('style-thumb');
+    const bitmap = await createImageBitmap(await (await fetch(u)).blob());
+    return { thumb: [thumb.naturalWidth, thumb.naturalHeight], photo: [bitmap.width, bitmap.height] };
+  }, contentUrl);
 
   // an unreadable image: the bundle's manifest as the photo
   await page.evaluate((o) => window.nst.run(o).catch(() => {}), { content: url + 'bundle/manifest.json', style: styleUrl, size: SIZE, iterations: 2 });
