@@ -94,11 +94,11 @@ def e2e(browser_tools, server, bundle_dir, tmp_path_factory):
     return json.loads((out / "result.json").read_text())
 
 
-def python_first_loss(bundle_dir, env):
+def python_first_loss(bundle_dir, env, preset=None):
     """The NumPy float64-summed reference objective's loss, and the bundle's objective.onnx in Python ORT, at the
     first evaluation point (the content image, clipped to the pixel box) of the page's problem."""
     content, style = (bundle_dir / "inputs" / f"{n}.png" for n in ("tubingen", "starry_night"))
-    problem = transfer.prepare("stylize", str(content), str(style), size=SIZE,
+    problem = transfer.prepare("stylize", str(content), str(style), size=SIZE, preset=preset,
                                model=str(Path(env["NST_HOME"]) / "features.onnx"))
     opt = problem.options
     lo, hi = problem.bounds
@@ -111,7 +111,7 @@ def python_first_loss(bundle_dir, env):
                          content_weight=opt["content_weight"], style_targets=grams, style_layers=opt["style_layers"],
                          style_weights=opt["effective_style_weights"], tv_weight=opt["tv_weight"], fused=False)
     loss_ref = ref(x0)[0]
-    loss_ort = nst_bundle.bundle_objective(bundle_dir, cx, sx)(x0)[0]
+    loss_ort = nst_bundle.bundle_objective(bundle_dir, cx, sx)(x0)[0] if preset is None else None
     return loss_ref, loss_ort, x0.shape
 
 
@@ -133,6 +133,19 @@ def test_window_nst_run_matches_python(e2e, bundle_dir, env, capsys):
     assert min(h["loss"] for h in run["history"]) < 0.5 * first["loss"]
     with Image.open(run["png"]) as im:
         assert im.format == "PNG" and im.size == (shape[3], shape[2])
+
+
+def test_other_preset_on_the_same_bundle(e2e, bundle_dir, env, capsys):
+    """The page's scream preset on the starry_night bundle (its weights fed as inputs, style image at scream's
+    224 px): its first loss equals Python's float64 reference for `--preset scream` within 1e-5."""
+    first = e2e["scream"]["history"][0]
+    assert e2e["scream"]["styleSize"] == 224
+    loss_ref = python_first_loss(bundle_dir, env, preset="scream")[0]
+    with capsys.disabled():
+        print(f"\nweb e2e, scream preset on the starry_night bundle: first loss {first['loss']:.8g} vs "
+              f"{loss_ref:.8g}: {abs(first['loss'] - loss_ref) / loss_ref:.2g} relative")
+    assert abs(first["loss"] - loss_ref) <= 1e-5 * loss_ref
+    assert abs(first["loss"] - e2e["run"]["history"][0]["loss"]) > 1e-3 * loss_ref  # not starry_night's
 
 
 def test_ui_click_through(e2e, bundle_dir, capsys):
@@ -157,6 +170,7 @@ def test_ui_click_through(e2e, bundle_dir, capsys):
     assert np.abs(got - photo).mean() > 2.0  # painted: the first steps at style scale 100 change it a lot
     assert ui["dropped"]["thumb"] == ui["dropped"]["photo"], ui["dropped"]  # a drop on the painting's zone took
     assert e2e["consoleErrors"] == [], e2e["consoleErrors"]
+    assert e2e["foreignRequests"] == []  # everything from the page's own origin: no CDN
 
 
 def test_one_line_errors_on_the_page(e2e):
@@ -213,3 +227,16 @@ def test_serve_web_headers_and_tree(server, bundle_dir):
     assert get("node_modules/onnxruntime-web/package.json")[0] == 404
     assert get("bundle/")[0] == 404  # no listings
     assert get("../cli.py")[0] == 404 and get("..%2f..%2fcli.py")[0] == 404 and get("%2e%2e/nst_core/serve.py")[0] == 404
+
+
+def test_make_server_refuses_without_npm_install(bundle_dir, monkeypatch, tmp_path):
+    """Without hosts/web's node_modules (npm ci), and for a port out of range: NSTError, one line."""
+    from nst_core import serve
+    from nst_core.errors import NSTError
+
+    monkeypatch.setattr(serve, "ORT_DIST", tmp_path / "node_modules" / "onnxruntime-web" / "dist")
+    with pytest.raises(NSTError, match="onnxruntime-web is not installed; run: cd .* && npm ci"):
+        serve.make_server(bundle_dir, port=0)
+    monkeypatch.undo()
+    with pytest.raises(NSTError, match="out of range"):
+        serve.make_server(bundle_dir, port=70000)

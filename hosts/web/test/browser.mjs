@@ -29,11 +29,14 @@ export async function launch({ userDataDir = null } = {}) {
 export async function openPage(context, url, { initScript = null } = {}) {
   const page = await context.newPage();
   const consoleErrors = [];
+  const foreign = []; // requests that leave the page's origin (there must be none: no CDN)
+  const origin = new URL(url).origin;
+  page.on('request', (r) => { if (/^https?:/.test(r.url()) && new URL(r.url()).origin !== origin) foreign.push(r.url()); });
   page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
   page.on('pageerror', (e) => consoleErrors.push(String(e)));
   if (initScript) await page.addInitScript(initScript);
   await page.goto(url);
   await page.waitForFunction(() => window.nst !== undefined);
   const ready = await page.evaluate(() => window.nst.ready.then((r) => ({ ok: true, presets: r.presets }), (e) => ({ ok: false, error: e.message })));
-  return { page, ready, consoleErrors };
+  return { page, ready, consoleErrors, foreign };
 }

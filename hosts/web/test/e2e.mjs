@@ -3,6 +3,7 @@
 //   run: window.nst.run's history, threads, size (20 evaluations at 128 px, 2 threads; the PNG saved as run.png)
 //   ui: the clicked-through run (file inputs, start, the preview's evaluations seen, stop, download): the downloaded
 //       file's path, the status line, the screenshot's path
+//   scream: one evaluation with the scream preset's weights on the same (starry_night) bundle
 //   errors: the one-line #error text for an unreadable image, a bundle that does not load, no WebAssembly SIMD
 import fs from 'node:fs';
 import path from 'node:path';
@@ -21,13 +22,17 @@ const result = { errors: {} };
 const browser = await launch();
 try {
   const { context } = browser;
-  const { page, ready, consoleErrors } = await openPage(context, url);
+  const { page, ready, consoleErrors, foreign } = await openPage(context, url);
   if (!ready.ok) throw new Error(`the page did not get ready: ${ready.error}`);
   result.presets = ready.presets;
   result.crossOriginIsolated = await page.evaluate(() => self.crossOriginIsolated);
   const run = await page.evaluate((o) => window.nst.run(o), { content: contentUrl, style: styleUrl, size: SIZE, iterations: ITERATIONS, threads: 2 });
   fs.writeFileSync(path.join(out, 'run.png'), Buffer.from(run.png.split(',')[1], 'base64'));
   result.run = { ...run, png: path.join(out, 'run.png') };
+
+  // another preset on the same bundle: its weights fed as the objective's inputs (one evaluation)
+  const scream = await page.evaluate((o) => window.nst.run(o), { content: contentUrl, style: styleUrl, preset: 'scream', size: SIZE, iterations: 1, threads: 1 });
+  result.scream = { history: scream.history, styleSize: scream.styleSize };
 
   // the real UI, once: file inputs, size, evaluations, start; watch the preview change; stop; download
   await page.setInputFiles('#content-file', contentFile);
@@ -71,6 +76,7 @@ try {
   await page.evaluate((o) => window.nst.run(o).catch(() => {}), { content: url + 'bundle/manifest.json', style: styleUrl, size: SIZE, iterations: 2 });
   result.errors.unreadable = await errorText(page);
   result.consoleErrors = consoleErrors;
+  result.foreignRequests = foreign;
 
   // a bundle that does not load
   const missing = await openPage(context, url + '?bundle=no-such-bundle/');
