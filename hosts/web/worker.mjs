@@ -13,8 +13,8 @@
 //               {type: 'error', message}   (one line, meant for the page)
 //
 // Module workers have no import maps, so `onnxruntime-web/wasm` is imported by its file: ort.wasm.min.mjs is what
-// that export resolves to for an ES-module build that loads its .wasm / .mjs from env.wasm.wasmPaths (here
-// /ort/ on this origin, never a CDN).
+// that export resolves to under its "onnxruntime-web-use-extern-wasm" condition, the WebAssembly-only build that
+// loads ort-wasm-simd-threaded.mjs / .wasm from env.wasm.wasmPaths (here /ort/ on this origin, never a CDN).
 import * as ort from './ort/ort.wasm.min.mjs';
 import { lbfgs } from './lib/lbfgs.mjs';
 import { deprocess, preprocess, rgbaToRgb } from './lib/pixels.mjs';
