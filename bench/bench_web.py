@@ -10,7 +10,8 @@ spinning, session.intra_op.allow_spinning = 1, against the host's default 0) (wi
 chromium kept open, a new Web Worker per run) and then `nst stylize ... --log`, so load changes on the machine hit
 all of them alike. The rate is (N - 1) / (t_N - t_1) over the run's own history (evaluation 1's warm-up left out;
 the same rule on both sides: seconds from the start of the optimisation, loading and targets excluded). Medians
-over the repeats, and their ratios. Writes bench/results/web.json.
+over the repeats, and their ratios. First, section jpeg: how Chromium's decoding of the shared JPEGs differs from
+Pillow's, and the first loss at 128 px with JPEG inputs, page against `nst stylize`. Writes bench/results/web.json.
 """
 from __future__ import annotations
 
@@ -50,7 +51,31 @@ def setup(tmp: Path, env: dict) -> tuple[Path, list[Path]]:
     for name in ("tubingen", "starry_night"):
         pngs.append(bundle / "inputs" / f"{name}.png")
         open_image(IMAGES / f"{name}.jpg").save(pngs[-1])
+        shutil.copy(IMAGES / f"{name}.jpg", bundle / "inputs" / f"{name}.jpg")
     return bundle, pngs
+
+
+def jpeg_section(browser: "Browser", bundle: Path, tmp: Path, env: dict) -> dict:
+    """Chromium's JPEG decoding against Pillow's (libjpeg) on the shared JPEGs, and what it does to the first loss:
+    the page on the JPEGs against `nst stylize` on the same JPEGs (128 px)."""
+    import base64
+
+    import numpy as np
+    from nst_core.imageio import open_image
+
+    out = {}
+    for name in ("tubingen", "starry_night"):
+        r = browser.ask({"decode": f"{browser.url}bundle/inputs/{name}.jpg"})
+        page = np.frombuffer(base64.b64decode(r["rgb"]), np.uint8).reshape(r["height"], r["width"], 3)
+        pil = np.asarray(open_image(bundle / "inputs" / f"{name}.jpg"))
+        d = np.abs(page.astype(int) - pil.astype(int))
+        out[name] = {"max_abs_levels": int(d.max()), "mean_abs_levels": float(d.mean()),
+                     "fraction_differing": float((d > 0).mean())}
+    web = browser.run(ext="jpg", size=128, iterations=1, threads=1)["history"][0]["loss"]
+    jpgs = [bundle / "inputs" / f"{n}.jpg" for n in ("tubingen", "starry_night")]
+    nst = nst_stylize(jpgs, 128, 1, tmp, env)[0]["loss"]
+    out["first_loss_128"] = {"web": web, "nst": nst, "rel": abs(web - nst) / nst}
+    return out
 
 
 def nst_stylize(pngs: list[Path], size: int, iterations: int, tmp: Path, env: dict) -> list[dict]:
@@ -73,9 +98,12 @@ class Browser:
                                        text=True)
         self.info = json.loads(self.driver.stdout.readline())
 
-    def run(self, **options) -> dict:
-        options.update(content=f"{self.url}bundle/inputs/tubingen.png",
-                       style=f"{self.url}bundle/inputs/starry_night.png")
+    def run(self, ext: str = "png", **options) -> dict:
+        options.update(content=f"{self.url}bundle/inputs/tubingen.{ext}",
+                       style=f"{self.url}bundle/inputs/starry_night.{ext}")
+        return self.ask(options)
+
+    def ask(self, options: dict) -> dict:
         self.driver.stdin.write(json.dumps(options) + "\n")
         self.driver.stdin.flush()
         r = json.loads(self.driver.stdout.readline())
@@ -109,6 +137,12 @@ def main() -> None:
         browser = Browser(bundle, env)
         results["browser"] = browser.info
         print(f"browser: {browser.info['userAgent']}, cross-origin isolated {browser.info['crossOriginIsolated']}")
+        results["jpeg"] = jpeg_section(browser, bundle, tmp, env)
+        print("JPEG decoding, Chromium vs Pillow: " + "; ".join(
+            f"{k}: max {v['max_abs_levels']} levels, mean {v['mean_abs_levels']:.3f}, {100 * v['fraction_differing']:.1f} % "
+            "of values differ" for k, v in results["jpeg"].items() if k != "first_loss_128")
+            + f"; first loss at 128 px on the JPEGs, page vs nst stylize: {results['jpeg']['first_loss_128']['rel']:.2g} relative",
+            flush=True)
         configs = [(f"web_{t}", t, False) for t in args.threads]
         if args.spinning and max(args.threads) > 1:
             configs.append((f"web_{max(args.threads)}_spin", max(args.threads), True))

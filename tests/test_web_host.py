@@ -1,8 +1,9 @@
 """The browser host (hosts/web) in a real browser: Debian's chromium, headless, driven by playwright-core
 (hosts/web/test/e2e.mjs), the page served by `nst serve-web` with a bundle made by `nst bundle`.
 
-Inputs: PNG copies of the shared JPEGs, made here with nst's own decoder (Chromium's JPEG decoder and libjpeg differ
-by a level or two; a PNG decodes to the same bytes in both), served beside the bundle. The browser resizes them with
+Inputs: PNG copies of the shared JPEGs, made here with nst's own decoder (a PNG decodes to the same bytes in any
+browser; a JPEG decoder need not match libjpeg, although Debian's Chromium 150 does on these two: bench_web.py,
+section jpeg), served beside the bundle. The browser resizes them with
 the Node host's Pillow-exact bilinear (hosts/node/lib/pixels.mjs), so the problem is the same pixel for pixel, and
 its first-evaluation loss is compared with the NumPy float64-summed reference objective (make_objective(fused=False),
 nst's independent reference), within the issue's 1e-5 relative.
