@@ -330,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundle directory made by nst bundle (default: web-bundle)")
     p.add_argument("--port", type=_int, default=None, metavar="P",
                    help="TCP port (default: 8017; 0 picks a free one, printed on the first line)")
-    p.add_argument("--host", default="127.0.0.1", metavar="ADDR", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="address to bind (default: 127.0.0.1; browsers treat plain http from another address as "
+                        "insecure, and then give the page one thread)")
     p.add_argument("--verbose", action="store_true", help="log every request on stderr (default: off)")
     p.set_defaults(func=_cmd_serve_web)
 
