@@ -241,3 +241,15 @@ def test_make_server_refuses_without_npm_install(bundle_dir, monkeypatch, tmp_pa
     monkeypatch.undo()
     with pytest.raises(NSTError, match="out of range"):
         serve.make_server(bundle_dir, port=70000)
+
+
+def test_page_modules_node_tests():
+    """The page's pure modules under `node --test` (hosts/web/test/*.test.mjs: the preset menu's rule)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (the browser host's tests need Node.js 20)")
+    tests = sorted(str(p.relative_to(WEB)) for p in (WEB / "test").glob("*.test.mjs"))
+    r = subprocess.run([node, "--test", *tests], cwd=WEB, capture_output=True, text=True, timeout=120)
+    summary = [line for line in r.stdout.splitlines() if line.startswith("# ")]
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "# fail 0" in summary and "# pass 0" not in summary, summary
