@@ -1,11 +1,13 @@
 # Two entry points on a fresh machine (see README.md):
 #   make demo   - set up .venv, export the model from ../shared/weights, paint Tübingen in Starry Night's style
-#   make test   - set up .venv and the Node host's packages (npm ci from hosts/node/package-lock.json), run the tests
+#   make test   - set up .venv and the Node and browser hosts' packages (npm ci from hosts/node and hosts/web's
+#                 package-lock.json), run the tests (the browser test needs Debian's chromium: .ci/run installs it)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SHARED ?= ../shared
 NODE_HOST := hosts/node
+WEB_HOST  := hosts/web
 
 .PHONY: demo test bench
 
@@ -26,8 +28,14 @@ demo: $(BIN)/nst
 $(NODE_HOST)/node_modules/.package-lock.json: $(NODE_HOST)/package.json $(NODE_HOST)/package-lock.json
 	cd $(NODE_HOST) && npm ci --no-audit --no-fund
 
-# pytest runs the Node host's own tests too (tests/test_node_host.py runs `node --test`)
-test: $(BIN)/nst $(NODE_HOST)/node_modules/.package-lock.json
+# The browser host's packages: onnxruntime-web (its .wasm / .mjs are served from the page's origin) and
+# playwright-core (drives the system's chromium; it never downloads a browser, and install scripts are off).
+$(WEB_HOST)/node_modules/.package-lock.json: $(WEB_HOST)/package.json $(WEB_HOST)/package-lock.json
+	cd $(WEB_HOST) && npm ci --no-audit --no-fund
+
+# pytest runs the Node host's own tests too (tests/test_node_host.py runs `node --test`) and the browser host's
+# end-to-end test (tests/test_web_host.py, headless /usr/bin/chromium)
+test: $(BIN)/nst $(NODE_HOST)/node_modules/.package-lock.json $(WEB_HOST)/node_modules/.package-lock.json
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/nst

@@ -7,6 +7,7 @@
     nst export-vjp --taps 1,3,4,6,7 [--height H --width W] [--out vjp.onnx]   self-contained VJP model
     nst info    [--model PATH]                  the model's path, taps and metadata
     nst bundle  DIR [--preset NAME ...] | --check DIR   float32 models + manifest for other hosts
+    nst serve-web [--bundle DIR] [--port P]     the browser host (hosts/web) and a bundle on http://127.0.0.1:P/
 
 Exit status: 0 success; 2 a problem with the input (bad option, image, model or output path; one line on stderr
 ``nst: error: ...``, never a traceback); 3 the optimisation diverged (NaN or infinite loss / gradient: the best
@@ -319,6 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate DIR against its manifest: models load, reference case reproduces (default: off)")
     _add_bundle_options(p)
     p.set_defaults(func=_cmd_bundle)
+
+    p = sub.add_parser("serve-web", help="serve the browser host (hosts/web) and a bundle on localhost",
+                       description="Serve the page of hosts/web, onnxruntime-web's files and the bundle DIR over "
+                                   "HTTP with the cross-origin isolation headers (COOP/COEP) that let the "
+                                   "WebAssembly backend use threads. Stop with Ctrl-C.",
+                       epilog="Exit status: 2 a missing bundle, a missing npm install or a port in use; 130 Ctrl-C.")
+    p.add_argument("--bundle", metavar="DIR", default="web-bundle",
+                   help="bundle directory made by nst bundle (default: web-bundle)")
+    p.add_argument("--port", type=_int, default=None, metavar="P",
+                   help="TCP port (default: 8017; 0 picks a free one, printed on the first line)")
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="address to bind (default: 127.0.0.1; browsers treat plain http from another address as "
+                        "insecure, and then give the page one thread)")
+    p.add_argument("--verbose", action="store_true", help="log every request on stderr (default: off)")
+    p.set_defaults(func=_cmd_serve_web)
 
     p = sub.add_parser("info", help="show the feature model's path, taps and metadata",
                        description="Show the feature model's path, taps and metadata.")
@@ -647,6 +663,20 @@ def _cmd_bundle(args) -> int:
     manifest = bundle.write_bundle(args.directory, opt)
     w = ", ".join(f"{x['input']}={x['value']:g}" for x in manifest["weights"])
     print(f"wrote {args.directory}: targets.onnx, objective.onnx, manifest.json, reference/ ({w})")
+    return 0
+
+
+def _cmd_serve_web(args) -> int:
+    from nst_core import serve
+
+    port = serve.DEFAULT_PORT if args.port is None else args.port
+    server = serve.make_server(args.bundle, port=port, host=args.host, verbose=args.verbose)
+    host, port = server.server_address[:2]
+    print(f"serving http://{host}:{port}/ (bundle {Path(args.bundle).resolve()}); Ctrl-C to stop", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
     return 0
 
 

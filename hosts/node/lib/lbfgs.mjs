@@ -10,7 +10,7 @@
 // The budget counts objective evaluations. The iterate and gradient are float64; dot products are float64 sums
 // (NumPy's float32 pairs use float32 BLAS dots: the two differ in rounding only). memoryDtype 'float64' keeps the
 // pairs and the two-loop in float64, as nst_core.optim.lbfgs(memory_dtype='float64') does.
-import { performance } from 'node:perf_hooks';
+// No imports: it runs in Node.js and in a browser (hosts/web), `performance` being a global in both.
 
 const EPS32 = 2 ** -23;
 
