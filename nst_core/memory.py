@@ -95,3 +95,42 @@ def reexec_with_huge_pages() -> None:
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     except OSError:
         pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# How much memory a run needs
+
+
+#: Peak resident memory of ``nst stylize`` at one scale: ``BASE_MB + pixels * (NETWORK_BYTES + optimizer state)``
+#: (pixels: H * W of the output). Fitted to measured peaks, see ``estimate_peak_mb``.
+BASE_MB = 300.0
+NETWORK_BYTES = 600.0
+
+
+def optimizer_bytes(optimizer: str, history: int) -> float:
+    """Bytes per output pixel (3 values) that ``optimizer`` keeps besides the network's buffers: float64 vectors
+    of the iterate, gradient, best point, bounds and work arrays, plus the L-BFGS correction pairs (our lbfgs:
+    2 * (history + 1) float32 vectors; SciPy's L-BFGS-B: 2 * history float64 ones and its work arrays)."""
+    values = 3
+    if optimizer == "lbfgs":
+        return values * (8 * 10 + 4 * 2 * (history + 1))
+    if optimizer == "lbfgsb":
+        return values * (8 * 12 + 8 * (2 * history + 2) + 8 * 4)
+    return values * 8 * 8  # adam (m, v, ...) and gd
+
+
+def estimate_peak_mb(pixels: int, optimizer: str = "lbfgs", history: int = 20) -> float:
+    """Estimated peak resident memory (MB) of one optimisation with an output of ``pixels`` pixels."""
+    return BASE_MB + pixels * (NETWORK_BYTES + optimizer_bytes(optimizer, history)) / 2**20
+
+
+def available_mb(meminfo: str = "/proc/meminfo") -> float | None:
+    """Memory available to a new process now (Linux MemAvailable, MB), or None when unknown."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -13,7 +13,14 @@ converged, interrupted (Ctrl-C: the best image so far is still returned), nonfin
 Options (keyword arguments; None means "the preset's value" / the default shown)
     preset          CS231n parameter set for ``stylize``: composition_vii, scream, starry_night (default starry_night)
     size            smaller edge of the output image in pixels (content image, or the style image for ``texture``)
-    style_size      smaller edge of the style image when its Gram matrices are computed (pixels)
+    style_size      smaller edge of the style image when its Gram matrices are computed (pixels); default: the
+                    preset's, scaled with ``size`` (``preset style_size * size / calibration_size``, never beyond
+                    the style file's smaller edge when that enlarges it; exactly the preset's at its own size)
+    calibration_size  the size (smaller edge, px) at which the weights mean what they say (default: the preset's
+                    image size, 192); at another size the content and TV weights are multiplied by
+                    ``losses.size_factor`` (pixels at calibration_size / pixels at size); 0: no rescaling
+    scales          "auto" or N >= 1: the coarse-to-fine schedule (``nst_core.schedule``): auto is one scale up to
+                    1.5 x calibration_size and more above; 1 is a single scale at ``size``
     content_layer   SqueezeNet ``features`` index 0..12 of the content loss
     content_weight  weight of the content loss (>= 0)
     style_layers    sequence of ``features`` indices 0..12 of the style loss
@@ -54,11 +61,13 @@ from PIL import Image
 from . import model as _model
 from . import optim
 from .errors import NSTError
-from .imageio import deprocess, open_image, pixel_bounds, preprocess
+from .imageio import deprocess, open_image, pixel_bounds, preprocess, resized_shape
+from .losses import size_factor
 from .objective import active_layers, make_objective, single_threaded_blas, targets
 from .presets import INVERSION, PRESETS, TEXTURE, default_style_scale, preset as _preset
 
-__all__ = ["stylize", "invert", "texture", "prepare", "Problem", "validate_options", "clear_cache", "NUM_LAYERS",
+__all__ = ["stylize", "invert", "texture", "prepare", "Problem", "validate_options", "clear_cache", "optimise",
+           "calibration", "NUM_LAYERS",
            "LBFGS_HISTORY", "ADAM_LR", "GD_LR", "DEFAULT_ITERATIONS", "INITS", "DEVICES", "check_layer", "min_side"]
 
 #: Layers are 0 .. NUM_LAYERS-1 (torchvision's SqueezeNet 1.1 ``features`` modules).
@@ -130,7 +139,7 @@ def validate_options(task: str, **options) -> dict:
     """
     allowed = {"preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
                "style_scale", "tv_weight", "init", "optimizer", "iterations", "lr", "history", "seed", "device",
-               "model", "callback"}
+               "model", "callback", "calibration_size", "scales"}
     if task == "invert":
         allowed -= {"preset", "style_size", "style_layers", "style_weights", "style_scale"}
     elif task == "texture":
@@ -153,10 +162,14 @@ def validate_options(task: str, **options) -> dict:
     else:
         base = dict(TEXTURE, content_layer=0, content_weight=0.0, init="noise")
 
-    out = {"task": task}
+    out = {"task": task, "preset": opt.get("preset") if task == "stylize" else None}
     out["optimizer"] = _choice(opt.get("optimizer", "lbfgs"), "optimizer", tuple(optim.OPTIMIZERS))
     out["size"] = _whole(opt.get("size", base["image_size"]), "size", 1)
     out["style_size"] = _whole(opt.get("style_size", base.get("style_size", out["size"])), "style size", 1)
+    out["style_size_given"] = "style_size" in opt
+    out["calibration_size"] = _whole(opt.get("calibration_size", base["image_size"]), "calibration size", 0)
+    scales = opt.get("scales", "auto")
+    out["scales"] = scales if scales == "auto" else _whole(scales, "scales (auto or a number)", 1)
     out["content_layer"] = check_layer(opt.get("content_layer", base["content_layer"]), "content layer")
     out["content_weight"] = _weight(opt.get("content_weight", base["content_weight"]), "content weight")
     layers = opt.get("style_layers", base["style_layers"])
@@ -373,11 +386,36 @@ class Problem:
     options: dict
 
 
+def calibration(opt: dict, image: Image.Image, style_image: Image.Image | None = None) -> dict:
+    """The size-dependent values of validated options ``opt`` for an output made from ``image`` (the content
+    image, or the style image for texture) at ``opt["size"]``: ``{"size_factor": k, "content_weight",
+    "tv_weight": the weights times k, "style_size": px, "pixels", "calibration_pixels"}``.
+
+    k = ``losses.size_factor`` (pixels of the output at calibration_size / at size; 1 when calibration_size is 0
+    or equals size). The style size, unless given explicitly (stylize only), keeps the preset's proportion to the
+    output: ``round(style_size * size / calibration_size)``, never enlarged beyond the style file's smaller edge
+    (nor below the preset's own value) when that is larger than the preset's value."""
+    h, w = resized_shape(image.width, image.height, opt["size"])
+    cal = opt["calibration_size"]
+    cal_pixels = math.prod(resized_shape(image.width, image.height, cal)) if cal else 0
+    k = size_factor(h * w, cal_pixels)
+    style_size = opt["style_size"]
+    if cal and opt["task"] == "stylize" and not opt["style_size_given"] and opt["size"] != cal:
+        scaled = max(1, round(style_size * opt["size"] / cal))
+        if scaled > style_size and style_image is not None:
+            scaled = min(scaled, max(style_size, min(style_image.size)))
+        style_size = scaled
+    return {"size_factor": k, "content_weight": opt["content_weight"] * k, "tv_weight": opt["tv_weight"] * k,
+            "style_size": style_size, "pixels": h * w, "calibration_pixels": cal_pixels}
+
+
 def _prepare(opt: dict, content=None, style=None) -> Problem:
     """Load the model and images, compute the targets and build the objective for validated options ``opt``."""
     model_path = _model.find_model(opt["model"])  # NSTError (how to make one) before decoding any image
     content_pil = _open(content, "content") if content is not None else None
     style_pil = _open(style, "style") if style is not None else None
+    cal = calibration(opt, content_pil if content_pil is not None else style_pil, style_pil)
+    opt = dict(opt, calibration=cal)
 
     style_weights = opt["effective_style_weights"]
     layers = active_layers(opt["content_layer"], opt["content_weight"], opt["style_layers"], style_weights)
@@ -389,14 +427,14 @@ def _prepare(opt: dict, content=None, style=None) -> Problem:
         minimum = _min_size(model_path, layers)
         _check_size(opt["size"], minimum, "size", layers)
         if any(style_weights):
-            _check_size(opt["style_size"], minimum, "style size", layers)
+            _check_size(cal["style_size"], minimum, "style size", layers)
         network, _ = _network(model_path, layers, opt["device"])
 
     # the output's shape: the content image at `size`, or (texture) the style image at `size`
     base_x = preprocess(content_pil if content_pil is not None else style_pil, opt["size"])
     style_x = None
     if style_pil is not None and any(style_weights):
-        style_x = preprocess(style_pil, opt["style_size"])
+        style_x = preprocess(style_pil, cal["style_size"])
     content_x = base_x if content_pil is not None and opt["content_weight"] else None
     content_target, grams = (None, {})
     if network is not None:
@@ -415,9 +453,9 @@ def _prepare(opt: dict, content=None, style=None) -> Problem:
         x0 = x0.astype(np.float64)
 
     objective = make_objective(network, content_target=content_target, content_layer=opt["content_layer"],
-                               content_weight=opt["content_weight"], style_targets=grams,
+                               content_weight=cal["content_weight"], style_targets=grams,
                                style_layers=opt["style_layers"], style_weights=style_weights,
-                               tv_weight=opt["tv_weight"])
+                               tv_weight=cal["tv_weight"])
     x0.flags.writeable = False
     lo, hi = pixel_bounds(x0.shape)
     return Problem(objective=objective, x0=x0, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)), options=opt)
@@ -439,12 +477,25 @@ def prepare(task: str, content=None, style=None, **options) -> Problem:
     return _prepare(opt, content=content if task != "texture" else None, style=style if task != "invert" else None)
 
 
-def _run(opt: dict, content=None, style=None) -> tuple[np.ndarray, optim.Result]:
-    """Shared by stylize / invert / texture once ``opt`` is validated: prepare the problem, optimise it."""
-    problem = _prepare(opt, content=content, style=style)
-    # overflow to inf / NaN is detected by the optimizers (status "nonfinite"); no NumPy warnings on the way
+def optimise(problem: Problem) -> optim.Result:
+    """Run ``problem.options["optimizer"]`` on ``problem`` (its budget ``iterations``, its ``callback``), as
+    ``stylize`` does: one BLAS thread, no NumPy overflow warnings (non-finite values end the run with status
+    "nonfinite")."""
     with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        result = _optimise(problem.objective, problem.x0, opt)
+        return _optimise(problem.objective, problem.x0, problem.options)
+
+
+def _run(opt: dict, content=None, style=None) -> tuple[np.ndarray, optim.Result]:
+    """Shared by stylize / invert / texture once ``opt`` is validated: prepare the problem and optimise it, or run
+    the coarse-to-fine schedule (``nst_core.schedule``) when it has more than one scale."""
+    from . import schedule  # it builds on this module
+
+    content = _open(content, "content") if content is not None else None
+    style = _open(style, "style") if style is not None else None
+    schedule.check_memory(opt, content if content is not None else style)  # before any work
+    if len(schedule.sides(opt)) > 1:
+        return schedule.run(opt, content=content, style=style)
+    result = optimise(_prepare(opt, content=content, style=style))
     return deprocess(result.x), result
 
 
