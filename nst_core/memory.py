@@ -99,29 +99,37 @@ def reexec_with_huge_pages() -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # How much memory a run needs
+#
+# Peak resident memory (VmHWM) of `nst stylize --scales 1 --iterations 25` (lbfgs, history 20: 20 pairs stored),
+# Tübingen / Starry Night, huge-page malloc, 2-core development machine, 2026-12-01:
+#   --size     256    384    512    640    768    896   1024   (384 and 768 with 3 evaluations: 2 pairs)
+#   MB         288    431    765   1024   1389   1591   2095   (431, 1131)
+# Least squares with the pairs' known 24 * (pairs + 1) bytes per pixel (float32 s and y, 3 values each):
+# 240 MB + 927 bytes per pixel besides them (the network's buffers at one evaluation, ~550 B/px in
+# bench_objective.py's memory section, plus the optimizer's and the objective's float64 vectors); the estimate
+# was within -13 % .. +25 % of every measured peak (the larger errors at the small sizes, where the fixed part
+# dominates). Adam at 512 px: 647 MB (1222 B/px over the base), SciPy's L-BFGS-B (20 pairs): 1036 MB.
+
+BASE_MB = 240.0
+PIXEL_BYTES = 927.0
 
 
-#: Peak resident memory of ``nst stylize`` at one scale: ``BASE_MB + pixels * (NETWORK_BYTES + optimizer state)``
-#: (pixels: H * W of the output). Fitted to measured peaks, see ``estimate_peak_mb``.
-BASE_MB = 300.0
-NETWORK_BYTES = 600.0
-
-
-def optimizer_bytes(optimizer: str, history: int) -> float:
-    """Bytes per output pixel (3 values) that ``optimizer`` keeps besides the network's buffers: float64 vectors
-    of the iterate, gradient, best point, bounds and work arrays, plus the L-BFGS correction pairs (our lbfgs:
-    2 * (history + 1) float32 vectors; SciPy's L-BFGS-B: 2 * history float64 ones and its work arrays)."""
-    values = 3
+def optimizer_bytes(optimizer: str, pairs: int) -> float:
+    """Bytes per output pixel that ``optimizer`` adds to ``PIXEL_BYTES`` (fitted with our lbfgs): our lbfgs's
+    correction pairs (2 * (pairs + 1) float32 vectors of 3 values per pixel); adam and gd hold no pairs but more
+    float64 vectors (measured 1222 B/px in all); SciPy's L-BFGS-B about 3 * pairs float64 vectors."""
     if optimizer == "lbfgs":
-        return values * (8 * 10 + 4 * 2 * (history + 1))
+        return 24.0 * (pairs + 1)
     if optimizer == "lbfgsb":
-        return values * (8 * 12 + 8 * (2 * history + 2) + 8 * 4)
-    return values * 8 * 8  # adam (m, v, ...) and gd
+        return 24.0 * 3 * pairs
+    return 300.0
 
 
-def estimate_peak_mb(pixels: int, optimizer: str = "lbfgs", history: int = 20) -> float:
-    """Estimated peak resident memory (MB) of one optimisation with an output of ``pixels`` pixels."""
-    return BASE_MB + pixels * (NETWORK_BYTES + optimizer_bytes(optimizer, history)) / 2**20
+def estimate_peak_mb(pixels: int, optimizer: str = "lbfgs", history: int = 20, evaluations: int = 200) -> float:
+    """Estimated peak resident memory (MB) of one optimisation of an output of ``pixels`` pixels (H * W) with
+    ``optimizer`` keeping ``history`` pairs (at most ``evaluations - 1`` are ever stored)."""
+    pairs = max(1, min(int(history), int(evaluations) - 1))
+    return BASE_MB + pixels * (PIXEL_BYTES + optimizer_bytes(optimizer, pairs)) / 2**20
 
 
 def available_mb(meminfo: str = "/proc/meminfo") -> float | None:

@@ -25,6 +25,18 @@ Budgets (``budgets``)
     (at least min(iterations, MIN_BUDGET)): the later scales start from an already painted picture and need fewer
     evaluations, which also cost more.
 
+How RATIO and BUDGET_POWER were chosen (--size 512, starry_night defaults, Tübingen, 2026-12-01; the pictures
+were looked at side by side, full size and as crops; cost in pixel-evaluations, sum of budget x H x W, because the
+machine's load varied 2x between runs)
+    one scale at 512 (200 evaluations, 70M pixel-evaluations): the photograph with a fine blue hatching, no swirls.
+    Every coarse-to-fine variant: big swirls in the sky, the yellow orbs and palette of the painting, the houses,
+    tower and river still there. RATIO 2, power 1 (192, 314, 512 px; 200 / 122 / 75 evaluations; 52M) and RATIO
+    sqrt 2, power 1 (192, 266, 369, 512; 200 / 144 / 104 / 75; 69M) looked alike, crisp strokes at full size:
+    sqrt 2 costs 32 % more for no visible gain. Power 1.5 (2x: 200 / 96 / 46) is slightly softer, power 2
+    (200 / 75 / 28; sqrt 2: 200 / 104 / 54 / 28) visibly blurred (the upsampling not yet refined). In the power-1
+    run the later scales reached 1 % of their final loss at evaluations 119 of 122 and 73 of 75: still improving,
+    so smaller budgets cut into the result.
+
 Style size per scale
     Unless given, the style image's size follows each scale by the rule of ``transfer.calibration`` (the preset's
     proportion, never enlarged beyond the file); a given ``style_size`` is the size at the last scale, and the
@@ -81,8 +93,10 @@ def _first(opt: dict) -> int:
     return int(base["image_size"])
 
 
-def sides(opt: dict, ratio: float = RATIO) -> list[int]:
-    """The scales (smaller edge of the output, px, increasing, the last = ``opt["size"]``) of validated options."""
+def sides(opt: dict, ratio: float | None = None) -> list[int]:
+    """The scales (smaller edge of the output, px, increasing, the last = ``opt["size"]``) of validated options;
+    ``ratio``: the largest step (default ``RATIO``)."""
+    ratio = RATIO if ratio is None else float(ratio)
     size, first, n = opt["size"], _first(opt), opt["scales"]
     if n == "auto":
         if size < MIN_STEP * first:
@@ -170,7 +184,7 @@ def check_memory(opt: dict, image: Image.Image) -> None:
     """NSTError (one line) when the largest scale (``opt["size"]``) would not fit in the memory available now
     (``memory.estimate_peak_mb``); nothing when it fits or the available memory is unknown."""
     height, width = resized_shape(image.width, image.height, opt["size"])
-    need = memory.estimate_peak_mb(height * width, opt["optimizer"], opt["history"])
+    need = memory.estimate_peak_mb(height * width, opt["optimizer"], opt["history"], plan(opt)[-1][1])
     have = memory.available_mb()
     if have is not None and need > have:
         raise NSTError(f"--size {opt['size']} ({width}x{height}) needs about {need / 1024:.1f} GB of memory, "
