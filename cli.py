@@ -125,8 +125,9 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
                    help=f"smaller edge of the output in pixels, {what} (default: {size_default})")
     p.add_argument("--calibration-size", type=_int, metavar="PX",
                    help="the size at which the weights are CS231n's; at other sizes the content and TV weights are "
-                        "multiplied by (pixels at PX) / (pixels at --size) so the look holds; 0: raw sums, no "
-                        f"rescaling (default: {sn['image_size']})")
+                        "multiplied by (pixels at PX) / (pixels at --size) so the look holds, and the style size "
+                        "follows --size; 0: the exercise's raw sums and fixed style size at any size "
+                        f"(default: {sn['image_size']})")
     if not compare:
         from nst_core import schedule
 
@@ -180,8 +181,9 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
                        help="lbfgs: our L-BFGS, projected onto the valid pixel range; lbfgsb: SciPy's L-BFGS-B "
                             "within it; adam: the CS231n recipe; gd: projected gradient descent (default: lbfgs)")
     p.add_argument("--iterations", type=_int, metavar="N", default=transfer.DEFAULT_ITERATIONS,
-                   help="objective evaluations (forward + backward passes), not optimizer iterations "
-                        f"(default: {transfer.DEFAULT_ITERATIONS})")
+                   help="objective evaluations (forward + backward passes), not optimizer iterations; with "
+                        "several --scales, those of the first scale (default: "
+                        f"{transfer.DEFAULT_ITERATIONS})")
     if not compare:
         p.add_argument("--lr", type=_float, metavar="LR",
                        help=f"adam: initial learning rate, lr/30 from 90%% of the evaluations on (default: "

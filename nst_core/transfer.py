@@ -32,7 +32,8 @@ Options (keyword arguments; None means "the preset's value" / the default shown)
                     "style" (the style image resized to the output's shape)
     optimizer       "lbfgs" (our NumPy L-BFGS, projected onto the pixel range; ``optim.lbfgs``), "lbfgsb" (SciPy's
                     L-BFGS-B with the pixel bounds), "adam" (CS231n's recipe) or "gd"
-    iterations      objective evaluations (the budget), >= 1
+    iterations      objective evaluations (the budget), >= 1; with several scales, the first scale's (the later
+                    ones get fewer: ``schedule.budgets``)
     lr              adam: initial learning rate (default 3.0; the recipe switches to lr/30 at 90% of the
                     evaluations and clamps to [-1.5, 1.5] until 95%, i.e. steps 180 and 190 of 200);
                     gd: step size (default ``GD_LR``); ignored by lbfgs and lbfgsb
@@ -345,20 +346,25 @@ def _check_size(side: int, minimum: int, what: str, layers) -> None:
 # The engine
 
 
+def _box(shape) -> tuple[np.ndarray, np.ndarray]:
+    """``pixel_bounds`` as two read-only float64 views of ``shape`` [1, 3, h, w] over 3 values each (no full-size
+    arrays: 48 bytes per pixel less than ``pixel_bounds(shape)``)."""
+    lo, hi = pixel_bounds((1, 3, 1, 1))
+    return np.broadcast_to(lo.reshape(1, 3, 1, 1), shape), np.broadcast_to(hi.reshape(1, 3, 1, 1), shape)
+
+
 def _optimise(objective, x0: np.ndarray, opt: dict) -> optim.Result:
     budget, callback = opt["iterations"], opt["callback"]
     name = opt["optimizer"]
     if name in ("lbfgs", "lbfgsb"):
-        lo, hi = pixel_bounds(x0.shape)
-        return optim.OPTIMIZERS[name](objective, x0, budget, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)),
-                                      history=opt["history"], callback=callback)
+        return optim.OPTIMIZERS[name](objective, x0, budget, bounds=_box(x0.shape), history=opt["history"],
+                                      callback=callback)
     if name == "adam":
         lr = ADAM_LR if opt["lr"] is None else opt["lr"]
         return optim.adam(objective, x0, budget, lr=lr, decay_at=round(0.9 * budget), decayed_lr=lr / 30.0,
                           clamp=(-1.5, 1.5), clamp_until=round(0.95 * budget), callback=callback)
-    lo, hi = pixel_bounds(x0.shape)
     return optim.gradient_descent(objective, x0, budget, lr=GD_LR if opt["lr"] is None else opt["lr"],
-                                  bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)), callback=callback)
+                                  bounds=_box(x0.shape), callback=callback)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,7 +380,8 @@ class Problem:
         The start image (``options["init"]``), normalised; NOT yet clipped to ``bounds`` (each optimizer projects
         its own copy onto its box).
     bounds : (ndarray, ndarray), float64 [1, 3, h, w] each
-        The normalised [0, 1] pixel range (``imageio.pixel_bounds``), as L-BFGS-B and gradient descent use it.
+        The normalised [0, 1] pixel range (``imageio.pixel_bounds``), as L-BFGS-B and gradient descent use it
+        (read-only broadcast views of one value per channel).
     options : dict
         The validated options (``validate_options``); ``options["optimizer"]`` etc. say how ``stylize`` would
         optimise it.
@@ -457,8 +464,7 @@ def _prepare(opt: dict, content=None, style=None) -> Problem:
                                style_layers=opt["style_layers"], style_weights=style_weights,
                                tv_weight=cal["tv_weight"])
     x0.flags.writeable = False
-    lo, hi = pixel_bounds(x0.shape)
-    return Problem(objective=objective, x0=x0, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)), options=opt)
+    return Problem(objective=objective, x0=x0, bounds=_box(x0.shape), options=opt)
 
 
 def prepare(task: str, content=None, style=None, **options) -> Problem:

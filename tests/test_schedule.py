@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_core import memory, schedule, transfer
+from nst_core import imageio, memory, schedule, transfer
 from nst_core.errors import NSTError
 from nst_core.imageio import MEAN, STD, open_image
 from nst_core.losses import size_factor
@@ -163,7 +163,7 @@ def test_schedule_end_to_end(features_model, paths):
     # prepared at 128 px with the same calibration
     x1 = schedule.upsample(result.scales[0].x, (1, 3, 128, 170))
     np.testing.assert_array_equal(seen[3][1], np.clip(x1, *(b.reshape(x1.shape) for b in
-                                                               transfer.pixel_bounds(x1.shape))))
+                                                               imageio.pixel_bounds(x1.shape))))
     alone = prepare("stylize", paths["content"], paths["style"], model=features_model, size=128,
                     calibration_size=64, device="cpu")
     loss, _, parts = alone.objective(seen[3][1])  # (BLAS threads may sum TV's squares in another order)
