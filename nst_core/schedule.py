@@ -198,7 +198,7 @@ def run(opt: dict, content: Image.Image | None = None, style: Image.Image | None
 
     task, user_callback = opt["task"], opt["callback"]
     steps = plan(opt)
-    results, history, records = [], [], []
+    results, history, records, interrupted = [], [], [], None
     x, t0, done = None, time.perf_counter(), 0
     for k, (side, budget) in enumerate(steps):
         start, offset = time.perf_counter() - t0, done
@@ -211,11 +211,17 @@ def run(opt: dict, content: Image.Image | None = None, style: Image.Image | None
                 user_callback(rec, xv)
 
         records.clear()
-        problem = transfer.prepare(task, content, style, **_options_at(opt, side, budget, callback))
-        if x is not None:
-            x0 = upsample(x, problem.x0.shape)
-            x0.flags.writeable = False
-            problem = dataclasses.replace(problem, x0=x0)
+        try:
+            problem = transfer.prepare(task, content, style, **_options_at(opt, side, budget, callback))
+            if x is not None:
+                x0 = upsample(x, problem.x0.shape)
+                x0.flags.writeable = False
+                problem = dataclasses.replace(problem, x0=x0)
+        except KeyboardInterrupt:  # between two scales: the previous scale's best image is the result
+            if not results:
+                raise
+            interrupted = f"interrupted by the user while preparing scale {k + 1} ({side} px)"
+            break
         result = transfer.optimise(problem)
         history.extend(records)
         results.append(result)
@@ -225,8 +231,9 @@ def run(opt: dict, content: Image.Image | None = None, style: Image.Image | None
             break
     last = results[-1]
     n = len(steps)
-    message = f"scale {len(results)}/{n} ({steps[len(results) - 1][0]} px): {last.message}"
-    final = ScheduleResult(x=last.x, loss=last.loss, parts=dict(last.parts), n_evals=done, status=last.status,
+    message = f"scale {len(results)}/{n} ({steps[len(results) - 1][0]} px): {interrupted or last.message}"
+    status = "interrupted" if interrupted else last.status
+    final = ScheduleResult(x=last.x, loss=last.loss, parts=dict(last.parts), n_evals=done, status=status,
                            message=message, history=history, optimizer=last.optimizer, info=dict(last.info),
                            scales=results, sides=[s for s, _ in steps[:len(results)]])
     return deprocess(final.x), final

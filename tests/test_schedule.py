@@ -203,6 +203,22 @@ def test_ctrl_c_keeps_the_best_image_of_the_current_scale(features_model, paths,
     assert result.best_evaluation is not None and stop_at - 2 < result.best_evaluation <= stop_at
 
 
+def test_ctrl_c_between_scales_keeps_the_previous_scale(features_model, paths, monkeypatch):
+    real, calls = transfer.prepare, [0]
+
+    def prepare(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:  # building the second scale's targets
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transfer, "prepare", prepare)
+    image, result = stylize(paths["content"], paths["style"], model=features_model, **SMALL)
+    assert result.status == "interrupted" and "preparing scale 2 (128 px)" in result.message
+    assert image.shape == (64, 85, 3) and result.sides == [64] and result.n_evals == 3
+    assert result.best_evaluation == result.scales[0].best_evaluation
+
+
 def test_nonfinite_stops_the_schedule(features_model, paths, monkeypatch):
     real = transfer.make_objective
     calls = [0]
