@@ -100,29 +100,32 @@ def reexec_with_huge_pages() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # How much memory a run needs
 #
-# Peak resident memory (VmHWM) of `nst stylize --scales 1 --iterations 25` (lbfgs, history 20: 20 pairs stored),
-# Tübingen / Starry Night, huge-page malloc, 2-core development machine, 2026-12-01:
-#   --size     256    384    512    640    768    896   1024   (384 and 768 with 3 evaluations: 2 pairs)
-#   MB         288    431    765   1024   1389   1591   2095   (431, 1131)
-# Least squares with the pairs' known 24 * (pairs + 1) bytes per pixel (float32 s and y, 3 values each):
-# 240 MB + 927 bytes per pixel besides them (the network's buffers at one evaluation, ~550 B/px in
-# bench_objective.py's memory section, plus the optimizer's and the objective's float64 vectors); the estimate
-# was within -13 % .. +25 % of every measured peak (the larger errors at the small sizes, where the fixed part
-# dominates). Adam at 512 px: 647 MB (1222 B/px over the base), SciPy's L-BFGS-B (20 pairs): 1036 MB.
+# Peak resident memory (VmHWM) of `nst stylize --scales 1`, our lbfgs with history 20, Tübingen / Starry Night,
+# huge-page malloc, 2-core development machine, 2026-12-01 (bounds as broadcast views):
+#   --size            256    384    512    768    768   1024   2048 (default schedule, last scale 20 evaluations)
+#   evaluations        25      3     25      3     25     25    426
+#   pairs stored       20      2     20      2     20     20     19
+#   MB                275    408    636    983   1318   1998   6317
+# With the pairs' known 24 * (pairs + 1) bytes per pixel (float32 s and y, 3 values each), 200 MB + 810 bytes per
+# pixel for the rest (the network's buffers at one evaluation, ~550 B/px in bench_objective.py's memory section,
+# plus the optimizer's and the objective's float64 vectors) has the smallest largest error: -12.4 % .. +12.4 % over
+# these runs. Adam at 512 px: 647 MB; SciPy's L-BFGS-B with 20 pairs: 1036 MB (before the bounds change, about
+# 30 MB more than now).
 
-BASE_MB = 240.0
-PIXEL_BYTES = 927.0
+BASE_MB = 200.0
+PIXEL_BYTES = 810.0
 
 
 def optimizer_bytes(optimizer: str, pairs: int) -> float:
     """Bytes per output pixel that ``optimizer`` adds to ``PIXEL_BYTES`` (fitted with our lbfgs): our lbfgs's
     correction pairs (2 * (pairs + 1) float32 vectors of 3 values per pixel); adam and gd hold no pairs but more
-    float64 vectors (measured 1222 B/px in all); SciPy's L-BFGS-B about 3 * pairs float64 vectors."""
+    float64 vectors (measured about 1300 B/px in all at 512 px); SciPy's L-BFGS-B about 3 * pairs float64
+    vectors."""
     if optimizer == "lbfgs":
         return 24.0 * (pairs + 1)
     if optimizer == "lbfgsb":
         return 24.0 * 3 * pairs
-    return 300.0
+    return 500.0
 
 
 def estimate_peak_mb(pixels: int, optimizer: str = "lbfgs", history: int = 20, evaluations: int = 200) -> float:

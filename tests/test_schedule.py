@@ -284,8 +284,9 @@ print([l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
 def test_memory_estimate_against_measured_peaks(env, paths):
-    """The estimate is fitted for malloc with huge pages (the default where the kernel offers them); the fit was
-    within -13 % .. +25 % of the peaks measured from 256 to 1024 px, so 35 % is allowed either way."""
+    """The estimate is fitted for malloc with huge pages (the default where the kernel offers them); it was within
+    -12.4 % .. +12.4 % of the peaks measured from 256 to 2048 px (nst_core/memory.py), so 30 % is allowed either
+    way (allocators and libraries differ between machines)."""
     if memory.reexec_env(env) is None and not memory.malloc_uses_huge_pages(env):
         pytest.skip("no huge-page malloc here: ORT's arena, for which the estimate is not fitted")
     for size, shape in ((256, (256, 341)), (512, (512, 682))):
@@ -295,4 +296,4 @@ def test_memory_estimate_against_measured_peaks(env, paths):
         measured = int(out.stdout.split()[-1]) / 1024
         estimate = memory.estimate_peak_mb(shape[0] * shape[1], "lbfgs", 20, 3)
         print(f"\n{size} px: estimated {estimate:.0f} MB, measured {measured:.0f} MB")
-        assert 0.65 * measured <= estimate <= 1.35 * measured
+        assert 0.7 * measured <= estimate <= 1.3 * measured
