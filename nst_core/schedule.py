@@ -3,8 +3,8 @@
 A schedule is a list of scales, each the smaller edge of the output in pixels, and a budget of objective
 evaluations per scale::
 
-    sides(opt)  -> [192, 337, 591, 1024]        (--size 1024, calibration size 192, steps <= RATIO)
-    plan(opt)   -> [(192, 200), (337, 114), (591, 65), (1024, 38)]
+    sides(opt)  -> [192, 335, 586, 1024]        (--size 1024, calibration size 192, steps <= RATIO)
+    plan(opt)   -> [(192, 200), (335, 115), (586, 66), (1024, 38)]
     image, result = run(opt, content=..., style=...)     # opt: transfer.validate_options(...)
 
 Each scale is one ``transfer.Problem`` (``transfer.prepare`` at that size, its targets recomputed: the content image

@@ -496,6 +496,7 @@ def _run(opt: dict, content=None, style=None) -> tuple[np.ndarray, optim.Result]
     the coarse-to-fine schedule (``nst_core.schedule``) when it has more than one scale."""
     from . import schedule  # it builds on this module
 
+    _model.find_model(opt["model"])  # NSTError (how to make one) before decoding any image
     content = _open(content, "content") if content is not None else None
     style = _open(style, "style") if style is not None else None
     schedule.check_memory(opt, content if content is not None else style)  # before any work
