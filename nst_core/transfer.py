@@ -209,6 +209,7 @@ def validate_options(task: str, **options) -> dict:
         lr = float(lr)
     out["lr"] = lr
     out["history"] = _whole(opt.get("history", LBFGS_HISTORY), "L-BFGS history", 1)
+    out["history_given"] = "history" in opt
     seed = opt.get("seed")
     out["seed"] = None if seed is None else _whole(seed, "seed", 0)
     out["device"] = _choice(opt.get("device", "auto"), "device", DEVICES)

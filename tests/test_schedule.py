@@ -125,6 +125,15 @@ def test_sides_and_budgets_by_hand():
     assert [s for s, _ in _plan(size=1024, calibration_size=0)] == [192, 335, 586, 1024]
 
 
+def test_correction_pairs_per_scale_by_hand():
+    # budgets 200 / 115 / 66 / 38: the later scales keep budget // 4 pairs, at least 5, at most the history
+    assert schedule.histories(validate_options("stylize", size=1024)) == [20, 20, 66 // 4, 38 // 4]
+    assert schedule.histories(validate_options("stylize", size=2048)) == [20, 20, 61 // 4, 34 // 4, 5]
+    assert schedule.histories(validate_options("stylize", size=1024, history=20)) == [20] * 4  # given: kept
+    assert schedule.histories(validate_options("stylize", size=1024, history=3)) == [3] * 4
+    assert schedule.histories(validate_options("stylize", size=256)) == [20]
+
+
 def test_upsample_keeps_constants_and_linear_ramps_and_the_pixel_range():
     h, w = 8, 10
     flat = np.full((1, 3, h, w), 0.3)
@@ -171,6 +180,7 @@ def test_schedule_end_to_end(features_model, paths):
     assert result.history[3].parts == pytest.approx(parts, rel=1e-12)
     assert result.x.shape == (1, 3, 128, 170) and result.loss == result.scales[1].loss
     assert result.best_evaluation == 3 + result.scales[1].best_evaluation
+    assert [r.info["history"] for r in result.scales] == [20, 5]  # the later scale's pairs (budget 3: 2 used)
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgsb", "adam", "gd"])
