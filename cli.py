@@ -190,7 +190,8 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
                             f"{transfer.ADAM_LR:g}, CS231n); gd: step size (default: {transfer.GD_LR:g}); "
                             "not used by lbfgs / lbfgsb")
     p.add_argument("--history", type=_int, metavar="M",
-                   help=f"L-BFGS memory, correction pairs kept (default: {transfer.LBFGS_HISTORY})")
+                   help=f"L-BFGS memory, correction pairs kept (default: {transfer.LBFGS_HISTORY}; the later scales "
+                        "of a coarse-to-fine run keep a quarter of their budget, at least 5, unless M is given)")
     p.add_argument("--seed", type=_int, metavar="N",
                    help="seed of the noise initialisation (default: none, a different start each run)")
     if not compare:

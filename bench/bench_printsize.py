@@ -10,8 +10,8 @@ after the other:
   torch  the same schedule in PyTorch eager mode + autograd (tests/torch_reference.py's CS231n objective, the same
          weights file): per scale the same side, budget, style size and calibrated weights
          (``transfer.calibration``), the same start (the content image, then the previous scale's best upsampled by
-         ``schedule.upsample``), ``torch.optim.LBFGS`` (history 20 like ours, lr 1, no line search; unconstrained,
-         where ours projects onto the pixel box), 2 threads
+         ``schedule.upsample``), ``torch.optim.LBFGS`` with ours' pairs per scale (``schedule.histories``), lr 1,
+         no line search; unconstrained, where ours projects onto the pixel box; 2 threads
 and reports wall time (process start to the image) and peak resident memory (VmHWM) of each, with ratios.
 
 Quality (``--no-quality`` skips it; it needs the 192 px default picture, which it makes with ``stylize``):
@@ -101,7 +101,7 @@ def run_torch(content: Path, size: int, out: Path, threads: int = 2) -> dict:
     content_pil, style_pil = open_image(content), open_image(STYLE)
     opt = transfer.validate_options("stylize", size=size)
     x, per_scale = None, []
-    for side, budget in schedule.plan(opt):
+    for (side, budget), pairs in zip(schedule.plan(opt), schedule.histories(opt)):
         o = transfer.validate_options("stylize", size=side)
         cal = transfer.calibration(o, content_pil, style_pil)
         content_x = preprocess(content_pil, side)
@@ -110,7 +110,7 @@ def run_torch(content: Path, size: int, out: Path, threads: int = 2) -> dict:
                             content_weight=cal["content_weight"], style_layers=o["style_layers"],
                             style_weights=o["effective_style_weights"], tv_weight=cal["tv_weight"])
         x0 = content_x.astype(np.float64) if x is None else schedule.upsample(x, content_x.shape)
-        run = lbfgs_run(loss_fn, x0, evaluations=budget, history=o["history"])
+        run = lbfgs_run(loss_fn, x0, evaluations=budget, history=pairs)
         x = run["x_best"]
         per_scale.append(dict(side=side, evaluations=run["evaluations"], loss=run["best"], seconds=run["seconds"]))
     save_image(out, deprocess(x))

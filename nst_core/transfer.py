@@ -37,7 +37,8 @@ Options (keyword arguments; None means "the preset's value" / the default shown)
     lr              adam: initial learning rate (default 3.0; the recipe switches to lr/30 at 90% of the
                     evaluations and clamps to [-1.5, 1.5] until 95%, i.e. steps 180 and 190 of 200);
                     gd: step size (default ``GD_LR``); ignored by lbfgs and lbfgsb
-    history         L-BFGS memory (correction pairs) of lbfgs and lbfgsb, default ``LBFGS_HISTORY``
+    history         L-BFGS memory (correction pairs) of lbfgs and lbfgsb, default ``LBFGS_HISTORY`` (the later scales
+                    of a schedule keep fewer unless it is given: ``schedule.histories``)
     seed            seed of the noise initialisation (None: fresh randomness)
     device          "auto", "cpu" or "cuda" (ONNX Runtime execution provider)
     model           path of features.onnx (default: $NST_HOME or the cache directory, see ``nst_core.model``)
