@@ -109,7 +109,8 @@ def reexec_with_huge_pages() -> None:
 # With the pairs' known 24 * (pairs + 1) bytes per pixel (float32 s and y, 3 values each), 200 MB + 810 bytes per
 # pixel for the rest (the network's buffers at one evaluation, ~550 B/px in bench_objective.py's memory section,
 # plus the optimizer's and the objective's float64 vectors) has the smallest largest error: -12.4 % .. +12.4 % over
-# these runs. Adam at 512 px: 647 MB; SciPy's L-BFGS-B with 20 pairs: 1036 MB (before the bounds change, about
+# these runs; the default schedule at 2048 px with 5 pairs at its last scale then peaked at 5358 MB (estimate
+# 5287 MB, -1.3 %). Adam at 512 px: 647 MB; SciPy's L-BFGS-B with 20 pairs: 1036 MB (before the bounds change, about
 # 30 MB more than now).
 
 BASE_MB = 200.0
