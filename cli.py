@@ -87,6 +87,15 @@ def _float_list(text: str) -> tuple:
     return tuple(_float(t.strip()) for t in text.split(","))
 
 
+def _scales(text: str):
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not auto or a whole number: {text!r}") from None
+
+
 def _fmt(values) -> str:
     return ",".join(f"{v:g}" for v in values)
 
@@ -115,10 +124,27 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
     what = "the style image's (the output has its aspect ratio)" if task == "texture" else "the content image's"
     p.add_argument("--size", type=_int, metavar="PX",
                    help=f"smaller edge of the output in pixels, {what} (default: {size_default})")
+    p.add_argument("--calibration-size", type=_int, metavar="PX",
+                   help="the size at which the weights are CS231n's; at other sizes the content and TV weights are "
+                        "multiplied by (pixels at PX) / (pixels at --size) so the look holds, and the style size "
+                        "follows --size; 0: the exercise's raw sums and fixed style size at any size "
+                        f"(default: {sn['image_size']})")
+    if not compare:
+        from nst_core import schedule
+
+        p.add_argument("--scales", type=_scales, metavar="auto|N", default="auto",
+                       help="coarse-to-fine: paint at the calibration size first, then upsample and refine in steps "
+                            f"of at most {schedule.RATIO:g}x up to --size, --iterations evaluations at the first "
+                            "scale and fewer at each larger one; auto: one scale below "
+                            f"{schedule.MIN_STEP:g}x the calibration size, more above; 1: one scale at --size "
+                            "(default: auto)")
     if task != "invert":
         default = f"the preset's, {sn['style_size']}" if task == "stylize" else "--size"
+        if task == "stylize":
+            default += ", scaled with --size, never beyond the style file"
         p.add_argument("--style-size", type=_int, metavar="PX",
-                       help=f"smaller edge of the style image when its Gram matrices are computed (default: {default})")
+                       help=f"smaller edge of the style image when its Gram matrices are computed, at --size; the "
+                            f"earlier scales of a coarse-to-fine run scale it down (default: {default})")
     if task != "texture":
         cl = sn["content_layer"] if task == "stylize" else inv["content_layer"]
         cw = sn["content_weight"] if task == "stylize" else inv["content_weight"]
@@ -156,8 +182,9 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
                        help="lbfgs: our L-BFGS, projected onto the valid pixel range; lbfgsb: SciPy's L-BFGS-B "
                             "within it; adam: the CS231n recipe; gd: projected gradient descent (default: lbfgs)")
     p.add_argument("--iterations", type=_int, metavar="N", default=transfer.DEFAULT_ITERATIONS,
-                   help="objective evaluations (forward + backward passes), not optimizer iterations "
-                        f"(default: {transfer.DEFAULT_ITERATIONS})")
+                   help="objective evaluations (forward + backward passes), not optimizer iterations; with "
+                        "several --scales, those of the first scale (default: "
+                        f"{transfer.DEFAULT_ITERATIONS})")
     if not compare:
         p.add_argument("--lr", type=_float, metavar="LR",
                        help=f"adam: initial learning rate, lr/30 from 90%% of the evaluations on (default: "
@@ -165,7 +192,8 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
                             "not used by lbfgs / lbfgsb")
     _add_artist(p, task)
     p.add_argument("--history", type=_int, metavar="M",
-                   help=f"L-BFGS memory, correction pairs kept (default: {transfer.LBFGS_HISTORY})")
+                   help=f"L-BFGS memory, correction pairs kept (default: {transfer.LBFGS_HISTORY}; the later scales "
+                        "of a coarse-to-fine run keep a quarter of their budget, at least 5, unless M is given)")
     p.add_argument("--seed", type=_int, metavar="N",
                    help="seed of the noise initialisation (default: none, a different start each run)")
     if not compare:
@@ -173,8 +201,8 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
                        help="every N evaluations, save the best image so far beside OUT, numbered by evaluation "
                             f"(e.g. {Path(default_out).stem}_0050{Path(default_out).suffix}) (default: 0, off)")
         p.add_argument("--log", metavar="FILE.csv",
-                       help="write the history as CSV: evaluation,seconds,loss,content,style,tv, one row per "
-                            "evaluation (default: none)")
+                       help="write the history as CSV: evaluation,seconds,loss,content,style,tv,scale (the "
+                            "scale's smaller edge, px), one row per evaluation (default: none)")
     _add_runtime(p)
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress lines and no summary table (default: off)" if compare else
@@ -373,12 +401,13 @@ def _check_log_path(path: str, inputs) -> None:
     _check_not_input(path, inputs, "the log")
 
 
-def _write_log(path: str, result) -> None:
+def _write_log(path: str, result, side: int) -> None:
     columns = ("evaluation", "seconds", "loss", "content", "style", "tv")
-    lines = [",".join(columns)]
+    lines = [",".join(columns + ("scale",))]
     for rec in result.history:
         row = [str(rec.evaluation), repr(float(rec.seconds)), repr(float(rec.loss))]
         row += [repr(float(rec.parts.get(k, math.nan))) for k in columns[3:]]
+        row.append(str(getattr(rec, "side", side)))
         lines.append(",".join(row))
     from nst_core.imageio import write_bytes
     write_bytes(path, ("\n".join(lines) + "\n").encode())
@@ -404,7 +433,7 @@ def _default_image(given, default: Path, what: str) -> str:
 def _problem_options(args) -> dict:
     names = ("preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
              "style_scale", "tv_weight", "init", "optimizer", "iterations", "lr", "history", "seed", "device",
-             "model", "original_colors", "style_blend", "pooling")
+             "model", "original_colors", "style_blend", "pooling", "calibration_size", "scales")
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
@@ -416,12 +445,13 @@ def _styles(given) -> list:
 
 
 def _cmd_transfer(args) -> int:
-    from nst_core import blend, interrupts, transfer
+    from nst_core import blend, interrupts, schedule, transfer
     from nst_core.imageio import check_output_path, deprocess, save_image
 
     task = args.task
     options = _problem_options(args)
     opt = transfer.validate_options(task, **options)  # every option, before any file is touched
+    steps = schedule.plan(opt)
     if args.save_every < 0:
         raise NSTError(f"--save-every must be >= 0, got {args.save_every}")
     content = _default_image(args.content, DEFAULT_CONTENT, "content") if task != "texture" else None
@@ -443,9 +473,9 @@ def _cmd_transfer(args) -> int:
     bar = None
     if show_bar:
         from tqdm import tqdm
-        bar = tqdm(total=args.iterations, file=sys.stderr, unit="eval", dynamic_ncols=True, leave=False)
-    width = max(4, len(str(args.iterations)))
-    best = {"loss": math.inf, "x": None}
+        bar = tqdm(total=sum(b for _, b in steps), file=sys.stderr, unit="eval", dynamic_ncols=True, leave=False)
+    width = max(4, len(str(sum(b for _, b in steps))))
+    best = {"loss": math.inf, "x": None, "scale": 1}
     picture = deprocess  # of the intermediate images: the luminance mode's carry the content's chroma too
     if args.save_every and opt.get("original_colors", "off") == "luminance":
         from nst_core.colour import finisher
@@ -453,6 +483,9 @@ def _cmd_transfer(args) -> int:
         picture = finisher("luminance", open_image(content))
 
     def callback(record, x):
+        scale = getattr(record, "scale", 1)
+        if scale != best["scale"]:  # a new scale: a new objective, its own best
+            best.update(loss=math.inf, x=None, scale=scale)
         if math.isfinite(record.loss) and record.loss < best["loss"]:
             best["loss"] = record.loss
             if args.save_every:
@@ -464,7 +497,8 @@ def _cmd_transfer(args) -> int:
                 args.save_every = 0
                 print(f"nst: warning: {_one_line(exc)}; no more intermediate images", file=sys.stderr)
         if bar is not None:
-            bar.set_postfix_str(f"loss {record.loss:.4g}, best {best['loss']:.4g}", refresh=False)
+            where = f"scale {scale}/{len(steps)} ({steps[scale - 1][0]} px), " if len(steps) > 1 else ""
+            bar.set_postfix_str(f"{where}loss {record.loss:.4g}, best {best['loss']:.4g}", refresh=False)
             bar.update(1)
 
     run = {"stylize": lambda: transfer.stylize(content, style, callback=callback, **options),
@@ -479,7 +513,7 @@ def _cmd_transfer(args) -> int:
     seconds = time.perf_counter() - start
 
     if args.log:
-        _write_log(args.log, result)
+        _write_log(args.log, result, min(image.shape[:2]))
     if result.status == "interrupted":
         if result.best_evaluation is None:
             print(f"nst: {interrupts.stopped_by()} before the first evaluation; nothing saved", file=sys.stderr)

@@ -204,6 +204,12 @@ def _resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
+def resized_shape(width: int, height: int, size: int) -> tuple[int, int]:
+    """(height, width) of a ``width`` x ``height`` image after ``preprocess(image, size)`` (pixels)."""
+    new_w, new_h = _resized_size(int(width), int(height), int(size))
+    return new_h, new_w
+
+
 def preprocess(image, size: int | None = 512) -> np.ndarray:
     """Resize and normalise an image for the network: float32 [1, 3, h, w].
 

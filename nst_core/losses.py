@@ -9,12 +9,27 @@ Precision and speed: the large arrays (feature maps from ONNX Runtime, usually f
 are processed in their own dtype, so matrix products stay in float32 BLAS; the returned scalar losses are Python
 floats whose sums of squares are accumulated in float64 (the squares of float32 numbers are exact in float64).
 Gradients are returned in the dtype of the array they are taken with respect to. Inputs are never modified.
+
+Weights that mean the same at every size (``size_factor``). The content and TV terms are SUMS over elements (of
+the layer's feature map, of the pixels' neighbour differences), so they grow with the pixel count; the style term
+is a sum over the C_l x C_l entries of Gram matrices already normalised by C*H*W, so it does not. CS231n's weights
+are calibrated at one size (its presets: 192 px). At another size the content and TV weights are multiplied by
+
+    k(s) = P(s_cal) / P(s)          P(side) = pixels of the output image with its smaller edge = side
+
+(``size_factor``), which turns both sums into means times the calibration size's element count: the balance
+between the three terms stays as at the calibration size, and at that size k = 1 exactly (the exercise's raw
+sums). Measured on the development machine (starry_night, Tübingen, style image at the output's size, 200 L-BFGS
+evaluations from the content image, content weight already times k, TV weight raw): at 192 / 384 px the final
+content term was 1.74e4 / 1.64e4 (held by k), the style term 6.2e3 / 2.7e3 and the raw TV term 572 / 2139, 3.7x
+for 4x the pixels; the result's unweighted TV 2.86e4 / 1.07e5 (3.7x), the photo's 1.52e4 / 6.59e4 (4.3x). TV
+grows with the pixel count like the content term, so it gets the same factor.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["content_loss", "gram", "style_loss", "tv_loss"]
+__all__ = ["content_loss", "gram", "style_loss", "tv_loss", "size_factor"]
 
 
 def _floating(a) -> np.ndarray:
@@ -139,3 +154,15 @@ def tv_loss(image, weight: float) -> tuple[float, np.ndarray]:
     grad[..., :, :-1] -= dh
     grad *= 2.0 * weight
     return loss, grad
+
+
+def size_factor(pixels: int, calibration_pixels: int) -> float:
+    """The factor ``k = calibration_pixels / pixels`` that multiplies the content and TV weights at an output of
+    ``pixels`` pixels (H * W) when the weights were calibrated at ``calibration_pixels`` (see the module docstring);
+    ``calibration_pixels`` 0 means no calibration (k = 1). Both are counts of output pixels (ints >= 0)."""
+    pixels, calibration_pixels = int(pixels), int(calibration_pixels)
+    if calibration_pixels == 0:
+        return 1.0
+    if pixels < 1 or calibration_pixels < 0:
+        raise ValueError(f"size_factor: pixel counts must be >= 1 (got {pixels}, {calibration_pixels})")
+    return calibration_pixels / pixels

@@ -95,3 +95,54 @@ def reexec_with_huge_pages() -> None:
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     except OSError:
         pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# How much memory a run needs
+#
+# Peak resident memory (VmHWM) of `nst stylize --scales 1`, our lbfgs with history 20, Tübingen / Starry Night,
+# huge-page malloc, 2-core development machine, 2026-12-01 (bounds as broadcast views):
+#   --size            256    384    512    768    768   1024   2048 (default schedule, last scale 20 evaluations)
+#   evaluations        25      3     25      3     25     25    426
+#   pairs stored       20      2     20      2     20     20     19
+#   MB                275    408    636    983   1318   1998   6317
+# With the pairs' known 24 * (pairs + 1) bytes per pixel (float32 s and y, 3 values each), 200 MB + 810 bytes per
+# pixel for the rest (the network's buffers at one evaluation, ~550 B/px in bench_objective.py's memory section,
+# plus the optimizer's and the objective's float64 vectors) has the smallest largest error: -12.4 % .. +12.4 % over
+# these runs; the default schedule at 2048 px with 5 pairs at its last scale then peaked at 5358 MB (estimate
+# 5287 MB, -1.3 %). Adam at 512 px: 647 MB; SciPy's L-BFGS-B with 20 pairs: 1036 MB (before the bounds change, about
+# 30 MB more than now).
+
+BASE_MB = 200.0
+PIXEL_BYTES = 810.0
+
+
+def optimizer_bytes(optimizer: str, pairs: int) -> float:
+    """Bytes per output pixel that ``optimizer`` adds to ``PIXEL_BYTES`` (fitted with our lbfgs): our lbfgs's
+    correction pairs (2 * (pairs + 1) float32 vectors of 3 values per pixel); adam and gd hold no pairs but more
+    float64 vectors (measured about 1300 B/px in all at 512 px); SciPy's L-BFGS-B about 3 * pairs float64
+    vectors."""
+    if optimizer == "lbfgs":
+        return 24.0 * (pairs + 1)
+    if optimizer == "lbfgsb":
+        return 24.0 * 3 * pairs
+    return 500.0
+
+
+def estimate_peak_mb(pixels: int, optimizer: str = "lbfgs", history: int = 20, evaluations: int = 200) -> float:
+    """Estimated peak resident memory (MB) of one optimisation of an output of ``pixels`` pixels (H * W) with
+    ``optimizer`` keeping ``history`` pairs (at most ``evaluations - 1`` are ever stored)."""
+    pairs = max(1, min(int(history), int(evaluations) - 1))
+    return BASE_MB + pixels * (PIXEL_BYTES + optimizer_bytes(optimizer, pairs)) / 2**20
+
+
+def available_mb(meminfo: str = "/proc/meminfo") -> float | None:
+    """Memory available to a new process now (Linux MemAvailable, MB), or None when unknown."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

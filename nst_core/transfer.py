@@ -13,7 +13,14 @@ converged, interrupted (Ctrl-C: the best image so far is still returned), nonfin
 Options (keyword arguments; None means "the preset's value" / the default shown)
     preset          CS231n parameter set for ``stylize``: composition_vii, scream, starry_night (default starry_night)
     size            smaller edge of the output image in pixels (content image, or the style image for ``texture``)
-    style_size      smaller edge of the style image when its Gram matrices are computed (pixels)
+    style_size      smaller edge of the style image when its Gram matrices are computed (pixels); default: the
+                    preset's, scaled with ``size`` (``preset style_size * size / calibration_size``, never beyond
+                    the style file's smaller edge when that enlarges it; exactly the preset's at its own size)
+    calibration_size  the size (smaller edge, px) at which the weights mean what they say (default: the preset's
+                    image size, 192); at another size the content and TV weights are multiplied by
+                    ``losses.size_factor`` (pixels at calibration_size / pixels at size); 0: no rescaling
+    scales          "auto" or N >= 1: the coarse-to-fine schedule (``nst_core.schedule``): auto is one scale up to
+                    1.5 x calibration_size and more above; 1 is a single scale at ``size``
     content_layer   SqueezeNet ``features`` index 0..12 of the content loss
     content_weight  weight of the content loss (>= 0)
     style_layers    sequence of ``features`` indices 0..12 of the style loss
@@ -25,11 +32,13 @@ Options (keyword arguments; None means "the preset's value" / the default shown)
                     "style" (the style image resized to the output's shape; of several, the most heavily weighted)
     optimizer       "lbfgs" (our NumPy L-BFGS, projected onto the pixel range; ``optim.lbfgs``), "lbfgsb" (SciPy's
                     L-BFGS-B with the pixel bounds), "adam" (CS231n's recipe) or "gd"
-    iterations      objective evaluations (the budget), >= 1
+    iterations      objective evaluations (the budget), >= 1; with several scales, the first scale's (the later
+                    ones get fewer: ``schedule.budgets``)
     lr              adam: initial learning rate (default 3.0; the recipe switches to lr/30 at 90% of the
                     evaluations and clamps to [-1.5, 1.5] until 95%, i.e. steps 180 and 190 of 200);
                     gd: step size (default ``GD_LR``); ignored by lbfgs and lbfgsb
-    history         L-BFGS memory (correction pairs) of lbfgs and lbfgsb, default ``LBFGS_HISTORY``
+    history         L-BFGS memory (correction pairs) of lbfgs and lbfgsb, default ``LBFGS_HISTORY`` (the later scales
+                    of a schedule keep fewer unless it is given: ``schedule.histories``)
     seed            seed of the noise initialisation (None: fresh randomness)
     device          "auto", "cpu" or "cuda" (ONNX Runtime execution provider)
     model           path of features.onnx (default: $NST_HOME or the cache directory, see ``nst_core.model``)
@@ -61,11 +70,13 @@ from . import blend, colour, optim
 from . import model as _model
 from . import pooling as _pooling
 from .errors import NSTError
-from .imageio import deprocess, open_image, pixel_bounds, preprocess
+from .imageio import deprocess, open_image, pixel_bounds, preprocess, resized_shape
+from .losses import size_factor
 from .objective import active_layers, make_objective, single_threaded_blas, targets
 from .presets import INVERSION, PRESETS, TEXTURE, default_style_scale, preset as _preset
 
-__all__ = ["stylize", "invert", "texture", "prepare", "Problem", "validate_options", "clear_cache", "NUM_LAYERS",
+__all__ = ["stylize", "invert", "texture", "prepare", "Problem", "validate_options", "clear_cache", "optimise",
+           "calibration", "NUM_LAYERS",
            "LBFGS_HISTORY", "ADAM_LR", "GD_LR", "DEFAULT_ITERATIONS", "INITS", "DEVICES", "check_layer", "min_side"]
 
 #: Layers are 0 .. NUM_LAYERS-1 (torchvision's SqueezeNet 1.1 ``features`` modules).
@@ -139,7 +150,7 @@ def validate_options(task: str, **options) -> dict:
     """
     allowed = {"preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
                "style_scale", "tv_weight", "init", "optimizer", "iterations", "lr", "history", "seed", "device",
-               "model", "callback", "original_colors", "style_blend", "pooling"}
+               "model", "callback", "original_colors", "style_blend", "pooling", "calibration_size", "scales"}
     if task == "invert":
         allowed -= {"preset", "style_size", "style_layers", "style_weights", "style_scale", "original_colors",
                     "style_blend"}
@@ -163,10 +174,14 @@ def validate_options(task: str, **options) -> dict:
     else:
         base = dict(TEXTURE, content_layer=0, content_weight=0.0, init="noise")
 
-    out = {"task": task}
+    out = {"task": task, "preset": opt.get("preset") if task == "stylize" else None}
     out["optimizer"] = _choice(opt.get("optimizer", "lbfgs"), "optimizer", tuple(optim.OPTIMIZERS))
     out["size"] = _whole(opt.get("size", base["image_size"]), "size", 1)
     out["style_size"] = _whole(opt.get("style_size", base.get("style_size", out["size"])), "style size", 1)
+    out["style_size_given"] = "style_size" in opt
+    out["calibration_size"] = _whole(opt.get("calibration_size", base["image_size"]), "calibration size", 0)
+    scales = opt.get("scales", "auto")
+    out["scales"] = scales if scales == "auto" else _whole(scales, "scales (auto or a number)", 1)
     out["content_layer"] = check_layer(opt.get("content_layer", base["content_layer"]), "content layer")
     out["content_weight"] = _weight(opt.get("content_weight", base["content_weight"]), "content weight")
     layers = opt.get("style_layers", base["style_layers"])
@@ -205,6 +220,7 @@ def validate_options(task: str, **options) -> dict:
         lr = float(lr)
     out["lr"] = lr
     out["history"] = _whole(opt.get("history", LBFGS_HISTORY), "L-BFGS history", 1)
+    out["history_given"] = "history" in opt
     seed = opt.get("seed")
     out["seed"] = None if seed is None else _whole(seed, "seed", 0)
     out["device"] = _choice(opt.get("device", "auto"), "device", DEVICES)
@@ -346,20 +362,25 @@ def _check_size(side: int, minimum: int, what: str, layers) -> None:
 # The engine
 
 
+def _box(shape) -> tuple[np.ndarray, np.ndarray]:
+    """``pixel_bounds`` as two read-only float64 views of ``shape`` [1, 3, h, w] over 3 values each (no full-size
+    arrays: 48 bytes per pixel less than ``pixel_bounds(shape)``)."""
+    lo, hi = pixel_bounds((1, 3, 1, 1))
+    return np.broadcast_to(lo.reshape(1, 3, 1, 1), shape), np.broadcast_to(hi.reshape(1, 3, 1, 1), shape)
+
+
 def _optimise(objective, x0: np.ndarray, opt: dict) -> optim.Result:
     budget, callback = opt["iterations"], opt["callback"]
     name = opt["optimizer"]
     if name in ("lbfgs", "lbfgsb"):
-        lo, hi = pixel_bounds(x0.shape)
-        return optim.OPTIMIZERS[name](objective, x0, budget, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)),
-                                      history=opt["history"], callback=callback)
+        return optim.OPTIMIZERS[name](objective, x0, budget, bounds=_box(x0.shape), history=opt["history"],
+                                      callback=callback)
     if name == "adam":
         lr = ADAM_LR if opt["lr"] is None else opt["lr"]
         return optim.adam(objective, x0, budget, lr=lr, decay_at=round(0.9 * budget), decayed_lr=lr / 30.0,
                           clamp=(-1.5, 1.5), clamp_until=round(0.95 * budget), callback=callback)
-    lo, hi = pixel_bounds(x0.shape)
     return optim.gradient_descent(objective, x0, budget, lr=GD_LR if opt["lr"] is None else opt["lr"],
-                                  bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)), callback=callback)
+                                  bounds=_box(x0.shape), callback=callback)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,7 +396,8 @@ class Problem:
         The start image (``options["init"]``), normalised; NOT yet clipped to ``bounds`` (each optimizer projects
         its own copy onto its box).
     bounds : (ndarray, ndarray), float64 [1, 3, h, w] each
-        The normalised [0, 1] pixel range (``imageio.pixel_bounds``), as L-BFGS-B and gradient descent use it.
+        The normalised [0, 1] pixel range (``imageio.pixel_bounds``), as L-BFGS-B and gradient descent use it
+        (read-only broadcast views of one value per channel).
     options : dict
         The validated options (``validate_options``); ``options["optimizer"]`` etc. say how ``stylize`` would
         optimise it.
@@ -399,6 +421,29 @@ def _resized(image, width: int, height: int):
                                 .resize((width, height), Image.Resampling.BILINEAR)) for c in range(3)], axis=2)
 
 
+def calibration(opt: dict, image: Image.Image, style_image: Image.Image | None = None) -> dict:
+    """The size-dependent values of validated options ``opt`` for an output made from ``image`` (the content
+    image, or the style image for texture) at ``opt["size"]``: ``{"size_factor": k, "content_weight",
+    "tv_weight": the weights times k, "style_size": px, "pixels", "calibration_pixels"}``.
+
+    k = ``losses.size_factor`` (pixels of the output at calibration_size / at size; 1 when calibration_size is 0
+    or equals size). The style size, unless given explicitly (stylize only), keeps the preset's proportion to the
+    output: ``round(style_size * size / calibration_size)``, never enlarged beyond the style file's smaller edge
+    (nor below the preset's own value) when that is larger than the preset's value."""
+    h, w = resized_shape(image.width, image.height, opt["size"])
+    cal = opt["calibration_size"]
+    cal_pixels = math.prod(resized_shape(image.width, image.height, cal)) if cal else 0
+    k = size_factor(h * w, cal_pixels)
+    style_size = opt["style_size"]
+    if cal and opt["task"] == "stylize" and not opt["style_size_given"] and opt["size"] != cal:
+        scaled = max(1, round(style_size * opt["size"] / cal))
+        if scaled > style_size and style_image is not None:
+            scaled = min(scaled, max(style_size, min(style_image.size)))
+        style_size = scaled
+    return {"size_factor": k, "content_weight": opt["content_weight"] * k, "tv_weight": opt["tv_weight"] * k,
+            "style_size": style_size, "pixels": h * w, "calibration_pixels": cal_pixels}
+
+
 def _prepare(opt: dict, content=None, style=None) -> Problem:
     """Load the model and images, compute the targets and build the objective for validated options ``opt``."""
     model_path = _model.find_model(opt["model"])  # NSTError (how to make one) before decoding any image
@@ -408,6 +453,10 @@ def _prepare(opt: dict, content=None, style=None) -> Problem:
     weights = blend.blend_weights(opt.get("style_blend"), len(styles)) if styles else ()
     content_pil = _open(content, "content") if content is not None else None
     style_pils = [_open(s, "style") for s in styles]
+    # the size rules see the files' own sizes; of several styles, the smallest caps the style size
+    smallest = min(style_pils, key=lambda im: min(im.size)) if style_pils else None
+    cal = calibration(opt, content_pil if content_pil is not None else smallest, smallest)
+    opt = dict(opt, calibration=cal)
     content_img, style_imgs = colour.network_images(opt.get("original_colors", "off"), content_pil, style_pils)
 
     style_weights = opt["effective_style_weights"]
@@ -420,14 +469,14 @@ def _prepare(opt: dict, content=None, style=None) -> Problem:
         minimum = _min_size(model_path, layers)
         _check_size(opt["size"], minimum, "size", layers)
         if any(style_weights):
-            _check_size(opt["style_size"], minimum, "style size", layers)
+            _check_size(cal["style_size"], minimum, "style size", layers)
         network, _ = _network(model_path, layers, opt["device"], opt.get("pooling", "max"))
 
     # the output's shape: the content image at `size`, or (texture) the style image at `size`
     base_x = preprocess(content_img if content_pil is not None else style_imgs[0], opt["size"])
     style_xs = []
     if style_imgs and any(style_weights):  # each style on its own at the style size; weight-0 styles skipped
-        style_xs = [preprocess(s, opt["style_size"]) if w else None for s, w in zip(style_imgs, weights)]
+        style_xs = [preprocess(s, cal["style_size"]) if w else None for s, w in zip(style_imgs, weights)]
     content_x = base_x if content_pil is not None and opt["content_weight"] else None
     content_target, grams = (None, {})
     if network is not None:
@@ -449,14 +498,12 @@ def _prepare(opt: dict, content=None, style=None) -> Problem:
         x0 = preprocess(_resized(style_imgs[int(np.argmax(weights))], w, h), None).astype(np.float64)
 
     objective = make_objective(network, content_target=content_target, content_layer=opt["content_layer"],
-                               content_weight=opt["content_weight"], style_targets=grams,
+                               content_weight=cal["content_weight"], style_targets=grams,
                                style_layers=opt["style_layers"], style_weights=style_weights,
-                               tv_weight=opt["tv_weight"])
+                               tv_weight=cal["tv_weight"])
     x0.flags.writeable = False
-    lo, hi = pixel_bounds(x0.shape)
     finish = colour.finisher(opt.get("original_colors", "off"), content_pil)
-    return Problem(objective=objective, x0=x0, bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)), options=opt,
-                   finish=finish)
+    return Problem(objective=objective, x0=x0, bounds=_box(x0.shape), options=opt, finish=finish)
 
 
 def prepare(task: str, content=None, style=None, **options) -> Problem:
@@ -477,12 +524,29 @@ def prepare(task: str, content=None, style=None, **options) -> Problem:
     return _prepare(opt, content=content if task != "texture" else None, style=style if task != "invert" else None)
 
 
-def _run(opt: dict, content=None, style=None) -> tuple[np.ndarray, optim.Result]:
-    """Shared by stylize / invert / texture once ``opt`` is validated: prepare the problem, optimise it."""
-    problem = _prepare(opt, content=content, style=style)
-    # overflow to inf / NaN is detected by the optimizers (status "nonfinite"); no NumPy warnings on the way
+def optimise(problem: Problem) -> optim.Result:
+    """Run ``problem.options["optimizer"]`` on ``problem`` (its budget ``iterations``, its ``callback``), as
+    ``stylize`` does: one BLAS thread, no NumPy overflow warnings (non-finite values end the run with status
+    "nonfinite")."""
     with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        result = _optimise(problem.objective, problem.x0, opt)
+        return _optimise(problem.objective, problem.x0, problem.options)
+
+
+def _run(opt: dict, content=None, style=None) -> tuple[np.ndarray, optim.Result]:
+    """Shared by stylize / invert / texture once ``opt`` is validated: prepare the problem and optimise it, or run
+    the coarse-to-fine schedule (``nst_core.schedule``) when it has more than one scale. Returns the picture
+    (``Problem.finish`` of the best x: uint8 [h, w, 3]) and the result."""
+    from . import schedule  # it builds on this module
+
+    _model.find_model(opt["model"])  # NSTError (how to make one) before decoding any image
+    content = _open(content, "content") if content is not None else None
+    styles = [_open(s, "style") for s in blend.as_list(style)]
+    style = (styles if len(styles) > 1 else styles[0]) if styles else None
+    schedule.check_memory(opt, content if content is not None else styles[0])  # before any work
+    if len(schedule.sides(opt)) > 1:
+        return schedule.run(opt, content=content, style=style)
+    problem = _prepare(opt, content=content, style=style)
+    result = optimise(problem)
     return problem.finish(result.x), result
 
 

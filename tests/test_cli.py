@@ -39,9 +39,10 @@ def test_stylize_png_log_and_intermediates(env, images, tmp_path):
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size == (85, 64) and im.mode == "RGB"
     rows = list(csv.reader(log.open()))
-    assert rows[0] == ["evaluation", "seconds", "loss", "content", "style", "tv"]
+    assert rows[0] == ["evaluation", "seconds", "loss", "content", "style", "tv", "scale"]
     assert len(rows) == 6 and [int(r[0]) for r in rows[1:]] == [1, 2, 3, 4, 5]
     assert all(np.isfinite([float(v) for v in row]).all() for row in rows[1:])
+    assert {row[-1] for row in rows[1:]} == {"64"}  # one scale, at --size
     assert sorted(p.name for p in tmp_path.glob("out_*.png")) == ["out_0002.png", "out_0004.png"]
     with Image.open(tmp_path / "out_0004.png") as im:
         assert im.size == (85, 64)

@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 HOST = REPO / "hosts" / "node"
 CLI = [sys.executable, str(REPO / "cli.py")]
 SIZE = 128
+# --calibration-size 0: the bundle's objective takes the weights as given (the raw CS231n sums), while nst stylize
+# rescales the content and TV weights away from the preset's 192 px (issue 14); the hosts do not apply that yet.
 PROBLEM = ["--size", str(SIZE), "--style-size", str(SIZE), "--style-scale", "1"]
 EVALS = 50
 
@@ -123,6 +125,7 @@ def test_history_follows_python(node, bundle_dir, pngs, env, tmp_path):
     (float32 pairs, float64-summed objective: see bench/bench_bundle.py for why they drift apart)."""
     py_log, node_log, node64_log = tmp_path / "py.csv", tmp_path / "node.csv", tmp_path / "node64.csv"
     r = subprocess.run(CLI + ["stylize", *map(str, pngs), "-o", str(tmp_path / "py.png"), *PROBLEM,
+                              "--calibration-size", "0",
                               "--iterations", str(EVALS), "--log", str(py_log), "--device", "cpu"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -132,7 +135,7 @@ def test_history_follows_python(node, bundle_dir, pngs, env, tmp_path):
              "--iterations", EVALS, "--memory", "float64", "--log", node64_log)
     cols_py, py = read_log(py_log)
     cols_node, nd = read_log(node_log)
-    assert cols_py == cols_node == ["evaluation", "seconds", "loss", "content", "style", "tv"]
+    assert cols_py == cols_node == ["evaluation", "seconds", "loss", "content", "style", "tv", "scale"]
     assert len(py) == len(nd) == EVALS
     assert abs(nd[0, 2] - py[0, 2]) <= 1e-5 * py[0, 2]
     assert np.max(np.abs(nd[:, 2] - py[:, 2]) / py[:, 2]) <= 0.05

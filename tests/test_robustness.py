@@ -595,6 +595,7 @@ def test_divergence_keeps_the_best_finite_image(env, cases, tmp_path):
     out = tmp_path / "out.png"
     r = nst(["stylize", cases / "rgb.png", cases / "style.png", "-o", out, "--optimizer", "gd", "--lr", "1e10",
              "--tv-weight", "1e304", "--size", "32", "--style-size", "32", "--iterations", "10",
+             "--calibration-size", "32",  # the raw weight: at the default 192 it would be 36x, evaluation 1 inf
              "--device", "cpu", "--log", tmp_path / "run.csv"], env)
     assert r.returncode == 3, r.stderr
     assert r.stderr.startswith("nst: error: non-finite loss at evaluation 2; saved the best finite image "

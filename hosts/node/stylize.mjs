@@ -57,7 +57,7 @@ async function main(argv) {
     iterations: whole('iterations', v.iterations), history: whole('history', v.history),
     threads: whole('threads', v.threads), memoryDtype: v.memory, shouldStop: () => stop });
   const seconds = (performance.now() - t0) / 1000;
-  if (v.log) writeAtomic(v.log, logCsv(result));
+  if (v.log) writeAtomic(v.log, logCsv(result, Math.min(width, height)));
   const saved = Number.isFinite(result.loss);
   if (saved) writePng(v.output, rgb, width, height);
   if (result.status === 'interrupted') {

@@ -38,11 +38,13 @@ export async function stylize(bundleDir, contentFile, styleFile, options = {}) {
   return { rgb: deprocess(result.x, height, width, prep), width, height, result };
 }
 
-/** The history as CSV with nst stylize --log's columns: evaluation,seconds,loss,content,style,tv. */
-export function logCsv(result) {
-  const lines = ['evaluation,seconds,loss,content,style,tv'];
+/** The history as CSV with nst stylize --log's columns: evaluation,seconds,loss,content,style,tv,scale. `side` is
+ * the picture's smaller edge in pixels: nst's scale column (one scale here; nst's coarse-to-fine runs have several). */
+export function logCsv(result, side) {
+  const lines = ['evaluation,seconds,loss,content,style,tv,scale'];
   for (const r of result.history) {
-    lines.push([r.evaluation, r.seconds, r.loss, r.parts.content, r.parts.style, r.parts.tv].map(String).join(','));
+    lines.push([r.evaluation, r.seconds, r.loss, r.parts.content, r.parts.style, r.parts.tv, side].map(String)
+      .join(','));
   }
   return lines.join('\n') + '\n';
 }

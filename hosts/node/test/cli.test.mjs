@@ -68,9 +68,10 @@ test('paints the reference images: PNG of the content size, log with nst stylize
   const content = readImage(ref('content.png'));
   assert.deepEqual([img.width, img.height], [content.width, content.height]);
   const rows = fs.readFileSync(log, 'utf8').trim().split('\n');
-  assert.equal(rows[0], 'evaluation,seconds,loss,content,style,tv');
+  assert.equal(rows[0], 'evaluation,seconds,loss,content,style,tv,scale');
   assert.equal(rows.length, 5);
   const first = rows[1].split(',').map(Number);
+  assert.equal(first[6], Math.min(content.width, content.height)); // the scale column: the smaller edge, px
   assert.ok(Math.abs(first[2] - (first[3] + first[4] + first[5])) <= 1e-6 * first[2]);
   assert.equal(first[3], 0); // the start point is the content image: no content loss
 });
