@@ -2,6 +2,7 @@
 // stop and download; and window.nst.run for automation. Errors are one line in #error, never only a console trace.
 // Presets: presets.mjs.
 
+import { fetchOk, PageError } from './fetch.mjs';
 import { presetChoices } from './presets.mjs';
 
 const $ = (id) => document.getElementById(id);
@@ -13,7 +14,6 @@ const PREVIEW_EVERY = 5;
 const SIMD_PROBE = Uint8Array.of(0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x05, 0x01, 0x60, 0x00, 0x01,
   0x7b, 0x03, 0x02, 0x01, 0x00, 0x0a, 0x08, 0x01, 0x06, 0x00, 0x41, 0x00, 0xfd, 0x0f, 0x0b);
 
-class PageError extends Error {}
 
 const state = { manifest: null, bundleUrl: null, choices: {}, files: {}, worker: null, running: false };
 
@@ -32,13 +32,7 @@ function wasmProblem() {
 }
 
 async function fetchJson(url, what) {
-  let response;
-  try {
-    response = await fetch(url);
-  } catch (e) {
-    throw new PageError(`${what} (${url}): cannot fetch it (${e.message})`);
-  }
-  if (!response.ok) throw new PageError(`${what} (${url}): HTTP ${response.status} ${response.statusText}`);
+  const response = await fetchOk(url, what);
   try {
     return await response.json();
   } catch {
@@ -183,14 +177,7 @@ function stop() {
 }
 
 async function fetchBlob(url, what) {
-  let response;
-  try {
-    response = await fetch(url);
-  } catch (e) {
-    throw new PageError(`${what} (${url}): cannot fetch it (${e.message})`);
-  }
-  if (!response.ok) throw new PageError(`${what} (${url}): HTTP ${response.status} ${response.statusText}`);
-  return response.blob();
+  return (await fetchOk(url, what)).blob();
 }
 
 /** Automation: content / style are URLs. Resolves {history: [{evaluation, seconds, loss, content, style, tv}],

@@ -16,10 +16,10 @@
 // that export resolves to under its "onnxruntime-web-use-extern-wasm" condition, the WebAssembly-only build that
 // loads ort-wasm-simd-threaded.mjs / .wasm from env.wasm.wasmPaths (here /ort/ on this origin, never a CDN).
 import * as ort from './ort/ort.wasm.min.mjs';
+import { fetchOk, PageError } from './fetch.mjs';
 import { lbfgs } from './lib/lbfgs.mjs';
-import { deprocess, preprocess, rgbaToRgb } from './lib/pixels.mjs';
+import { deprocess, pixelBox, preprocess, rgbaToRgb } from './lib/pixels.mjs';
 
-class PageError extends Error {}
 
 let stopRequested = false;
 
@@ -34,14 +34,7 @@ function yieldToEvents() {
 }
 
 async function fetchBytes(url, what) {
-  let response;
-  try {
-    response = await fetch(url);
-  } catch (e) {
-    throw new PageError(`${what} (${url}): cannot fetch it (${e.message})`);
-  }
-  if (!response.ok) throw new PageError(`${what} (${url}): HTTP ${response.status} ${response.statusText}`);
-  return new Uint8Array(await response.arrayBuffer());
+  return new Uint8Array(await (await fetchOk(url, what)).arrayBuffer());
 }
 
 async function sha256Hex(bytes) {
@@ -114,17 +107,6 @@ function objectiveFor(session, manifest, targets, dims, weights) {
   };
 }
 
-function box(manifest, dims) {
-  const plane = dims[2] * dims[3];
-  const lo = new Float64Array(3 * plane);
-  const hi = new Float64Array(3 * plane);
-  for (let c = 0; c < 3; c++) {
-    lo.fill(manifest.pixel_box.lo[c], c * plane, (c + 1) * plane);
-    hi.fill(manifest.pixel_box.hi[c], c * plane, (c + 1) * plane);
-  }
-  return { lo, hi };
-}
-
 const flat = (r) => ({ evaluation: r.evaluation, seconds: r.seconds, loss: r.loss, ...r.parts });
 
 async function run(msg) {
@@ -142,7 +124,7 @@ async function run(msg) {
   }
   const targets = await sessions.targets.run(feeds);
   const objective = objectiveFor(sessions.objective, manifest, targets, content.dims, weights);
-  const { lo, hi } = box(manifest, content.dims);
+  const { lo, hi } = pixelBox(manifest, content.dims);
   const opt = manifest.optimizer;
   let best = Infinity;
   const result = await lbfgs(objective, Float64Array.from(content.data), iterations, {

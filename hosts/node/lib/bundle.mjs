@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import ort from 'onnxruntime-node';
 import { HostError } from './errors.mjs';
+import { pixelBox } from './pixels.mjs';
 
 export const FORMAT = 'nst-bundle';
 export const FORMAT_VERSION = 1;
@@ -90,14 +91,4 @@ export function makeObjective(bundle, targets, dims, weights = weightFeeds(bundl
   };
 }
 
-/** The pixel box of the manifest broadcast over an image of `dims`: {lo, hi} Float64Arrays. */
-export function pixelBox(manifest, dims) {
-  const plane = dims[2] * dims[3];
-  const lo = new Float64Array(3 * plane);
-  const hi = new Float64Array(3 * plane);
-  for (let c = 0; c < 3; c++) {
-    lo.fill(manifest.pixel_box.lo[c], c * plane, (c + 1) * plane);
-    hi.fill(manifest.pixel_box.hi[c], c * plane, (c + 1) * plane);
-  }
-  return { lo, hi };
-}
+export { pixelBox }; // it lives beside the other pixel arithmetic (no Node imports: the browser uses it too)

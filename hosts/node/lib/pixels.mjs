@@ -141,3 +141,15 @@ export function deprocess(x, height, width, prep) {
   }
   return rgb;
 }
+
+/** The pixel box of the manifest broadcast over an image of `dims`: {lo, hi} Float64Arrays. */
+export function pixelBox(manifest, dims) {
+  const plane = dims[2] * dims[3];
+  const lo = new Float64Array(3 * plane);
+  const hi = new Float64Array(3 * plane);
+  for (let c = 0; c < 3; c++) {
+    lo.fill(manifest.pixel_box.lo[c], c * plane, (c + 1) * plane);
+    hi.fill(manifest.pixel_box.hi[c], c * plane, (c + 1) * plane);
+  }
+  return { lo, hi };
+}
