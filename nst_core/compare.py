@@ -509,6 +509,92 @@ def _summarise(done: list, problem, opt: dict, preset: str, content, style, budg
 # The entry point
 
 
+def _marks(checkpoints, budget: int) -> list:
+    """The checkpoint evaluations images.png shows, sorted and below the budget (the final image is always shown);
+    NSTError for anything but evaluation numbers >= 1."""
+    if isinstance(checkpoints, (str, bytes)) or not hasattr(checkpoints, "__iter__"):
+        raise NSTError(f"checkpoints must be a sequence of evaluation numbers, got {checkpoints!r}")
+    marks = []
+    for k in checkpoints:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise NSTError(f"a checkpoint must be an evaluation number >= 1, got {k!r}")
+        if k < budget and int(k) not in marks:
+            marks.append(int(k))
+    marks.sort()
+    return marks
+
+
+def _run_all(runs: list, problem, budget: int, marks: list, say) -> tuple[list, Optional[str]]:
+    """Run each planned optimizer on ``problem`` in turn (one BLAS thread is the caller's). Returns (done: the runs
+    that finished, each with its result, checkpoint images and final image; interrupted: the label of the run a stop
+    signal ended, or None). A stopped run is left out: a partial run would not be comparable."""
+    done, interrupted = [], None
+    for i, run in enumerate(runs):
+        try:
+            state = {"best": math.inf, "x": None, "checkpoints": {}}
+
+            def callback(record, x, state=state):
+                if math.isfinite(record.loss) and record.loss < state["best"]:
+                    state["best"] = record.loss
+                    state["x"] = np.array(x, copy=True)
+                if record.evaluation in marks and state["x"] is not None:
+                    state["checkpoints"][record.evaluation] = (problem.finish(state["x"]), state["best"])
+
+            result = _optimise(run, problem, budget, callback)
+            if result.status == "interrupted":
+                interrupted = run["label"]
+                say(f"[{i + 1}/{len(runs)}] {run['label']}: interrupted after {result.n_evals} evaluations; "
+                    f"left out")
+                break
+            run = dict(run, result=result, checkpoints=state["checkpoints"],
+                       final=problem.finish(result.x) if result.best_evaluation is not None else None)
+            done.append(run)
+            say(f"[{i + 1}/{len(runs)}] {run['label']}: loss {result.loss:.6g} (best at evaluation "
+                f"{result.best_evaluation} of {result.n_evals}), {result.history[-1].seconds:.1f} s"
+                + ("" if result.status == "budget" else f", {result.status}: {result.message}"))
+        except KeyboardInterrupt:  # a stop signal between two optimizers, outside their own handling
+            interrupted = runs[min(len(done), len(runs) - 1)]["label"]
+            break
+    return done, interrupted
+
+
+def _write_files(directory: str, done: list, summary: dict, marks: list, budget: int, inputs: list, notes: list,
+                 t_start: float) -> None:
+    """Write history.csv, the plots (with matplotlib), the final images and summary.md / .json into ``directory``,
+    each file atomically; fills summary's ``plots``, ``files``, ``notes`` and ``total_seconds``."""
+    os.makedirs(directory, exist_ok=True)
+    files = []
+
+    def write(name: str, data: bytes) -> None:
+        write_bytes(os.path.join(directory, name), data)
+        files.append(name)
+
+    write("history.csv", _csv(done))
+    mpl = _matplotlib()
+    summary["plots"] = mpl is not None
+    if mpl is None:
+        notes.append(f"matplotlib is not installed, so loss.png and images.png were not written; install it with: "
+                     f"{PLOTS_HINT}")
+    else:
+        write("loss.png", _loss_png(done, budget, summary["best"]["loss"], mpl))
+        if any(r["final"] is not None for r in done):
+            shown = [r for r in done if r["final"] is not None]
+            write("images.png", _images_png(shown, marks, mpl))
+    for run in done:
+        if run["final"] is not None:
+            name = f"final_{run['label']}.png"
+            save_image(os.path.join(directory, name), run["final"], forbid=inputs)
+            files.append(name)
+    for run in done:
+        if run["result"].status == "nonfinite":
+            notes.append(f"{run['label']} diverged ({run['result'].message}); its rows end at the non-finite "
+                         f"evaluation")
+    summary.update(files=files + ["summary.md", "summary.json"], notes=notes,
+                   total_seconds=time.perf_counter() - t_start)
+    write("summary.md", _summary_md(summary).encode())
+    write("summary.json", (json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n").encode())
+
+
 def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = None, iterations: int = 200,
             seed: Optional[int] = None, lbfgs_history: int = transfer.LBFGS_HISTORY,
             adam_lrs: Sequence[float] = (), gd_lr: Optional[float] = None,
@@ -578,15 +664,7 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
                                     history=lbfgs_history, style_scale=style_scale, **options)
     budget, history = opt["iterations"], opt["history"]
     blend.blend_weights(opt["style_blend"], len(blend.as_list(style)))  # the count, before any image is decoded
-    if isinstance(checkpoints, (str, bytes)) or not hasattr(checkpoints, "__iter__"):
-        raise NSTError(f"checkpoints must be a sequence of evaluation numbers, got {checkpoints!r}")
-    marks = []
-    for k in checkpoints:
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-            raise NSTError(f"a checkpoint must be an evaluation number >= 1, got {k!r}")
-        if k < budget and int(k) not in marks:
-            marks.append(int(k))
-    marks.sort()
+    marks = _marks(checkpoints, budget)
     runs = _plan(optimizers, adam_lrs, gd_lr, history, budget, opt["style_scale"])
     directory = _check_out_dir(out_dir)
     names = list(FILES) + [f"final_{r['label']}.png" for r in runs]
@@ -611,33 +689,7 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
         h, w = problem.x0.shape[2:]
         say(f"{h}x{w} px, start loss {start_loss:.6g}, {len(runs)} optimizers x {budget} evaluations: "
             + ", ".join(r["label"] for r in runs))
-        done, interrupted = [], None
-        for i, run in enumerate(runs):
-            try:
-                state = {"best": math.inf, "x": None, "checkpoints": {}}
-
-                def callback(record, x, state=state):
-                    if math.isfinite(record.loss) and record.loss < state["best"]:
-                        state["best"] = record.loss
-                        state["x"] = np.array(x, copy=True)
-                    if record.evaluation in marks and state["x"] is not None:
-                        state["checkpoints"][record.evaluation] = (problem.finish(state["x"]), state["best"])
-
-                result = _optimise(run, problem, budget, callback)
-                if result.status == "interrupted":
-                    interrupted = run["label"]
-                    say(f"[{i + 1}/{len(runs)}] {run['label']}: interrupted after {result.n_evals} evaluations; "
-                        f"left out")
-                    break
-                run = dict(run, result=result, checkpoints=state["checkpoints"],
-                           final=problem.finish(result.x) if result.best_evaluation is not None else None)
-                done.append(run)
-                say(f"[{i + 1}/{len(runs)}] {run['label']}: loss {result.loss:.6g} (best at evaluation "
-                    f"{result.best_evaluation} of {result.n_evals}), {result.history[-1].seconds:.1f} s"
-                    + ("" if result.status == "budget" else f", {result.status}: {result.message}"))
-            except KeyboardInterrupt:  # a stop signal between two optimizers, outside their own handling
-                interrupted = runs[min(len(done), len(runs) - 1)]["label"]
-                break
+        done, interrupted = _run_all(runs, problem, budget, marks, say)
 
     notes = []
     if interrupted is not None:
@@ -651,36 +703,6 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
                        total_seconds=time.perf_counter() - t_start)
         return summary
 
-    os.makedirs(directory, exist_ok=True)
-    files = []
-
-    def write(name: str, data: bytes) -> None:
-        write_bytes(os.path.join(directory, name), data)
-        files.append(name)
-
-    write("history.csv", _csv(done))
-    mpl = _matplotlib()
-    summary["plots"] = mpl is not None
-    if mpl is None:
-        notes.append(f"matplotlib is not installed, so loss.png and images.png were not written; install it with: "
-                     f"{PLOTS_HINT}")
-    else:
-        write("loss.png", _loss_png(done, budget, summary["best"]["loss"], mpl))
-        if any(r["final"] is not None for r in done):
-            shown = [r for r in done if r["final"] is not None]
-            write("images.png", _images_png(shown, marks, mpl))
-    for run in done:
-        if run["final"] is not None:
-            name = f"final_{run['label']}.png"
-            save_image(os.path.join(directory, name), run["final"], forbid=inputs)
-            files.append(name)
-    for run in done:
-        if run["result"].status == "nonfinite":
-            notes.append(f"{run['label']} diverged ({run['result'].message}); its rows end at the non-finite "
-                         f"evaluation")
-    summary.update(files=files + ["summary.md", "summary.json"], notes=notes,
-                   total_seconds=time.perf_counter() - t_start)
-    write("summary.md", _summary_md(summary).encode())
-    write("summary.json", (json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n").encode())
+    _write_files(directory, done, summary, marks, budget, inputs, notes, t_start)
     summary["results"] = {run["label"]: run["result"] for run in done}
     return summary
