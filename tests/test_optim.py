@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-from nst_core import optim
 from nst_core.optim import OPTIMIZERS, Record, Result, adam, gradient_descent, lbfgs, lbfgsb
 
 torch = pytest.importorskip("torch")
@@ -314,13 +313,15 @@ def test_lbfgsb_restart_from_best_point_makes_progress(monkeypatch):
         return float(np.abs(r).sum()), np.sign(r), {"l1": float(np.abs(r).sum())}
 
     starts = []
-    real_run = optim._lbfgsb_run
+    from nst_core.optim import scipy_lbfgsb as lbfgsb_module
+
+    real_run = lbfgsb_module._lbfgsb_run
 
     def spy(fun, x0, *args, **kwargs):
         starts.append(np.array(x0, copy=True))
         return real_run(fun, x0, *args, **kwargs)
 
-    monkeypatch.setattr(optim, "_lbfgsb_run", spy)
+    monkeypatch.setattr(lbfgsb_module, "_lbfgsb_run", spy)
     x0 = rosenbrock_start(100).reshape(1, 4, 5, 5)
     counted = Counting(l1)
     res = lbfgsb(counted, x0, 2000)
@@ -773,7 +774,7 @@ def test_optim_does_not_import_torch():
 def test_direct_setulb_driver_matches_scipy_minimize(monkeypatch):
     """_lbfgsb_run drives SciPy's setulb itself (bounds prepared in NumPy, not a Python loop); it must take exactly
     the same steps as scipy.optimize.minimize(method='L-BFGS-B') on a bounded problem."""
-    from nst_core import optim
+    from nst_core.optim import scipy_lbfgsb as lbfgsb_module
 
     rng = np.random.default_rng(11)
     a = rng.standard_normal((30, 30))
@@ -787,8 +788,8 @@ def test_direct_setulb_driver_matches_scipy_minimize(monkeypatch):
     bounds = (np.full((5, 6), -0.5), np.full((5, 6), 0.5))
     runs = []
     for direct in (True, False):
-        monkeypatch.setattr(optim, "_SETULB_OK", direct)
-        res = optim.lbfgsb(objective, np.zeros((5, 6)), 40, bounds=bounds, history=5)
+        monkeypatch.setattr(lbfgsb_module, "_SETULB_OK", direct)
+        res = lbfgsb_module.lbfgsb(objective, np.zeros((5, 6)), 40, bounds=bounds, history=5)
         runs.append([r.loss for r in res.history])
-    assert optim._probe_setulb()
+    assert lbfgsb_module._probe_setulb()
     assert runs[0] == runs[1]
