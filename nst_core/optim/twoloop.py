@@ -38,6 +38,44 @@ except ImportError:  # pragma: no cover - SciPy always has them
 TWOLOOP_DTYPES = ("float32", "float64")
 
 
+def _checked(step, history, lr, curvature_eps, c1, max_backtracks, memory_dtype):
+    """lbfgs's settings checked: (history, lr, curvature_eps, c1, max_backtracks, memory dtype); ValueError else."""
+    history = _positive_int(history, "history")
+    if step not in TWOLOOP_STEPS:
+        raise ValueError(f"step must be one of {TWOLOOP_STEPS}, got {step!r}")
+    lr = _positive(lr, "lr")
+    curvature_eps = float(curvature_eps)
+    if not (curvature_eps >= 0 and math.isfinite(curvature_eps)):
+        raise ValueError(f"curvature_eps must be a finite number >= 0, got {curvature_eps}")
+    c1 = float(c1)
+    if not 0.0 < c1 < 1.0:
+        raise ValueError(f"c1 must be in (0, 1), got {c1}")
+    max_backtracks = _positive_int(max_backtracks, "max_backtracks")
+    try:
+        mdt = None if memory_dtype is None else np.dtype(memory_dtype)   # np.dtype(None) would be float64
+    except TypeError:
+        mdt = None
+    if mdt is None or mdt.name not in TWOLOOP_DTYPES:
+        raise ValueError(f"memory_dtype must be one of {TWOLOOP_DTYPES}, got {memory_dtype!r}")
+    return history, lr, curvature_eps, c1, max_backtracks, mdt
+
+
+def _two_loop(dm: np.ndarray, S: np.ndarray, Y: np.ndarray, rho: np.ndarray, alpha: np.ndarray, order: list,
+              gamma: float) -> np.ndarray:
+    """H q by the two-loop recursion, in place in ``dm`` (q on entry, [n]), returned: the pairs ``S[i], Y[i]``
+    ([slots, n] ring buffers, ``rho[i] = 1 / s_i'y_i``) in ``order`` (newest first), H0 = ``gamma`` I (only when
+    there is a pair: with none, H = I). ``alpha`` [slots] is scratch."""
+    for i in order:
+        alpha[i] = rho[i] * float(np.dot(S[i], dm))
+        dm = _axpy(-alpha[i], Y[i], dm)
+    if order:
+        dm *= gamma
+    for i in reversed(order):
+        beta = rho[i] * float(np.dot(Y[i], dm))
+        dm = _axpy(alpha[i] - beta, S[i], dm)
+    return dm
+
+
 def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
                   history: int = TWOLOOP_HISTORY, step: str = "armijo", lr: float = 1.0, curvature_eps: float = 0.0,
                   c1: float = 1e-4, max_backtracks: int = 10, memory_dtype: str = "float32",
@@ -135,23 +173,8 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
     """
     x = _as_x0(x0)
     budget = _as_budget(budget)
-    history = _positive_int(history, "history")
-    if step not in TWOLOOP_STEPS:
-        raise ValueError(f"step must be one of {TWOLOOP_STEPS}, got {step!r}")
-    lr = _positive(lr, "lr")
-    curvature_eps = float(curvature_eps)
-    if not (curvature_eps >= 0 and math.isfinite(curvature_eps)):
-        raise ValueError(f"curvature_eps must be a finite number >= 0, got {curvature_eps}")
-    c1 = float(c1)
-    if not 0.0 < c1 < 1.0:
-        raise ValueError(f"c1 must be in (0, 1), got {c1}")
-    max_backtracks = _positive_int(max_backtracks, "max_backtracks")
-    try:
-        mdt = None if memory_dtype is None else np.dtype(memory_dtype)   # np.dtype(None) would be float64
-    except TypeError:
-        mdt = None
-    if mdt is None or mdt.name not in TWOLOOP_DTYPES:
-        raise ValueError(f"memory_dtype must be one of {TWOLOOP_DTYPES}, got {memory_dtype!r}")
+    history, lr, curvature_eps, c1, max_backtracks, mdt = _checked(step, history, lr, curvature_eps, c1,
+                                                                    max_backtracks, memory_dtype)
     exact = mdt == np.float64                         # the pairs are the float64 vectors themselves
     eps = float(np.finfo(mdt).eps)
     box = _as_bounds(bounds, x.shape)
@@ -206,15 +229,7 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
                 np.negative(dm, out=dm)
             else:
                 np.negative(g, out=dm)
-            order = [(head - 1 - j) % slots for j in range(count)]
-            for i in order:
-                alpha[i] = rho[i] * float(np.dot(S[i], dm))
-                dm = _axpy(-alpha[i], Y[i], dm)
-            if count:
-                dm *= gamma
-            for i in reversed(order):
-                beta = rho[i] * float(np.dot(Y[i], dm))
-                dm = _axpy(alpha[i] - beta, S[i], dm)
+            dm = _two_loop(dm, S, Y, rho, alpha, [(head - 1 - j) % slots for j in range(count)], gamma)
             if box is not None and count:
                 dm *= free                            # d_F = -(H_FF) g_F: a descent direction, d = 0 elsewhere
             if not exact:                             # (exact: d is dm, updated in place)
