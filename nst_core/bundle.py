@@ -186,7 +186,30 @@ def _problem(opt: dict) -> dict:
             "style_taps": [_model.tap_name(k) for k, _ in style], "style_scale": opt["style_scale"],
             "style_weights_unscaled": [w for k, w in zip(opt["style_layers"], opt["style_weights"])
                                        if w * opt["style_scale"]],
-            "weights": weights, "size": opt["size"], "style_size": opt["style_size"]}
+            "weights": weights, "size": opt["size"], "style_size": opt["style_size"],
+            "style_size_given": bool(opt.get("style_size_given", True)),
+            "calibration_size": opt.get("calibration_size", 0)}
+
+
+def _calibration(problem: dict) -> dict:
+    """The manifest's calibration section: how a host rescales the weights and the style size with the output size,
+    as ``transfer.calibration`` does for ``nst stylize`` (one scale; the coarse-to-fine schedule is Python's)."""
+    resize = "(h, w) = the shape of an image resized as preprocessing.resize says (smaller edge = the size, the " \
+             "other int(size * long / short), truncated)"
+    return {
+        "size": problem["calibration_size"],
+        "weights_rule": f"k = (h_c * w_c) / (h * w), where (h, w) is the output's shape at the content size and "
+                        f"(h_c, w_c) the content image's at calibration.size, {resize}; multiply the inputs of the "
+                        f"content and tv weights (terms content and tv) by k, not the style weights; size 0 or "
+                        f"absent: k = 1 (the raw sums)",
+        "style_size_follows_size": bool(problem["calibration_size"]) and not problem["style_size_given"],
+        "style_size_rule": "when style_size_follows_size is true and the host's style size is not given explicitly: "
+                           "style size = round_half_even(style_size * size / calibration.size), style_size the "
+                           "manifest's preprocessing.resize.style_size and size the content size; when that is larger "
+                           "than style_size, at most max(style_size, the style file's smaller edge); unchanged when "
+                           "size equals calibration.size",
+        "computed_by": "nst_core.transfer.calibration (k: nst_core.losses.size_factor)",
+    }
 
 
 def _manifest(problem: dict, features: onnx.ModelProto, models: dict, files: dict, min_size: int,
@@ -211,6 +234,7 @@ def _manifest(problem: dict, features: onnx.ModelProto, models: dict, files: dic
             "scale": 1.0 / 255.0, "mean": list(MEAN), "std": list(STD),
             "formula": "x[c] = (v[c] / 255 - mean[c]) / std[c], in float32",
             "deprocess": "v = round(255 * clip(x * std + mean, 0, 1))"},
+        "calibration": _calibration(problem),
         "pixel_box": {"lo": [float(v) for v in lo], "hi": [float(v) for v in hi],
                       "meaning": "per channel, the normalised values of pixel 0 and 1: project the image onto it"},
         "min_input_size": min_size,
