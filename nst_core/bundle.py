@@ -194,20 +194,21 @@ def _problem(opt: dict) -> dict:
 def _calibration(problem: dict) -> dict:
     """The manifest's calibration section: how a host rescales the weights and the style size with the output size,
     as ``transfer.calibration`` does for ``nst stylize`` (one scale; the coarse-to-fine schedule is Python's)."""
-    resize = "(h, w) = the shape of an image resized as preprocessing.resize says (smaller edge = the size, the " \
-             "other int(size * long / short), truncated)"
     return {
         "size": problem["calibration_size"],
-        "weights_rule": f"k = (h_c * w_c) / (h * w), where (h, w) is the output's shape at the content size and "
-                        f"(h_c, w_c) the content image's at calibration.size, {resize}; multiply the inputs of the "
-                        f"content and tv weights (terms content and tv) by k, not the style weights; size 0 or "
-                        f"absent: k = 1 (the raw sums)",
+        "weights_rule": "k = (h_c * w_c) / (h * w). (h, w) is the output's shape: the content image resized so that "
+                        "its smaller edge is the content size, the longer edge int(size * long / short) (the "
+                        "division in floating point, truncated); (h_c, w_c) the same with calibration.size in place "
+                        "of the content size. Multiply the content and tv weight inputs (weights' terms content and "
+                        "tv) by k; style weights unchanged. calibration.size 0 or no calibration section: k = 1",
         "style_size_follows_size": bool(problem["calibration_size"]) and not problem["style_size_given"],
         "style_size_rule": "when style_size_follows_size is true and the host's style size is not given explicitly: "
                            "style size = round_half_even(style_size * size / calibration.size), style_size the "
                            "manifest's preprocessing.resize.style_size and size the content size; when that is larger "
                            "than style_size, at most max(style_size, the style file's smaller edge); unchanged when "
                            "size equals calibration.size",
+        "scales": "one: a host paints at the content size only, as nst stylize --scales 1 (nst's coarse-to-fine "
+                  "schedule, used above 1.5 x calibration.size by default, is not part of the bundle)",
         "computed_by": "nst_core.transfer.calibration (k: nst_core.losses.size_factor)",
     }
 
@@ -442,10 +443,12 @@ def check_bundle(directory) -> dict:
 # A Python host of a bundle (tests and benchmarks: the same models that other hosts run)
 
 
-def bundle_objective(directory, content_x: np.ndarray, style_x: np.ndarray, device: str = "cpu"):
+def bundle_objective(directory, content_x: np.ndarray, style_x: np.ndarray, device: str = "cpu",
+                     size_factor: float = 1.0):
     """``objective(x) -> (loss, grad, parts)`` over the bundle's objective.onnx, with the targets of
     ``content_x`` / ``style_x`` (float32 [1, 3, h, w] normalised, e.g. ``imageio.preprocess``) from its
-    targets.onnx and the manifest's weights: the optimizers of ``nst_core.optim`` can run it. x float64
+    targets.onnx and the manifest's weights, the content and tv weights times ``size_factor`` (the calibration's k,
+    as a host applies it: ``transfer.calibration``): the optimizers of ``nst_core.optim`` can run it. x float64
     [1, 3, H, W] (H, W those of content_x); grad float32 as the model returns it."""
     d, manifest = load_manifest(directory)
     targets = _model.session(onnx.load(str(d / manifest["models"]["targets"]["file"])), device)
@@ -455,7 +458,8 @@ def bundle_objective(directory, content_x: np.ndarray, style_x: np.ndarray, devi
     t_out = [o["name"] for o in manifest["models"]["targets"]["outputs"]]
     feeds = dict(zip(t_out, targets.run(t_out, {k: np.ascontiguousarray(images[k], np.float32) for k in t_in})))
     for w in manifest["weights"]:
-        feeds[w["input"]] = np.array(w["value"], dtype=np.float32)
+        k = size_factor if w["term"] in ("content", "tv") else 1.0
+        feeds[w["input"]] = np.array(w["value"] * k, dtype=np.float32)
 
     def run(x: np.ndarray):
         feeds["image"] = np.ascontiguousarray(x, dtype=np.float32)
