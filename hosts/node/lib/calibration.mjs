@@ -48,14 +48,17 @@ export function calibratedWeights(manifest, weights, k) {
  * Everything size-dependent of one run, as nst stylize computes it.
  * content: {width, height} of the content file; styleEdge: the style file's smaller edge;
  * options: size, styleSize (the base style size: the manifest's or a preset's), styleSizeGiven (true: use styleSize
- * as it is), calibrationSize (default the manifest's; 0 = raw sums), weights ({input: value}, default the manifest's).
+ * as it is), styleSizeFollows (default: the manifest's calibration.style_size_follows_size; ignored when
+ * styleSizeGiven), calibrationSize (default the manifest's; 0 = raw sums), weights ({input: value}, default the
+ * manifest's).
  * Returns {k, weights, styleSize, calibrationSize}.
  */
 export function calibrate(manifest, content, styleEdge, options) {
   const calibrationSize = options.calibrationSize ?? manifestCalibrationSize(manifest);
   const base = options.weights ?? Object.fromEntries(manifest.weights.map((w) => [w.input, w.value]));
   const k = sizeFactor(content.width, content.height, options.size, calibrationSize);
-  const follows = !options.styleSizeGiven && Boolean(manifest.calibration && manifest.calibration.style_size_follows_size);
+  const follows = !options.styleSizeGiven && Boolean(options.styleSizeFollows
+    ?? (manifest.calibration && manifest.calibration.style_size_follows_size));
   const styleSize = follows ? followingStyleSize(options.styleSize, options.size, calibrationSize, styleEdge)
     : options.styleSize;
   return { k, weights: calibratedWeights(manifest, base, k), styleSize, calibrationSize };
