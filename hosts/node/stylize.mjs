@@ -11,7 +11,7 @@ import { writeAtomic, writePng } from './lib/image.mjs';
 import { logCsv, stylize } from './lib/stylize.mjs';
 
 const USAGE = 'usage: node stylize.mjs --bundle DIR CONTENT STYLE -o OUT.png [--size N] [--style-size N] '
-  + '[--iterations N] [--history M] [--memory float32|float64] [--log FILE.csv] [--threads N] [-q]';
+  + '[--calibration-size N] [--iterations N] [--history M] [--memory float32|float64] [--log FILE.csv] [--threads N] [-q]';
 
 function whole(name, text) {
   if (text === undefined) return undefined;
