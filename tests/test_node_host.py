@@ -161,3 +161,24 @@ def test_history_follows_python(node, bundle_dir, pngs, env, tmp_path, capsys):
     py64 = np.array([h.loss for h in result.history])
     _, nd64 = read_log(node64_log)
     assert np.max(np.abs(nd64[:, 2] - py64) / py64) <= 0.01
+
+
+def test_style_size_follows_the_size_as_in_nst_stylize(node, pngs, env, tmp_path):
+    """A bundle made without --style-size (scream: 224 px at 192): at --size 100 the Node host's style size is
+    round(224 * 100 / 192) = 117 and its k that of transfer.calibration, and its first loss equals the one
+    `nst stylize --preset scream --size 100` evaluates first (its own objective) within 1e-5 relative."""
+    d = tmp_path / "scream"
+    r = subprocess.run(CLI + ["bundle", str(d), "--preset", "scream", "--style-scale", "1"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    run_node(node, "evaluate.mjs", "--bundle", d, *pngs, "--out", tmp_path, "--size", 100)
+    got = json.loads((tmp_path / "result.json").read_text())
+    problem = transfer.prepare("stylize", str(pngs[0]), str(pngs[1]), preset="scream", size=100, style_scale=1.0,
+                               model=str(Path(env["NST_HOME"]) / "features.onnx"))
+    cal = problem.options["calibration"]
+    assert cal["style_size"] == 117
+    assert got["style_dims"] == list(preprocess(Image.open(pngs[1]), 117).shape)
+    assert got["k"] == cal["size_factor"] != 1
+    lo, hi = problem.bounds
+    loss = problem.objective(np.clip(problem.x0, lo, hi))[0]
+    assert abs(got["loss"] - loss) <= 1e-5 * loss, (got["loss"], loss)
