@@ -250,6 +250,10 @@ def _add_bundle_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style-scale", type=_float, metavar="S",
                    help="multiplies the style weights (default: L-BFGS's, 100)")
     p.add_argument("--tv-weight", type=_float, metavar="W", help="TV weight (default: the preset's)")
+    p.add_argument("--calibration-size", type=_int, metavar="PX",
+                   help="the size at which hosts feed the weights as given; at other sizes they multiply the content "
+                        "and TV weights by (pixels at PX) / (pixels at their size), as nst stylize does; 0: the raw "
+                        "sums at any size (default: the preset's, 192)")
     _add_runtime(p, device=False)
 
 
@@ -690,7 +694,7 @@ def _cmd_bundle(args) -> int:
               f"off by {worst[1]:.2g} relative, limit {report['limits'][worst[0]]:g})")
         return 0
     names = ("preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
-             "style_scale", "tv_weight", "model")
+             "style_scale", "tv_weight", "model", "calibration_size")
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     opt = transfer.validate_options("stylize", optimizer="lbfgs", **options)
     opt["preset"] = args.preset or presets.DEFAULT_PRESET  # the base of the options given

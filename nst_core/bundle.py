@@ -186,7 +186,31 @@ def _problem(opt: dict) -> dict:
             "style_taps": [_model.tap_name(k) for k, _ in style], "style_scale": opt["style_scale"],
             "style_weights_unscaled": [w for k, w in zip(opt["style_layers"], opt["style_weights"])
                                        if w * opt["style_scale"]],
-            "weights": weights, "size": opt["size"], "style_size": opt["style_size"]}
+            "weights": weights, "size": opt["size"], "style_size": opt["style_size"],
+            "style_size_given": bool(opt.get("style_size_given", True)),
+            "calibration_size": opt.get("calibration_size", 0)}
+
+
+def _calibration(problem: dict) -> dict:
+    """The manifest's calibration section: how a host rescales the weights and the style size with the output size,
+    as ``transfer.calibration`` does for ``nst stylize`` (one scale; the coarse-to-fine schedule is Python's)."""
+    return {
+        "size": problem["calibration_size"],
+        "weights_rule": "k = (h_c * w_c) / (h * w). (h, w) is the output's shape: the content image resized so that "
+                        "its smaller edge is the content size, the longer edge int(size * long / short) (the "
+                        "division in floating point, truncated); (h_c, w_c) the same with calibration.size in place "
+                        "of the content size. Multiply the content and tv weight inputs (weights' terms content and "
+                        "tv) by k; style weights unchanged. calibration.size 0 or no calibration section: k = 1",
+        "style_size_follows_size": bool(problem["calibration_size"]) and not problem["style_size_given"],
+        "style_size_rule": "when style_size_follows_size is true and the host's style size is not given explicitly: "
+                           "style size = round_half_even(style_size * size / calibration.size), style_size the "
+                           "manifest's preprocessing.resize.style_size and size the content size; when that is larger "
+                           "than style_size, at most max(style_size, the style file's smaller edge); unchanged when "
+                           "size equals calibration.size",
+        "scales": "one: a host paints at the content size only, as nst stylize --scales 1 (nst's coarse-to-fine "
+                  "schedule, used above 1.5 x calibration.size by default, is not part of the bundle)",
+        "computed_by": "nst_core.transfer.calibration (k: nst_core.losses.size_factor)",
+    }
 
 
 def _manifest(problem: dict, features: onnx.ModelProto, models: dict, files: dict, min_size: int,
@@ -211,6 +235,7 @@ def _manifest(problem: dict, features: onnx.ModelProto, models: dict, files: dic
             "scale": 1.0 / 255.0, "mean": list(MEAN), "std": list(STD),
             "formula": "x[c] = (v[c] / 255 - mean[c]) / std[c], in float32",
             "deprocess": "v = round(255 * clip(x * std + mean, 0, 1))"},
+        "calibration": _calibration(problem),
         "pixel_box": {"lo": [float(v) for v in lo], "hi": [float(v) for v in hi],
                       "meaning": "per channel, the normalised values of pixel 0 and 1: project the image onto it"},
         "min_input_size": min_size,
@@ -418,10 +443,12 @@ def check_bundle(directory) -> dict:
 # A Python host of a bundle (tests and benchmarks: the same models that other hosts run)
 
 
-def bundle_objective(directory, content_x: np.ndarray, style_x: np.ndarray, device: str = "cpu"):
+def bundle_objective(directory, content_x: np.ndarray, style_x: np.ndarray, device: str = "cpu",
+                     size_factor: float = 1.0):
     """``objective(x) -> (loss, grad, parts)`` over the bundle's objective.onnx, with the targets of
     ``content_x`` / ``style_x`` (float32 [1, 3, h, w] normalised, e.g. ``imageio.preprocess``) from its
-    targets.onnx and the manifest's weights: the optimizers of ``nst_core.optim`` can run it. x float64
+    targets.onnx and the manifest's weights, the content and tv weights times ``size_factor`` (the calibration's k,
+    as a host applies it: ``transfer.calibration``): the optimizers of ``nst_core.optim`` can run it. x float64
     [1, 3, H, W] (H, W those of content_x); grad float32 as the model returns it."""
     d, manifest = load_manifest(directory)
     targets = _model.session(onnx.load(str(d / manifest["models"]["targets"]["file"])), device)
@@ -431,7 +458,8 @@ def bundle_objective(directory, content_x: np.ndarray, style_x: np.ndarray, devi
     t_out = [o["name"] for o in manifest["models"]["targets"]["outputs"]]
     feeds = dict(zip(t_out, targets.run(t_out, {k: np.ascontiguousarray(images[k], np.float32) for k in t_in})))
     for w in manifest["weights"]:
-        feeds[w["input"]] = np.array(w["value"], dtype=np.float32)
+        k = size_factor if w["term"] in ("content", "tv") else 1.0
+        feeds[w["input"]] = np.array(w["value"] * k, dtype=np.float32)
 
     def run(x: np.ndarray):
         feeds["image"] = np.ascontiguousarray(x, dtype=np.float32)

@@ -2,6 +2,7 @@
 gradient against the NumPy reference (float64 sums), the tree sum against float64, the manifest against the models,
 atomic replacement, and `nst bundle --check` catching a changed bundle."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,19 @@ def test_manifest_describes_the_models(small_bundle):
     assert manifest["pixel_box"] == {"lo": list(lo), "hi": list(hi), "meaning": manifest["pixel_box"]["meaning"]}
     for key in ("content_image", "style_image", "image"):
         assert (d / manifest["reference"][key]).is_file()
+    cal = manifest["calibration"]  # the preset's 192 px; the style size was given, so it does not follow the size
+    assert cal["size"] == 192 and cal["style_size_follows_size"] is False
+    assert manifest["problem"]["calibration_size"] == 192 and manifest["problem"]["style_size_given"] is True
+
+
+def test_check_accepts_a_manifest_without_calibration(small_bundle, tmp_path):
+    """A bundle from before the calibration section (hosts then use k = 1) still validates."""
+    d = tmp_path / "old"
+    shutil.copytree(small_bundle[0], d)
+    manifest = json.loads((d / "manifest.json").read_text())
+    del manifest["calibration"]
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    assert bundle.check_bundle(d)["worst"]
 
 
 def test_check_passes_and_catches_changes(small_bundle, tmp_path):
@@ -195,11 +209,13 @@ def test_rewrite_replaces_atomically_and_never_a_foreign_directory(features_mode
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     (d / "stale.txt").write_text("from the old bundle")
-    r = subprocess.run(CLI + ["bundle", str(d), "--preset", "scream", "--size", "64", "--style-size", "64"],
+    r = subprocess.run(CLI + ["bundle", str(d), "--preset", "scream", "--size", "64", "--calibration-size", "0"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert not (d / "stale.txt").exists()
-    assert json.loads((d / "manifest.json").read_text())["problem"]["preset"] == "scream"
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["problem"]["preset"] == "scream"
+    assert manifest["calibration"]["size"] == 0 and manifest["calibration"]["style_size_follows_size"] is False
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary directory left
     r = subprocess.run(CLI + ["bundle", "--check", str(d)], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
@@ -209,7 +225,8 @@ def test_rewrite_replaces_atomically_and_never_a_foreign_directory(features_mode
     for args, message in (([str(foreign)], "not an nst bundle; refusing"),
                           (["--check", str(tmp_path / "missing")], "no such bundle directory"),
                           (["--check", str(foreign)], "no manifest.json"),
-                          ([str(tmp_path / "c"), "--size", "4"], "too small")):
+                          ([str(tmp_path / "c"), "--size", "4"], "too small"),
+                          ([str(tmp_path / "c"), "--calibration-size", "-1"], "calibration size")):
         r = subprocess.run(CLI + ["bundle", *args], env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert (foreign / "keep.jpg").read_text() == "x"

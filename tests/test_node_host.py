@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 HOST = REPO / "hosts" / "node"
 CLI = [sys.executable, str(REPO / "cli.py")]
 SIZE = 128
-# --calibration-size 0: the bundle's objective takes the weights as given (the raw CS231n sums), while nst stylize
-# rescales the content and TV weights away from the preset's 192 px (issue 14); the hosts do not apply that yet.
+# No --calibration-size: the bundle records the preset's 192 px and the Node host multiplies the content and TV
+# weights by k = pixels(192) / pixels(128) as nst stylize does (manifest.calibration).
 PROBLEM = ["--size", str(SIZE), "--style-size", str(SIZE), "--style-scale", "1"]
 EVALS = 50
 
@@ -82,8 +82,9 @@ def test_node_test_suite(node, bundle_dir):
 
 
 def test_first_evaluation_matches_python_float64_reference(node, bundle_dir, pngs, env, tmp_path):
-    """Node's preprocessing equals Python's bit for bit; its loss within 1e-5 relative and its gradient within 1e-5
-    relative L2 of the NumPy float64-summed reference objective at the same point."""
+    """Node's preprocessing equals Python's bit for bit; its calibration factor k and calibrated weights equal
+    nst_core.transfer.calibration's; its loss within 1e-5 relative and its gradient within 1e-5 relative L2 of the
+    NumPy float64-summed reference objective (with those calibrated weights) at the same point."""
     run_node(node, "evaluate.mjs", "--bundle", bundle_dir, *pngs, "--out", tmp_path, "--size", SIZE,
              "--style-size", SIZE)
     got = json.loads((tmp_path / "result.json").read_text())
@@ -98,12 +99,17 @@ def test_first_evaluation_matches_python_float64_reference(node, bundle_dir, png
     taps = [tap_name(k) for k in (1, 3, 4, 6, 7)]
     net = Network(load_model(Path(env["NST_HOME"]) / "features.onnx", taps), taps, device="cpu")
     opt = problem.options
+    cal = opt["calibration"]
+    assert cal["size_factor"] != 1.0  # 128 px against the 192 px calibration
+    assert got["k"] == cal["size_factor"]
+    assert got["weights"]["content_weight"] == pytest.approx(cal["content_weight"], rel=1e-15)
+    assert got["weights"]["tv_weight"] == pytest.approx(cal["tv_weight"], rel=1e-15)
     # the float64 reference: NumPy losses with float64 sums, TV in float64, on Python's own targets
     target, grams = targets(net, preprocess(open_image(pngs[0]), SIZE), preprocess(open_image(pngs[1]), SIZE),
                             opt["content_layer"], opt["style_layers"])
     ref = make_objective(net, content_target=target, content_layer=opt["content_layer"],
-                         content_weight=opt["content_weight"], style_targets=grams, style_layers=opt["style_layers"],
-                         style_weights=opt["effective_style_weights"], tv_weight=opt["tv_weight"], fused=False)
+                         content_weight=cal["content_weight"], style_targets=grams, style_layers=opt["style_layers"],
+                         style_weights=opt["effective_style_weights"], tv_weight=cal["tv_weight"], fused=False)
     loss, grad, parts = ref(x0)
     grad_node = np.fromfile(tmp_path / "grad.f32", dtype="<f4").reshape(x0.shape)
     assert abs(got["loss"] - loss) <= 1e-5 * loss
@@ -118,14 +124,14 @@ def read_log(path):
     return rows[0], np.array(rows[1:], dtype=np.float64)
 
 
-def test_history_follows_python(node, bundle_dir, pngs, env, tmp_path):
-    """`nst stylize --log` and stylize.mjs --log: the same columns, the same first loss (1e-5), a picture each;
+def test_history_follows_python(node, bundle_dir, pngs, env, tmp_path, capsys):
+    """`nst stylize --log` (calibrated at its default 192 px) and stylize.mjs --log (the manifest's calibration):
+    the same columns, the same first loss (1e-5), a picture each;
     over 50 evaluations with float64 L-BFGS pairs on both sides, Node's history stays within 1 % of
     nst_core.optim.lbfgs's on the same bundle objective (the optimizer port), and within 5 % of `nst stylize`'s
     (float32 pairs, float64-summed objective: see bench/bench_bundle.py for why they drift apart)."""
     py_log, node_log, node64_log = tmp_path / "py.csv", tmp_path / "node.csv", tmp_path / "node64.csv"
     r = subprocess.run(CLI + ["stylize", *map(str, pngs), "-o", str(tmp_path / "py.png"), *PROBLEM,
-                              "--calibration-size", "0",
                               "--iterations", str(EVALS), "--log", str(py_log), "--device", "cpu"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -137,12 +143,17 @@ def test_history_follows_python(node, bundle_dir, pngs, env, tmp_path):
     cols_node, nd = read_log(node_log)
     assert cols_py == cols_node == ["evaluation", "seconds", "loss", "content", "style", "tv", "scale"]
     assert len(py) == len(nd) == EVALS
+    with capsys.disabled():
+        print(f"\nnode host vs nst stylize at {SIZE} px (calibrated): first loss {nd[0, 2]:.9g} vs {py[0, 2]:.9g}: "
+              f"{abs(nd[0, 2] - py[0, 2]) / py[0, 2]:.2g} relative")
     assert abs(nd[0, 2] - py[0, 2]) <= 1e-5 * py[0, 2]
     assert np.max(np.abs(nd[:, 2] - py[:, 2]) / py[:, 2]) <= 0.05
     assert Image.open(tmp_path / "node.png").size == Image.open(tmp_path / "py.png").size
 
     content = preprocess(open_image(pngs[0]), SIZE)
-    objective = bundle.bundle_objective(bundle_dir, content, preprocess(open_image(pngs[1]), SIZE))
+    opt = transfer.validate_options("stylize", size=SIZE, style_size=SIZE, style_scale=1.0)
+    k = transfer.calibration(opt, Image.open(pngs[0]), Image.open(pngs[1]))["size_factor"]
+    objective = bundle.bundle_objective(bundle_dir, content, preprocess(open_image(pngs[1]), SIZE), size_factor=k)
     lo, hi = pixel_bounds(content.shape)
     result = optim.lbfgs(objective, content.astype(np.float64), EVALS, bounds=(lo.reshape(content.shape),
                                                                               hi.reshape(content.shape)),
@@ -150,3 +161,24 @@ def test_history_follows_python(node, bundle_dir, pngs, env, tmp_path):
     py64 = np.array([h.loss for h in result.history])
     _, nd64 = read_log(node64_log)
     assert np.max(np.abs(nd64[:, 2] - py64) / py64) <= 0.01
+
+
+def test_style_size_follows_the_size_as_in_nst_stylize(node, pngs, env, tmp_path):
+    """A bundle made without --style-size (scream: 224 px at 192): at --size 100 the Node host's style size is
+    round(224 * 100 / 192) = 117 and its k that of transfer.calibration, and its first loss equals the one
+    `nst stylize --preset scream --size 100` evaluates first (its own objective) within 1e-5 relative."""
+    d = tmp_path / "scream"
+    r = subprocess.run(CLI + ["bundle", str(d), "--preset", "scream", "--style-scale", "1"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    run_node(node, "evaluate.mjs", "--bundle", d, *pngs, "--out", tmp_path, "--size", 100)
+    got = json.loads((tmp_path / "result.json").read_text())
+    problem = transfer.prepare("stylize", str(pngs[0]), str(pngs[1]), preset="scream", size=100, style_scale=1.0,
+                               model=str(Path(env["NST_HOME"]) / "features.onnx"))
+    cal = problem.options["calibration"]
+    assert cal["style_size"] == 117
+    assert got["style_dims"] == list(preprocess(Image.open(pngs[1]), 117).shape)
+    assert got["k"] == cal["size_factor"] != 1
+    lo, hi = problem.bounds
+    loss = problem.objective(np.clip(problem.x0, lo, hi))[0]
+    assert abs(got["loss"] - loss) <= 1e-5 * loss, (got["loss"], loss)

@@ -97,7 +97,10 @@ def e2e(browser_tools, server, bundle_dir, tmp_path_factory):
 
 def python_first_loss(bundle_dir, env, preset=None):
     """The NumPy float64-summed reference objective's loss, and the bundle's objective.onnx in Python ORT, at the
-    first evaluation point (the content image, clipped to the pixel box) of the page's problem."""
+    first evaluation point (the content image, clipped to the pixel box) of the page's problem, calibrated as
+    `nst stylize --size 128` is (content and TV weights times k, the style size following the size: the options'
+    "calibration"); the reference is checked against nst stylize's own objective there. Also returns that
+    calibration and nst stylize's first loss."""
     content, style = (bundle_dir / "inputs" / f"{n}.png" for n in ("tubingen", "starry_night"))
     problem = transfer.prepare("stylize", str(content), str(style), size=SIZE, preset=preset,
                                model=str(Path(env["NST_HOME"]) / "features.onnx"))
@@ -106,28 +109,34 @@ def python_first_loss(bundle_dir, env, preset=None):
     x0 = np.clip(problem.x0, lo, hi)
     taps = [tap_name(k) for k in sorted({opt["content_layer"], *opt["style_layers"]})]
     net = Network(load_model(Path(env["NST_HOME"]) / "features.onnx", taps), taps, device="cpu")
-    cx, sx = preprocess(open_image(content), SIZE), preprocess(open_image(style), opt["style_size"])
+    cal = opt["calibration"]
+    cx, sx = preprocess(open_image(content), SIZE), preprocess(open_image(style), cal["style_size"])
     target, grams = targets(net, cx, sx, opt["content_layer"], opt["style_layers"])
     ref = make_objective(net, content_target=target, content_layer=opt["content_layer"],
-                         content_weight=opt["content_weight"], style_targets=grams, style_layers=opt["style_layers"],
-                         style_weights=opt["effective_style_weights"], tv_weight=opt["tv_weight"], fused=False)
+                         content_weight=cal["content_weight"], style_targets=grams, style_layers=opt["style_layers"],
+                         style_weights=opt["effective_style_weights"], tv_weight=cal["tv_weight"], fused=False)
     loss_ref = ref(x0)[0]
-    loss_ort = nst_bundle.bundle_objective(bundle_dir, cx, sx)(x0)[0] if preset is None else None
-    return loss_ref, loss_ort, x0.shape
+    loss_stylize = problem.objective(x0)[0]  # what nst stylize evaluates first
+    assert abs(loss_stylize - loss_ref) <= 1e-5 * loss_ref, (loss_stylize, loss_ref)
+    loss_ort = (nst_bundle.bundle_objective(bundle_dir, cx, sx, size_factor=cal["size_factor"])(x0)[0]
+                if preset is None else None)
+    return loss_ref, loss_ort, x0.shape, cal, loss_stylize
 
 
 def test_window_nst_run_matches_python(e2e, bundle_dir, env, capsys):
-    """window.nst.run, 20 evaluations at 128 px on 2 WebAssembly threads: the first loss equals Python's float64 reference within 1e-5
-    relative, the best after 20 is below half the first, and the PNG has the problem's size."""
+    """window.nst.run, 20 evaluations at 128 px on 2 WebAssembly threads, calibrated (k and the style size those of
+    nst stylize at 128 px): the first loss equals Python's float64 reference within 1e-5 relative, the best after 20 is below half the first, and the PNG has the problem's size."""
     run = e2e["run"]
     assert e2e["crossOriginIsolated"] is True and run["threads"] == 2
     assert [h["evaluation"] for h in run["history"]] == list(range(1, EVALS + 1))
     first = run["history"][0]
-    loss_ref, loss_ort, shape = python_first_loss(bundle_dir, env)
+    loss_ref, loss_ort, shape, cal, loss_stylize = python_first_loss(bundle_dir, env)
+    assert run["k"] == cal["size_factor"] != 1 and run["styleSize"] == cal["style_size"] == 128
     err_browser, err_ort = abs(first["loss"] - loss_ref) / loss_ref, abs(loss_ort - loss_ref) / loss_ref
     with capsys.disabled():
         print(f"\nweb e2e: first loss {first['loss']:.8g} (browser) vs {loss_ref:.8g} (NumPy float64 reference): "
-              f"{err_browser:.2g} relative; Python ORT on the same bundle {err_ort:.2g}; best after {EVALS}: "
+              f"{err_browser:.2g} relative; Python ORT on the same bundle {err_ort:.2g}; nst stylize's objective "
+              f"{loss_stylize:.8g}, {abs(first['loss'] - loss_stylize) / loss_stylize:.2g} from the browser's; best after {EVALS}: "
               f"{min(h['loss'] for h in run['history']):.6g}; {run['history'][-1]['seconds']:.2f} s")
     assert err_browser <= 1e-5
     assert abs(first["content"] + first["style"] + first["tv"] - first["loss"]) <= 1e-5 * first["loss"]
@@ -137,11 +146,12 @@ def test_window_nst_run_matches_python(e2e, bundle_dir, env, capsys):
 
 
 def test_other_preset_on_the_same_bundle(e2e, bundle_dir, env, capsys):
-    """The page's scream preset on the starry_night bundle (its weights fed as inputs, style image at scream's
-    224 px): its first loss equals Python's float64 reference for `--preset scream` within 1e-5."""
+    """The page's scream preset on the starry_night bundle (its weights fed as inputs, calibrated, style image at
+    scream's 224 px scaled to 128 px as nst stylize does): its first loss equals Python's float64 reference for `--preset scream` within 1e-5."""
     first = e2e["scream"]["history"][0]
-    assert e2e["scream"]["styleSize"] == 224
-    loss_ref = python_first_loss(bundle_dir, env, preset="scream")[0]
+    loss_ref, _, _, cal, _ = python_first_loss(bundle_dir, env, preset="scream")
+    assert e2e["scream"]["styleSize"] == cal["style_size"] == 149  # round(224 * 128 / 192), following the size
+    assert e2e["scream"]["k"] == cal["size_factor"] != 1
     with capsys.disabled():
         print(f"\nweb e2e, scream preset on the starry_night bundle: first loss {first['loss']:.8g} vs "
               f"{loss_ref:.8g}: {abs(first['loss'] - loss_ref) / loss_ref:.2g} relative")

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// node hosts/node/stylize.mjs --bundle DIR CONTENT STYLE -o OUT.png [--size N] [--style-size N]
+// node hosts/node/stylize.mjs --bundle DIR CONTENT STYLE -o OUT.png [--size N] [--style-size N] [--calibration-size N]
 //     [--iterations N] [--history M] [--memory float32|float64] [--log FILE.csv] [--threads N] [-q]
 // Exit status: 0 ok, 2 bad input (one line on stderr), 3 diverged (best finite image saved),
 // 130 interrupted (best image so far saved).
@@ -11,7 +11,7 @@ import { writeAtomic, writePng } from './lib/image.mjs';
 import { logCsv, stylize } from './lib/stylize.mjs';
 
 const USAGE = 'usage: node stylize.mjs --bundle DIR CONTENT STYLE -o OUT.png [--size N] [--style-size N] '
-  + '[--iterations N] [--history M] [--memory float32|float64] [--log FILE.csv] [--threads N] [-q]';
+  + '[--calibration-size N] [--iterations N] [--history M] [--memory float32|float64] [--log FILE.csv] [--threads N] [-q]';
 
 function whole(name, text) {
   if (text === undefined) return undefined;
@@ -30,7 +30,7 @@ async function main(argv) {
   try {
     parsed = parseArgs({ args: argv, allowPositionals: true, options: {
       bundle: { type: 'string' }, output: { type: 'string', short: 'o' }, size: { type: 'string' },
-      'style-size': { type: 'string' }, iterations: { type: 'string' }, history: { type: 'string' }, memory: { type: 'string' },
+      'style-size': { type: 'string' }, 'calibration-size': { type: 'string' }, iterations: { type: 'string' }, history: { type: 'string' }, memory: { type: 'string' },
       log: { type: 'string' }, threads: { type: 'string' }, quiet: { type: 'boolean', short: 'q' },
       help: { type: 'boolean', short: 'h' } } });
   } catch (e) {
@@ -54,6 +54,7 @@ async function main(argv) {
   const t0 = performance.now();
   const { rgb, width, height, result } = await stylize(v.bundle, positionals[0], positionals[1], {
     size: whole('size', v.size), styleSize: whole('style-size', v['style-size']),
+    calibrationSize: whole('calibration-size', v['calibration-size']),
     iterations: whole('iterations', v.iterations), history: whole('history', v.history),
     threads: whole('threads', v.threads), memoryDtype: v.memory, shouldStop: () => stop });
   const seconds = (performance.now() - t0) / 1000;

@@ -102,7 +102,7 @@ function showProgress(record, best, iterations) {
 }
 
 /** One run in a fresh worker. content / style: Blobs. Resolves {history, png, status, message, threads, width,
- * height}; rejects with a one-line PageError (also shown on the page). */
+ * height, preset, size, styleSize (the one used), k (the calibration's factor on the content and tv weights)}; rejects with a one-line PageError (also shown on the page). */
 async function runJob({ content, style, preset, size, iterations, threads, styleSize, spinning = false }) {
   if (state.running) throw new PageError('a run is already in progress');
   if (!state.manifest) throw new PageError(state.loadError || 'the bundle has not loaded yet');
@@ -116,6 +116,10 @@ async function runJob({ content, style, preset, size, iterations, threads, style
   iterations = checkedInt(iterations ?? state.manifest.optimizer.iterations, 'the number of evaluations', 1, 100000);
   threads = checkedInt(threads ?? 1, 'the number of threads', 1, 16);
   if (threads > 1 && !self.crossOriginIsolated) throw new PageError('more than one thread needs a cross-origin isolated page (serve it with nst serve-web)');
+  // the style size, unless given, follows the size as nst stylize's does (lib/calibration.mjs, in the worker)
+  const styleSizeGiven = styleSize !== undefined && styleSize !== null;
+  const cal = state.manifest.calibration;
+  const styleSizeFollows = choice.own ? Boolean(cal && cal.style_size_follows_size) : Boolean(cal && cal.size);
   styleSize = checkedInt(styleSize ?? choice.styleSize, 'the style size', state.manifest.min_input_size, 2048);
   if (!content || !style) throw new PageError(`choose ${!content ? 'a photo' : 'a painting'} first`);
   state.running = true;
@@ -126,13 +130,14 @@ async function runJob({ content, style, preset, size, iterations, threads, style
   $('status').textContent = 'Starting…';
   $('parts').textContent = '';
   $('progress').value = 0;
+  let k = 1;
   const worker = new Worker(new URL('./worker.mjs', import.meta.url), { type: 'module' });
   state.worker = worker;
   try {
     const done = await new Promise((resolve, reject) => {
       let threadsUsed = threads;
       worker.onmessage = ({ data }) => {
-        if (data.type === 'started') threadsUsed = data.threads;
+        if (data.type === 'started') ({ threads: threadsUsed, styleSize, k } = data);
         else if (data.type === 'progress') showProgress(data.record, data.best, iterations);
         else if (data.type === 'preview') {
           rgbToCanvas($('preview'), data.rgb, data.width, data.height);
@@ -143,7 +148,8 @@ async function runJob({ content, style, preset, size, iterations, threads, style
       };
       worker.onerror = (e) => { e.preventDefault(); reject(new PageError(`the worker failed: ${e.message || 'it did not start (are /ort/ and /lib/ served?)'}`)); };
       worker.postMessage({ type: 'run', bundle: state.bundleUrl, manifest: state.manifest, content, style, size,
-        styleSize, iterations, weights: choice.weights, threads, spinning, previewEvery: PREVIEW_EVERY });
+        styleSize, styleSizeGiven, styleSizeFollows, iterations, weights: choice.weights, threads, spinning,
+        previewEvery: PREVIEW_EVERY });
     });
     const canvas = $('preview');
     rgbToCanvas(canvas, done.rgb, done.width, done.height);
@@ -157,7 +163,7 @@ async function runJob({ content, style, preset, size, iterations, threads, style
       $('parts').textContent = `content ${fmt(done.parts.content)} · style ${fmt(done.parts.style)} · tv ${fmt(done.parts.tv)}`;
     }
     return { history: done.history, png, status: done.status, message: done.message, threads: done.threads,
-      width: done.width, height: done.height, preset: name, size, styleSize };
+      width: done.width, height: done.height, preset: name, size, styleSize, k };
   } catch (e) {
     const message = e instanceof PageError ? e.message : `the run failed: ${String(e && e.message || e).split('\n')[0]}`;
     showError(message);

@@ -3,10 +3,13 @@
 // WebAssembly backend. One worker per run: the thread count of the WebAssembly backend is fixed when it starts.
 //
 // Messages in:  {type: 'run', bundle (URL of the bundle directory, ending in '/'), manifest, content, style (Blobs),
-//                size, styleSize (smaller edges, px), iterations, weights ({objective input: value}), threads,
+//                size, styleSize (smaller edges, px), styleSizeGiven (false: the style size follows the size),
+//                styleSizeFollows (what the bundle's preset does when not given), iterations,
+//                weights ({objective input: value} at the calibration size: the content and tv weights are
+//                multiplied by k here, lib/calibration.mjs, with the manifest's calibration size), threads,
 //                spinning (let ORT's idle threads spin: off by default, see docs/hosts.md), previewEvery}
 //               {type: 'stop'}  (ends the run after the current evaluation; the best point so far is the result)
-// Messages out: {type: 'started', threads, width, height}
+// Messages out: {type: 'started', threads, width, height, styleSize, k (the calibration's factor)}
 //               {type: 'progress', record: {evaluation, seconds, loss, content, style, tv}, best}
 //               {type: 'preview', rgb, width, height, evaluation}
 //               {type: 'done', rgb, width, height, history, status, message, loss, parts}
@@ -17,6 +20,7 @@
 // loads ort-wasm-simd-threaded.mjs / .wasm from env.wasm.wasmPaths (here /ort/ on this origin, never a CDN).
 import * as ort from './ort/ort.wasm.min.mjs';
 import { fetchOk, PageError } from './fetch.mjs';
+import { calibrate } from './lib/calibration.mjs';
 import { lbfgs } from './lib/lbfgs.mjs';
 import { deprocess, pixelBox, preprocess, rgbaToRgb } from './lib/pixels.mjs';
 
@@ -110,13 +114,21 @@ function objectiveFor(session, manifest, targets, dims, weights) {
 const flat = (r) => ({ evaluation: r.evaluation, seconds: r.seconds, loss: r.loss, ...r.parts });
 
 async function run(msg) {
-  const { manifest, size, styleSize, iterations, weights, threads, previewEvery } = msg;
+  const { manifest, size, iterations, threads, previewEvery } = msg;
   const prep = manifest.preprocessing;
-  const content = preprocess(await decode(msg.content, 'the photo'), size, prep);
-  const style = preprocess(await decode(msg.style, 'the painting'), styleSize, prep);
+  const photo = await decode(msg.content, 'the photo');
+  const painting = await decode(msg.style, 'the painting');
+  const { k, weights, styleSize } = calibrate(manifest, photo, Math.min(painting.width, painting.height), {
+    size, styleSize: msg.styleSize, styleSizeGiven: Boolean(msg.styleSizeGiven), styleSizeFollows: msg.styleSizeFollows,
+    weights: msg.weights });
+  if (styleSize < manifest.min_input_size) {
+    throw new PageError(`the style size ${styleSize} px (following the size ${size} px) is too small: the bundle's network needs at least ${manifest.min_input_size} px`);
+  }
+  const content = preprocess(photo, size, prep);
+  const style = preprocess(painting, styleSize, prep);
   const sessions = await openSessions(msg.bundle, manifest, threads, Boolean(msg.spinning));
   const [, , height, width] = content.dims;
-  self.postMessage({ type: 'started', threads: ort.env.wasm.numThreads, width, height });
+  self.postMessage({ type: 'started', threads: ort.env.wasm.numThreads, width, height, styleSize, k });
   const feeds = {};
   for (const input of manifest.models.targets.inputs) {
     const img = input.name === 'content_image' ? content : style;

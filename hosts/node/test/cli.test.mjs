@@ -38,6 +38,8 @@ test('bad command lines exit 2 with one line', () => {
   expectInputError(run('--bundle', tmp, 'a.png', '-o', path.join(tmp, 'o.png')), /give CONTENT and STYLE/);
   expectInputError(run('--bundle', tmp, 'a.png', 'b.png', '-o', path.join(tmp, 'o.jpg')), /must be a \.png file/);
   expectInputError(run('--bundle', tmp, 'a.png', 'b.png', '-o', path.join(tmp, 'o.png'), '--size', 'x'), /--size must be a whole number/);
+  expectInputError(run('--bundle', tmp, 'a.png', 'b.png', '-o', path.join(tmp, 'o.png'), '--calibration-size', '1.5'),
+    /--calibration-size must be a whole number/);
   expectInputError(run('--bundle', tmp, 'a.png', 'b.png', '-o', path.join(tmp, 'no', 'o.png')), /does not exist/);
   expectInputError(run('--bundle', tmp, 'a.png', 'b.png', '-o', path.join(tmp, 'o.png'), '--bogus'), /Unknown option/);
   fs.writeFileSync(path.join(tmp, 'manifest.json'), '{"format": "something else"}');
@@ -74,6 +76,22 @@ test('paints the reference images: PNG of the content size, log with nst stylize
   assert.equal(first[6], Math.min(content.width, content.height)); // the scale column: the smaller edge, px
   assert.ok(Math.abs(first[2] - (first[3] + first[4] + first[5])) <= 1e-6 * first[2]);
   assert.equal(first[3], 0); // the start point is the content image: no content loss
+});
+
+test('--calibration-size: the tv term scales by k = pixels(N) / pixels(size), the style term not', { skip: noBundle }, () => {
+  const ref = (name) => path.join(bundleDir, 'reference', name);
+  const firstRow = (n) => {
+    const log = path.join(tmp, `cal${n}.csv`);
+    const r = run('--bundle', bundleDir, ref('content.png'), ref('style.png'), '-o', path.join(tmp, `cal${n}.png`),
+      '--size', '48', '--style-size', '40', '--iterations', '1', '--calibration-size', String(n), '--log', log);
+    assert.equal(r.status, 0, r.stderr);
+    return fs.readFileSync(log, 'utf8').trim().split('\n')[1].split(',').map(Number);
+  };
+  const raw = firstRow(0);
+  const cal = firstRow(96); // the 64 x 48 content: 128 x 96 at 96 px against 64 x 48 at 48 px, k = 4
+  assert.ok(raw[5] > 0);
+  assert.ok(Math.abs(cal[5] - 4 * raw[5]) <= 1e-6 * cal[5], `${cal[5]} vs 4 x ${raw[5]}`);
+  assert.equal(cal[4], raw[4]);
 });
 
 test('Ctrl-C ends the run with exit 130 and the best image so far', { skip: noBundle }, async () => {

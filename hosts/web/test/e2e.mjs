@@ -32,7 +32,7 @@ try {
 
   // another preset on the same bundle: its weights fed as the objective's inputs (one evaluation)
   const scream = await page.evaluate((o) => window.nst.run(o), { content: contentUrl, style: styleUrl, preset: 'scream', size: SIZE, iterations: 1, threads: 1 });
-  result.scream = { history: scream.history, styleSize: scream.styleSize };
+  result.scream = { history: scream.history, styleSize: scream.styleSize, k: scream.k };
 
   // the real UI, once: file inputs, size, evaluations, start; watch the preview change; stop; download
   await page.setInputFiles('#content-file', contentFile);
