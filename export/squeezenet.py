@@ -24,7 +24,6 @@ idx   module       channels  spatial size
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from nst_core.errors import NSTError
+from nst_core.imageio import sha256_file
 
 #: torchvision's published ImageNet weights for squeezenet1_1 (used when no weights file is given).
 TORCHVISION_URL = "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"
@@ -170,14 +170,6 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in SqueezeNet11().state_dict().items()}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_npz(path: Path) -> dict[str, torch.Tensor]:
     if not zipfile.is_zipfile(path):
         raise NSTError(f"weights file {path}: corrupt or not an .npz archive (no zip directory found; truncated?)")
@@ -276,7 +268,7 @@ def _download() -> tuple[dict[str, torch.Tensor], str, str]:
                        f"pass --weights FILE (.npz or .pth) for offline use") from None
     sd = _as_state_dict(obj, TORCHVISION_URL)
     validate_state_dict(sd, TORCHVISION_URL)
-    sha = _sha256(cached) if cached.is_file() else ""
+    sha = sha256_file(cached) if cached.is_file() else ""
     return sd, TORCHVISION_URL, sha
 
 
@@ -300,7 +292,7 @@ def load_weights(weights: str | os.PathLike | None = None) -> tuple[dict[str, to
         raise NSTError(f"weights file {path}: is a directory, expected a .npz or .pth file")
     try:
         size = path.stat().st_size
-        sha = _sha256(path)
+        sha = sha256_file(path)
     except OSError as e:
         raise NSTError(f"weights file {path}: cannot read ({_one_line(e)})") from None
     if size == 0:

@@ -20,7 +20,6 @@ docs/hosts.md describes the contract for hosts.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import shutil
@@ -34,7 +33,7 @@ from onnx import TensorProto, helper
 from . import lossgraph
 from . import model as _model
 from .errors import NSTError
-from .imageio import MEAN, STD, pixel_bounds, preprocess
+from .imageio import MEAN, STD, pixel_bounds, preprocess, sha256_file
 from .interrupts import sigint_deferred
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "write_bundle", "check_bundle", "bundle_objective",
@@ -87,14 +86,6 @@ def _io(m: onnx.ModelProto) -> dict:
         return {"name": vi.name, "dtype": helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name,
                 "shape": _dims(vi)}
     return {"inputs": [one(vi) for vi in m.graph.input], "outputs": [one(vi) for vi in m.graph.output]}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def grad_checksums(grad: np.ndarray) -> dict:
@@ -239,7 +230,7 @@ def _manifest(problem: dict, features: onnx.ModelProto, models: dict, files: dic
         "pixel_box": {"lo": [float(v) for v in lo], "hi": [float(v) for v in hi],
                       "meaning": "per channel, the normalised values of pixel 0 and 1: project the image onto it"},
         "min_input_size": min_size,
-        "models": {name: dict({"file": files[name], "sha256": _sha256(files[name + "_path"])}, **_io(m))
+        "models": {name: dict({"file": files[name], "sha256": sha256_file(files[name + "_path"])}, **_io(m))
                    for name, m in models.items()},
         "optimizer": {"name": "lbfgs", "history": LBFGS_HISTORY, "step": "armijo", "lr": 1.0, "c1": 1e-4,
                       "max_backtracks": 10, "iterations": DEFAULT_ITERATIONS, "init": "content",
@@ -392,7 +383,7 @@ def check_bundle(directory) -> dict:
         path = d / info["file"]
         if not path.is_file():
             raise NSTError(f"{path}: missing")
-        if _sha256(path) != info["sha256"]:
+        if sha256_file(path) != info["sha256"]:
             raise NSTError(f"{path}: SHA-256 differs from the manifest's (the file was changed)")
         try:
             m = onnx.load(str(path))

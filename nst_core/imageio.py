@@ -24,6 +24,7 @@ looks like to a person. Transparent pixels therefore become white, half-transpar
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import numbers
 import os
@@ -401,6 +402,15 @@ def save_image(path, rgb_uint8: np.ndarray, forbid=()) -> None:
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise NSTError(f"{name}: cannot write {fmt} image ({_one_line(text)})") from None
     write_bytes(name, buffer.getvalue())
+
+
+def sha256_file(path) -> str:
+    """The SHA-256 of a file's bytes, hex, read in 1 MiB blocks (weights files, bundle models)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_bytes(path, data: bytes) -> None:

@@ -20,7 +20,7 @@ from nst_core import vjp
 from nst_core.model import Network, tap_name
 
 torch = pytest.importorskip("torch")
-from kinks import forced, pattern, torch_saved, unexplained_flips  # noqa: E402
+from kinks import _windows, forced, pattern, torch_saved, unexplained_flips  # noqa: E402
 
 CS231N = (1, 3, 4, 6, 7)
 ALL = tuple(range(13))
@@ -133,3 +133,31 @@ def test_pool_gradients_scatter_into_the_tap_cotangents(features_model, taps, ze
     assert ops.count("ConstantOfShape") == zeros
     summed = {i for n in v.backward_nodes if n.op_type == "Sum" for i in n.input}
     assert not summed & {vjp.grad_name("features.1"), vjp.grad_name("features.4")}
+
+
+def test_flip_check_reports_a_unit_float32_can_resolve(features_model, images_dir, nets):
+    """tests/kinks.py's near-tie check is not vacuous: our pattern with one ReLU turned off at the unit of largest
+    float64 pre-activation, and one pool window given another winner, are reported; the true pattern is not."""
+    net32, net64 = nets
+    x = photo(images_dir, 96, 128)
+    network = Network(onnx.load(features_model), [tap_name(k) for k in CS231N], device="cpu")
+    network.forward(x)
+    saved = network.saved()
+    values64, pre64 = torch_saved(net64, x, saved)
+    _, pre32 = torch_saved(net32, x, saved)
+    ours = pattern(saved)
+    assert unexplained_flips(ours, pattern(values64), pre64, pre32) == []
+    name = "features.1"
+    bad = dict(ours)
+    bad[name] = ours[name].copy()
+    bad[name][np.unravel_index(np.argmax(pre64[name]), pre64[name].shape)] = False
+    assert len(unexplained_flips(bad, pattern(values64), pre64, pre32)) == 1
+    key = ("argmax", name)
+    arg = ours[key].copy()
+    win = _windows(values64[name], arg.shape[1:])  # [C, oh, ow, 9], -inf beyond the edge
+    c, i, j = np.unravel_index(np.argmax(win.max(axis=-1)), arg.shape)  # the window with the largest maximum
+    arg[c, i, j] = np.argmin(np.where(np.isfinite(win[c, i, j]), win[c, i, j], np.inf))  # its smallest element
+    bad = dict(ours)
+    bad[key] = arg
+    found = unexplained_flips(bad, pattern(values64), pre64, pre32)
+    assert len(found) == 1 and "max pool" in found[0], found
