@@ -138,6 +138,12 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
                             "scale and fewer at each larger one; auto: one scale below "
                             f"{schedule.MIN_STEP:g}x the calibration size, more above; 1: one scale at --size "
                             "(default: auto)")
+        if task != "invert":
+            p.add_argument("--whole-weight", type=_float, metavar="W",
+                           help="coarse-to-fine: weight of the first scale's style term on the picture "
+                                "downsampled to the first scale, kept at every later scale so that the picture "
+                                "seen as a whole stays painted; 0 turns it off (default: "
+                                f"{transfer.WHOLE_WEIGHT:g})")
     if task != "invert":
         default = f"the preset's, {sn['style_size']}" if task == "stylize" else "--size"
         if task == "stylize":
@@ -407,6 +413,8 @@ def _check_log_path(path: str, inputs) -> None:
 
 def _write_log(path: str, result, side: int) -> None:
     columns = ("evaluation", "seconds", "loss", "content", "style", "tv")
+    if any("whole" in rec.parts for rec in result.history):  # the later scales' whole-picture term
+        columns += ("whole",)
     lines = [",".join(columns + ("scale",))]
     for rec in result.history:
         row = [str(rec.evaluation), repr(float(rec.seconds)), repr(float(rec.loss))]
@@ -437,7 +445,7 @@ def _default_image(given, default: Path, what: str) -> str:
 def _problem_options(args) -> dict:
     names = ("preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
              "style_scale", "tv_weight", "init", "optimizer", "iterations", "lr", "history", "seed", "device",
-             "model", "original_colors", "style_blend", "pooling", "calibration_size", "scales")
+             "model", "original_colors", "style_blend", "pooling", "calibration_size", "scales", "whole_weight")
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 

@@ -11,7 +11,9 @@ after the other:
          weights file): per scale the same side, budget, style size and calibrated weights
          (``transfer.calibration``), the same start (the content image, then the previous scale's best upsampled by
          ``schedule.upsample``), ``torch.optim.LBFGS`` with ours' pairs per scale (``schedule.histories``), lr 1,
-         no line search; unconstrained, where ours projects onto the pixel box; 2 threads
+         no line search; unconstrained, where ours projects onto the pixel box; the later scales with the first
+         scale's style term on the picture downsampled to it (``nst_core.pyramid``; Lanczos as two dense
+         matrices, autograd through them); 2 threads
 and reports wall time (process start to the image) and peak resident memory (VmHWM) of each, with ratios.
 
 Quality (``--no-quality`` skips it; it needs the 192 px default picture, which it makes with ``stylize``):
@@ -100,7 +102,7 @@ def run_torch(content: Path, size: int, out: Path, threads: int = 2) -> dict:
     net = load_net(WEIGHTS)
     content_pil, style_pil = open_image(content), open_image(STYLE)
     opt = transfer.validate_options("stylize", size=size)
-    x, per_scale = None, []
+    x, per_scale, whole = None, [], None
     for (side, budget), pairs in zip(schedule.plan(opt), schedule.histories(opt)):
         o = transfer.validate_options("stylize", size=side)
         cal = transfer.calibration(o, content_pil, style_pil)
@@ -109,6 +111,12 @@ def run_torch(content: Path, size: int, out: Path, threads: int = 2) -> dict:
         loss_fn = make_loss(net, content_x, style_x, content_layer=o["content_layer"],
                             content_weight=cal["content_weight"], style_layers=o["style_layers"],
                             style_weights=o["effective_style_weights"], tv_weight=cal["tv_weight"])
+        if whole is None:  # the first scale's style term, kept on the picture downsampled to it (nst_core.pyramid)
+            whole = (make_loss(net, None, style_x, content_layer=o["content_layer"], content_weight=0.0,
+                               style_layers=o["style_layers"], style_weights=o["effective_style_weights"],
+                               tv_weight=0.0), content_x.shape[2:])
+        else:
+            loss_fn = _with_whole(loss_fn, *whole, content_x.shape[2:], opt["whole_weight"])
         x0 = content_x.astype(np.float64) if x is None else schedule.upsample(x, content_x.shape)
         run = lbfgs_run(loss_fn, x0, evaluations=budget, history=pairs)
         x = run["x_best"]
@@ -116,6 +124,22 @@ def run_torch(content: Path, size: int, out: Path, threads: int = 2) -> dict:
     save_image(out, deprocess(x))
     return dict(sides=[p["side"] for p in per_scale], evaluations=sum(p["evaluations"] for p in per_scale),
                 loss=per_scale[-1]["loss"], per_scale=per_scale)
+
+
+def _with_whole(loss_fn, coarse_fn, small, big, weight: float):
+    """loss_fn plus weight x coarse_fn on the image downsampled (Lanczos, dense matrices) from ``big`` to ``small``
+    (h, w): the whole-picture term of nst_core.pyramid, differentiated by autograd."""
+    import torch
+    from nst_core.pyramid import lanczos_matrix
+    rows = torch.tensor(lanczos_matrix(big[0], small[0]).toarray(), dtype=torch.float32)
+    cols = torch.tensor(lanczos_matrix(big[1], small[1]).toarray(), dtype=torch.float32)
+
+    def combined(img):
+        total, parts = loss_fn(img)
+        extra, _ = coarse_fn(torch.einsum("hH,bcHW,wW->bchw", rows, img, cols))
+        return total + weight * extra, dict(parts, whole=weight * extra)
+
+    return combined
 
 
 def _child(which: str, size_name: str, out: str) -> None:

@@ -185,6 +185,7 @@ def _problem(opt: dict) -> dict:
 def _calibration(problem: dict) -> dict:
     """The manifest's calibration section: how a host rescales the weights and the style size with the output size,
     as ``transfer.calibration`` does for ``nst stylize`` (one scale; the coarse-to-fine schedule is Python's)."""
+    from .transfer import STYLE_SIZE_LIMIT
     return {
         "size": problem["calibration_size"],
         "weights_rule": "k = (h_c * w_c) / (h * w). (h, w) is the output's shape: the content image resized so that "
@@ -196,8 +197,9 @@ def _calibration(problem: dict) -> dict:
         "style_size_rule": "when style_size_follows_size is true and the host's style size is not given explicitly: "
                            "style size = round_half_even(style_size * size / calibration.size), style_size the "
                            "manifest's preprocessing.resize.style_size and size the content size; when that is larger "
-                           "than style_size, at most max(style_size, the style file's smaller edge); unchanged when "
-                           "size equals calibration.size",
+                           "than style_size, at most max(style_size, min(style_size_limit, the style file's smaller "
+                           "edge)); unchanged when size equals calibration.size",
+        "style_size_limit": STYLE_SIZE_LIMIT,
         "scales": "one: a host paints at the content size only, as nst stylize --scales 1 (nst's coarse-to-fine "
                   "schedule, used above 1.5 x calibration.size by default, is not part of the bundle)",
         "computed_by": "nst_core.transfer.calibration (k: nst_core.losses.size_factor)",

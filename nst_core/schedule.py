@@ -67,7 +67,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from . import colour, interrupts, memory, optim
+from . import colour, interrupts, memory, optim, pyramid
 from .errors import NSTError
 from .imageio import MEAN, STD, resized_shape
 from .presets import INVERSION, PRESETS, TEXTURE
@@ -212,6 +212,19 @@ def check_memory(opt: dict, image: Image.Image) -> None:
                        f"{have / 1024:.1f} GB are available; use a smaller --size")
 
 
+def _whole_term(opt: dict, side: int, content, style):
+    """The first scale's style-only objective and its shape, for ``pyramid.with_whole_term``; None when the task
+    has no style term or ``whole_weight`` is 0."""
+    from . import transfer
+
+    if opt["task"] == "invert" or not opt.get("whole_weight"):
+        return None
+    options = _options_at(opt, side, 1, opt["history"], None)
+    options.update(tv_weight=0.0, **({"content_weight": 0.0} if opt["task"] == "stylize" else {}))
+    coarse = transfer.prepare(opt["task"], content, style, **options)
+    return coarse.objective, coarse.x0.shape
+
+
 def run(opt: dict, content: Image.Image | None = None, style: Image.Image | None = None):
     """Run the schedule of validated options ``opt`` (``transfer.validate_options``) on PIL images; returns
     ``(image uint8 [h, w, 3], ScheduleResult)``."""
@@ -220,7 +233,7 @@ def run(opt: dict, content: Image.Image | None = None, style: Image.Image | None
     task, user_callback = opt["task"], opt["callback"]
     steps, pairs = plan(opt), histories(opt)
     results, history, records, interrupted = [], [], [], None
-    x, t0, done = None, time.perf_counter(), 0
+    x, t0, done, whole = None, time.perf_counter(), 0, None
     for k, (side, budget) in enumerate(steps):
         start, offset = time.perf_counter() - t0, done
 
@@ -239,7 +252,13 @@ def run(opt: dict, content: Image.Image | None = None, style: Image.Image | None
                 if opt.get("original_colors") == "luminance":  # the optimised image stays grey at every scale
                     x0 = colour.grey_normalised(x0)
                 x0.flags.writeable = False
-                problem = dataclasses.replace(problem, x0=x0)
+                if k == 1:
+                    whole = _whole_term(opt, steps[0][0], content, style)
+                objective = problem.objective
+                if whole is not None:
+                    down = pyramid.Downsample(x0.shape, whole[1])
+                    objective = pyramid.with_whole_term(objective, whole[0], down, opt["whole_weight"])
+                problem = dataclasses.replace(problem, x0=x0, objective=objective)
         except KeyboardInterrupt:  # between two scales: the previous scale's best image is the result
             if not results:
                 raise

@@ -21,6 +21,9 @@ Options (keyword arguments; None means "the preset's value" / the default shown)
                     ``losses.size_factor`` (pixels at calibration_size / pixels at size); 0: no rescaling
     scales          "auto" or N >= 1: the coarse-to-fine schedule (``nst_core.schedule``): auto is one scale up to
                     1.5 x calibration_size and more above; 1 is a single scale at ``size``
+    whole_weight    stylize and texture with several scales: weight of the first scale's style term on the picture
+                    downsampled to the first scale, kept at every later scale (``nst_core.pyramid``; default
+                    ``WHOLE_WEIGHT``, 1: as much as at the first scale; 0: off)
     content_layer   SqueezeNet ``features`` index 0..12 of the content loss
     content_weight  weight of the content loss (>= 0)
     style_layers    sequence of ``features`` indices 0..12 of the style loss
@@ -77,7 +80,7 @@ from .presets import INVERSION, PRESETS, TEXTURE, default_style_scale, preset as
 
 __all__ = ["stylize", "invert", "texture", "prepare", "Problem", "validate_options", "clear_cache", "optimise",
            "calibration", "NUM_LAYERS",
-           "LBFGS_HISTORY", "ADAM_LR", "GD_LR", "DEFAULT_ITERATIONS", "INITS", "DEVICES", "check_layer", "min_side"]
+           "LBFGS_HISTORY", "ADAM_LR", "GD_LR", "DEFAULT_ITERATIONS", "WHOLE_WEIGHT", "STYLE_SIZE_LIMIT", "INITS", "DEVICES", "check_layer", "min_side"]
 
 #: Layers are 0 .. NUM_LAYERS-1 (torchvision's SqueezeNet 1.1 ``features`` modules).
 NUM_LAYERS = 13
@@ -90,6 +93,16 @@ ADAM_LR = 3.0
 GD_LR = 5e-5
 #: Objective evaluations unless ``iterations`` is given.
 DEFAULT_ITERATIONS = 200
+#: The default style size follows the output size up to this many pixels (smaller edge), unless the preset's own
+#: style size is larger. Measured at --size 1024 (starry_night, Tübingen, default schedule; bench_printsize's up-close
+#: measure, the style term at the picture's own size as a share of the photo's, against the painting at 512 / 768 /
+#: 1014 px): with the painting at the file's 1014 px at the last scale 22.7 / 15.5 / 0.11 %, capped at 512 px
+#: 0.10 / 2.0 / 16 %. Both pictures look painted side by side; at 1014 px the network also copies the file's finest
+#: detail (canvas grain, JPEG blocks), seen as coloured speckles, which are gone at 512 px. 512 is also the largest
+#: style size of the CS231n presets.
+STYLE_SIZE_LIMIT = 512
+#: Default ``whole_weight`` (see ``nst_core.pyramid``).
+WHOLE_WEIGHT = 1.0
 INITS = ("content", "noise", "style")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -150,10 +163,11 @@ def validate_options(task: str, **options) -> dict:
     """
     allowed = {"preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
                "style_scale", "tv_weight", "init", "optimizer", "iterations", "lr", "history", "seed", "device",
-               "model", "callback", "original_colors", "style_blend", "pooling", "calibration_size", "scales"}
+               "model", "callback", "original_colors", "style_blend", "pooling", "calibration_size", "scales",
+               "whole_weight"}
     if task == "invert":
         allowed -= {"preset", "style_size", "style_layers", "style_weights", "style_scale", "original_colors",
-                    "style_blend"}
+                    "style_blend", "whole_weight"}
     elif task == "texture":
         allowed -= {"preset", "content_layer", "content_weight", "original_colors", "style_blend"}
     elif task != "stylize":
@@ -206,6 +220,7 @@ def validate_options(task: str, **options) -> dict:
     out["style_weights"] = weights
     out["style_scale"] = _weight(opt.get("style_scale", default_style_scale(out["optimizer"])), "style scale")
     out["tv_weight"] = _weight(opt.get("tv_weight", base["tv_weight"]), "TV weight")
+    out["whole_weight"] = 0.0 if task == "invert" else _weight(opt.get("whole_weight", WHOLE_WEIGHT), "whole weight")
 
     out["init"] = _choice(opt.get("init", base["init"]), "init", INITS)
     if task == "invert" and out["init"] == "style":
@@ -428,8 +443,9 @@ def calibration(opt: dict, image: Image.Image, style_image: Image.Image | None =
 
     k = ``losses.size_factor`` (pixels of the output at calibration_size / at size; 1 when calibration_size is 0
     or equals size). The style size, unless given explicitly (stylize only), keeps the preset's proportion to the
-    output: ``round(style_size * size / calibration_size)``, never enlarged beyond the style file's smaller edge
-    (nor below the preset's own value) when that is larger than the preset's value."""
+    output: ``round(style_size * size / calibration_size)``, never enlarged beyond ``STYLE_SIZE_LIMIT`` or the
+    style file's smaller edge, whichever is smaller (nor below the preset's own value) when that is larger than
+    the preset's value."""
     h, w = resized_shape(image.width, image.height, opt["size"])
     cal = opt["calibration_size"]
     cal_pixels = math.prod(resized_shape(image.width, image.height, cal)) if cal else 0
@@ -437,8 +453,9 @@ def calibration(opt: dict, image: Image.Image, style_image: Image.Image | None =
     style_size = opt["style_size"]
     if cal and opt["task"] == "stylize" and not opt["style_size_given"] and opt["size"] != cal:
         scaled = max(1, round(style_size * opt["size"] / cal))
-        if scaled > style_size and style_image is not None:
-            scaled = min(scaled, max(style_size, min(style_image.size)))
+        if scaled > style_size:
+            limit = STYLE_SIZE_LIMIT if style_image is None else min(STYLE_SIZE_LIMIT, min(style_image.size))
+            scaled = min(scaled, max(style_size, limit))
         style_size = scaled
     return {"size_factor": k, "content_weight": opt["content_weight"] * k, "tv_weight": opt["tv_weight"] * k,
             "style_size": style_size, "pixels": h * w, "calibration_pixels": cal_pixels}

@@ -52,8 +52,17 @@ def test_calibration_of_the_preset(paths):
     assert at[384]["size_factor"] == 0.25 and at[384]["style_size"] == 384
     assert at[384]["content_weight"] == sn["content_weight"] * 0.25
     assert at[384]["tv_weight"] == sn["tv_weight"] * 0.25
-    # 1024x1365: 49152 / 1397760; the style image would be 1024 but its file's smaller edge is 1014
-    assert at[1024]["size_factor"] == 49152 / 1397760 and at[1024]["style_size"] == 1014
+    # 1024x1365: 49152 / 1397760; the style image would be 1024 (and its file's smaller edge is 1014), but the
+    # following stops at STYLE_SIZE_LIMIT, 512
+    assert at[1024]["size_factor"] == 49152 / 1397760 and at[1024]["style_size"] == 512
+    # a file smaller than the limit caps it: a 400x300 painting at --size 1024 stays at 300 px
+    small = transfer.calibration(validate_options("stylize", size=1024), content, Image.new("RGB", (400, 300)))
+    assert small["style_size"] == 300
+    # scream (224 at 192 px) at 1024 px: 1195 -> 512; composition_vii's own 512 never grows
+    assert transfer.calibration(validate_options("stylize", preset="scream", size=1024), content, style)[
+        "style_size"] == 512
+    assert transfer.calibration(validate_options("stylize", preset="composition_vii", size=1024), content, style)[
+        "style_size"] == 512
     # an explicit style size is kept; calibration 0 keeps the raw weights and the preset's style size
     assert transfer.calibration(validate_options("stylize", size=384, style_size=300), content, style)[
         "style_size"] == 300
@@ -176,8 +185,10 @@ def test_schedule_end_to_end(features_model, paths):
     alone = prepare("stylize", paths["content"], paths["style"], model=features_model, size=128,
                     calibration_size=64, device="cpu")
     loss, _, parts = alone.objective(seen[3][1])  # (BLAS threads may sum TV's squares in another order)
-    assert result.history[3].loss == pytest.approx(loss, rel=1e-12)
-    assert result.history[3].parts == pytest.approx(parts, rel=1e-12)
+    # plus the first scale's style term on the picture seen as a whole (tests/test_pyramid.py checks its value)
+    rec = result.history[3]
+    assert rec.loss == pytest.approx(loss + rec.parts["whole"], rel=1e-12) and rec.parts["whole"] > 0
+    assert {k: rec.parts[k] for k in parts} == pytest.approx(parts, rel=1e-12)
     assert result.x.shape == (1, 3, 128, 170) and result.loss == result.scales[1].loss
     assert result.best_evaluation == 3 + result.scales[1].best_evaluation
     assert [r.info["history"] for r in result.scales] == [20, 5]  # the later scale's pairs (budget 3: 2 used)

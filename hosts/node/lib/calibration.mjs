@@ -20,12 +20,13 @@ export function sizeFactor(width, height, size, calibrationSize) {
 }
 
 /** The style size nst stylize uses when none is given: round(styleSize * size / calibrationSize) (ties to even),
- * never enlarged beyond max(styleSize, the style file's smaller edge `styleEdge`); styleSize itself when
+ * never enlarged beyond max(styleSize, min(limit, the style file's smaller edge `styleEdge`)) (limit: the
+ * manifest's calibration.style_size_limit; none in a bundle from before it); styleSize itself when
  * calibrationSize is 0 or equals size. */
-export function followingStyleSize(styleSize, size, calibrationSize, styleEdge) {
+export function followingStyleSize(styleSize, size, calibrationSize, styleEdge, limit = Infinity) {
   if (!calibrationSize || size === calibrationSize) return styleSize;
   let scaled = Math.max(1, roundHalfEven(styleSize * size / calibrationSize));
-  if (scaled > styleSize && styleEdge !== undefined) scaled = Math.min(scaled, Math.max(styleSize, styleEdge));
+  if (scaled > styleSize) scaled = Math.min(scaled, Math.max(styleSize, Math.min(limit, styleEdge ?? Infinity)));
   return scaled;
 }
 
@@ -59,7 +60,8 @@ export function calibrate(manifest, content, styleEdge, options) {
   const k = sizeFactor(content.width, content.height, options.size, calibrationSize);
   const follows = !options.styleSizeGiven && Boolean(options.styleSizeFollows
     ?? (manifest.calibration && manifest.calibration.style_size_follows_size));
-  const styleSize = follows ? followingStyleSize(options.styleSize, options.size, calibrationSize, styleEdge)
+  const limit = (manifest.calibration && manifest.calibration.style_size_limit) || Infinity;
+  const styleSize = follows ? followingStyleSize(options.styleSize, options.size, calibrationSize, styleEdge, limit)
     : options.styleSize;
   return { k, weights: calibratedWeights(manifest, base, k), styleSize, calibrationSize };
 }

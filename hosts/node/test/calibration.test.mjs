@@ -33,6 +33,11 @@ test('followingStyleSize: round half to even, capped when it enlarges', () => {
   assert.equal(followingStyleSize(192, 384, 192, 300), 300);          // 384 capped by the file's 300 px edge
   assert.equal(followingStyleSize(192, 384, 192, 100), 192);          // never below the preset's own value
   assert.equal(followingStyleSize(192, 384, 192, 1000), 384);
+  assert.equal(followingStyleSize(192, 1024, 192, 1014, 512), 512);   // the manifest's style_size_limit
+  assert.equal(followingStyleSize(192, 1024, 192, 400, 512), 400);    // a file smaller than the limit
+  assert.equal(followingStyleSize(192, 1024, 192, undefined, 512), 512);
+  assert.equal(followingStyleSize(600, 1024, 192, 2000, 512), 600);   // never below the preset's own value
+  assert.equal(followingStyleSize(192, 1024, 192, 1014), 1014);       // a bundle from before the limit
 });
 
 const manifest = {
