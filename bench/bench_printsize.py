@@ -1,6 +1,6 @@
 """Print sizes: the default coarse-to-fine schedule against the same schedule run by a PyTorch reference.
 
-    python bench/bench_printsize.py [--sizes 1024 2048 a4] [--skip-torch] [--no-quality]
+    python bench/bench_printsize.py [--sizes 1024 2048 a4] [--skip-torch] [--no-quality] [--without-whole]
 
 For each size (the smaller edge in px; ``a4`` = A4 at 300 dpi, 3508x2480: Tübingen centre-cropped to A4's aspect
 ratio and resized to exactly 3508x2480 first, so that --size 2480 keeps that shape), two fresh processes, one
@@ -15,6 +15,7 @@ after the other:
          scale's style term on the picture downsampled to it (``nst_core.pyramid``; Lanczos as two dense
          matrices, autograd through them); 2 threads
 and reports wall time (process start to the image) and peak resident memory (VmHWM) of each, with ratios.
+``--without-whole`` adds a third process: ours with ``whole_weight=0`` (no whole-picture term, nst_core.pyramid).
 
 Quality (``--no-quality`` skips it; it needs the 192 px default picture, which it makes with ``stylize``):
   seen as a whole   ``seen_as_whole``: the picture downsampled (Lanczos) to 256x192, its CS231n starry_night style
@@ -145,7 +146,10 @@ def _with_whole(loss_fn, coarse_fn, small, big, weight: float):
 def _child(which: str, size_name: str, out: str) -> None:
     t0 = float(os.environ["NST_BENCH_T0"])
     content, size = content_for(size_name)
-    info = (run_ours if which == "ours" else run_torch)(content, size, Path(out))
+    if which == "torch":
+        info = run_torch(content, size, Path(out))
+    else:  # "ours", or "ours_whole0": without the whole-picture term (whole_weight 0)
+        info = run_ours(content, size, Path(out), **({"whole_weight": 0.0} if which == "ours_whole0" else {}))
     info.update(seconds=time.time() - t0, peak_rss_mb=_peak_rss_mb())
     print(json.dumps(info))
 
@@ -246,6 +250,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=1, help="runs per side and size; medians reported (default 1)")
     ap.add_argument("--skip-torch", action="store_true", help="time only ours")
     ap.add_argument("--no-quality", action="store_true", help="skip the quality measures")
+    ap.add_argument("--without-whole", action="store_true",
+                    help="also run ours with whole_weight 0 (no whole-picture term), timed and measured the same way")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if argv is None:  # run as `nst` runs: malloc with huge pages where possible (nst_core/memory.py)
@@ -260,7 +266,8 @@ def main(argv=None):
     images = {}
     for name in args.sizes:
         row = {}
-        for which in ("ours",) if args.skip_torch else ("ours", "torch"):
+        sides = ("ours",) + (() if args.skip_torch else ("torch",)) + (("ours_whole0",) if args.without_whole else ())
+        for which in sides:
             runs = [spawn(which, name, CACHE / f"printsize_{name}_{which}.png") for _ in range(args.repeats)]
             row[which] = dict(runs[-1], seconds=statistics.median(r["seconds"] for r in runs),
                               peak_rss_mb=statistics.median(r["peak_rss_mb"] for r in runs),
@@ -273,6 +280,11 @@ def main(argv=None):
             row["memory_ratio"] = row["ours"]["peak_rss_mb"] / row["torch"]["peak_rss_mb"]
             print(f"  {name}: ours / torch: time {row['time_ratio']:.2f}, memory {row['memory_ratio']:.2f}",
                   flush=True)
+        if "ours_whole0" in row:
+            row["whole_time_ratio"] = row["ours"]["seconds"] / row["ours_whole0"]["seconds"]
+            print(f"  {name}: ours with / without the whole-picture term: time {row['whole_time_ratio']:.2f}",
+                  flush=True)
+            images[f"{name} (whole_weight 0)"] = _load(CACHE / f"printsize_{name}_ours_whole0.png")
         results["sizes"][name] = row
         images[name] = _load(CACHE / f"printsize_{name}_ours.png")
     if not args.no_quality:
