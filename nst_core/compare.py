@@ -16,6 +16,10 @@ Fairness
     exercise's own terms. (``stylize`` uses style scale 100 with L-BFGS and gradient descent, because minimising
     the scale-1 objective well gives a barely stylised picture; pass ``style_scale=100`` to compare on that one.)
 
+    One objective also means one scale: at any ``size`` the problem is the single-scale one (calibrated weights),
+    not ``stylize``'s coarse-to-fine schedule (``nst_core.schedule``), whose scales each optimizer would start from
+    a different picture.
+
     Before the timed runs the objective is evaluated once at ``x0`` (not counted, not timed): ONNX Runtime's first
     run allocates and plans, which would otherwise be charged to whichever optimizer runs first. Seconds are
     wall-clock from each optimizer's start (``Record.seconds``); other load on the machine distorts them, evaluation
