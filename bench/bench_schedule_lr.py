@@ -1,6 +1,7 @@
 """Adam's and gradient descent's learning rate at the later scales of the coarse-to-fine schedule.
 
-    python bench/bench_schedule_lr.py [--size 512] [--adam 1 0.333 0.1 0.0333] [--gd 0 1 2] [--style starry_night.jpg]
+    python bench/bench_schedule_lr.py [--size 512] [--adam 1 0.3333 0.1 0.03333 0.01] [--gd 0 1 2 3 4]
+                                      [--style PATH] [--gradients]
 
 Runs ``nst_core.transfer.stylize(tubingen, STYLE, size=SIZE, optimizer=...)`` with every other default (preset
 starry_night, calibrated weights, the default schedule ``schedule.plan``: 192, 314, 512 px with 200 / 122 / 75
@@ -9,9 +10,11 @@ evaluations at --size 512) once per rule for the later scales:
         clamping until 95 %) with lr = 3.0 * F (F = 1: the recipe restarted as at the first scale)
   gd    ``schedule.GD_POWER`` = P: a later scale's step is GD_LR * (side / first) ** P (P = 0: the same step)
 The first scale is the same in every run (CS231n's recipe, ``GD_LR``). Per run and scale it reports the loss of
-the scale's start (the previous scale's best, upsampled) and its best loss with the parts; the runs are compared by
-the last scale's best loss (the ratio to the best rule's). Writes the pictures to bench/results/schedule_lr_*.png
-and the numbers to bench/results/schedule_lr.json.
+the scale's start (the previous scale's best, upsampled) and its parts, its best loss with the parts and how many
+evaluations had a higher loss than the one before ("rises": an oscillating step); the runs are compared by the last
+scale's best loss (the ratio to the best rule's). ``--gradients``: the RMS per pixel of the calibrated objective's
+gradient at each side, at the photo and at the first scale's gd result upsampled (``gradient_scale``). Writes the
+pictures to bench/results/schedule_lr_*.png and the numbers to bench/results/schedule_lr.json.
 """
 from __future__ import annotations
 
@@ -50,9 +53,11 @@ def one_run(optimizer: str, rule: float, size: int, style: Path, model: Path) ->
     Image.fromarray(image).save(CACHE / f"schedule_lr_{label}.png")
     scales = []
     for side, lr, res in zip(result.sides, rates, result.scales):
-        scales.append(dict(side=side, lr=lr, evaluations=res.n_evals, start_loss=res.history[0].loss,
+        losses = [r.loss for r in res.history]
+        scales.append(dict(side=side, lr=lr, evaluations=res.n_evals, start_loss=losses[0],
                            start_parts={k: float(v) for k, v in res.history[0].parts.items()},
-                           best_loss=res.loss, rises=sum(b.loss > a.loss for a, b in zip(res.history, res.history[1:])), best_evaluation=res.best_evaluation,
+                           best_loss=res.loss, best_evaluation=res.best_evaluation,
+                           rises=sum(b > a for a, b in zip(losses, losses[1:])),
                            parts={k: float(v) for k, v in res.parts.items()}))
     return dict(optimizer=optimizer, rule=name, value=rule, style=style.name, size=size, seconds=seconds,
                 final_loss=result.loss, scales=scales, picture=f"schedule_lr_{label}.png")
@@ -85,9 +90,9 @@ def gradient_scale(size: int, style: Path, model: Path) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--adam", type=float, nargs="*", default=[1.0, 1 / 3, 0.1, 1 / 30],
+    ap.add_argument("--adam", type=float, nargs="*", default=[1.0, 1 / 3, 0.1, 1 / 30, 0.01],
                     help="values of schedule.ADAM_LATER to run (none: skip adam)")
-    ap.add_argument("--gd", type=float, nargs="*", default=[0.0, 1.0, 2.0],
+    ap.add_argument("--gd", type=float, nargs="*", default=[0.0, 1.0, 2.0, 3.0, 4.0],
                     help="values of schedule.GD_POWER to run (none: skip gd)")
     ap.add_argument("--style", type=Path, default=IMAGES / "starry_night.jpg")
     ap.add_argument("--gradients", action="store_true",
@@ -120,8 +125,8 @@ def main() -> None:
         rows = gradient_scale(args.size, args.style, model)
         for r in rows:
             print(f"gradient RMS per pixel at {r['side']} px ({r['pixels'] / rows[0]['pixels']:.2f}x the first's "
-                  f"pixels): at the photo {r['photo']:.4g} (the first side's / this {rows[0]['photo'] / r['photo']:.2f}),"
-                  f" at the first scale's result upsampled {r['upsampled']:.4g} "
+                  f"pixels): at the photo {r['photo']:.4g} (the first side's / this "
+                  f"{rows[0]['photo'] / r['photo']:.2f}), at the first scale's result upsampled {r['upsampled']:.4g} "
                   f"({rows[0]['upsampled'] / r['upsampled']:.2f})", flush=True)
         results["gradients"] = rows
     save_json("schedule_lr", results)

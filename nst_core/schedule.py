@@ -57,12 +57,12 @@ Learning rates (``learning_rates``)
 
     Measured with bench/bench_schedule_lr.py (--size 512: 192 / 314 / 512 px, 200 / 122 / 75 evaluations;
     Tübingen, starry_night defaults, 2026-12-01). Best loss at 512 px, Adam with ADAM_LATER 1 (the recipe
-    restarted at 3.0, the old behaviour) / 1/3 / 1/10 / 1/30 / 1/100: 50853 / 31724 / 14723 / 10132 / 13033 (5.0 /
-    3.1 / 1.45 / 1 / 1.29x the best); with the_scream.jpg as the style, 1/10 / 1/30 / 1/100: 20941 / 16009 /
-    18615 (1.31 / 1 / 1.16x). The pictures: at 1 the houses and the river dissolve into a haze of strokes, at 1/3
-    still hazy; 1/10 crisp with bold strokes, 1/30 and 1/100 crisp with finer strokes. Gradient descent,
+    restarted at 3.0, the old behaviour) / 0.3333 / 0.1 / 1/30 / 0.01: 50853 / 31724 / 14723 / 10173 / 13033 (5.0
+    / 3.1 / 1.45 / 1 / 1.28x the best); with the_scream.jpg as the style, 0.1 / 0.03333 / 0.01: 20941 / 16009 /
+    18615 (1.31 / 1 / 1.16x). The pictures: at 1 the houses and the river dissolve into a haze of strokes, at
+    0.3333 still hazy; 0.1 crisp with bold strokes, 1/30 and 0.01 crisp with finer strokes. Gradient descent,
     GD_POWER 0 (the old fixed step) / 1 / 2 / 3 / 4: 486940 / 297600 / 178990 / 129510 / diverged at 512 px; the
-    loss rose at 1 / 1 / 1 / 21 / 38 of the 122 evaluations at 314 px: from 3 on the step oscillates, as 2x
+    loss rose at 0 / 0 / 1 / 21 / 38 of the 122 evaluations at 314 px: from 3 on the step oscillates, as 2x
     ``GD_LR`` does at 192 px, so 2 keeps the margin ``GD_LR`` has there. GD_POWER 0's picture is the upsampled one,
     soft; 2's has the strokes sharpened at the new size.
 
