@@ -195,7 +195,8 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
         p.add_argument("--lr", type=_float, metavar="LR",
                        help=f"adam: initial learning rate, lr/30 from 90%% of the evaluations on (default: "
                             f"{transfer.ADAM_LR:g}, CS231n); gd: step size (default: {transfer.GD_LR:g}); "
-                            "not used by lbfgs / lbfgsb")
+                            "not used by lbfgs / lbfgsb; with several --scales the first scale's (adam: lr/30 at "
+                            "the later ones, gd: times the pixel-count ratio)")
     _add_artist(p, task)
     p.add_argument("--history", type=_int, metavar="M",
                    help=f"L-BFGS memory, correction pairs kept (default: {transfer.LBFGS_HISTORY}; the later scales "

@@ -4,8 +4,10 @@ hosts drift apart, and the Node host's wall time against `nst stylize`.
     python -m bench.bench_bundle [--skip precision sensitivity timing] [--sizes 192 512 1024] [--repeats 5]
 
 Sections:
-  precision    starry_night's objective (L-BFGS weights, style scale 100) at x = Tübingen + noise (seed 0, in the
-               pixel box), smaller edge 192 / 512 / 1024 px. Reference: the split path (NumPy losses, float64
+  precision    starry_night's objective (L-BFGS weights, style scale 100, the content and TV weights calibrated to
+               the size as nst stylize and a host do: k of transfer.calibration, the bundle's from its manifest's
+               calibration section, checked equal) at x = Tübingen + noise (seed 0, in the pixel box), smaller
+               edge 192 / 512 / 1024 px. Reference: the split path (NumPy losses, float64
                sums, TV in float64 on float64 x). Against it: the current fused objective (float64 sums in ONNX,
                TV in NumPy) and the bundle's objective.onnx (no float64 anywhere, tree-summed float32 squares, TV
                inside). Loss and part relative errors, gradient relative L2, and median seconds per evaluation
@@ -57,11 +59,34 @@ def _bundle(directory: Path, size: int, style_scale: float) -> Path:
     return directory
 
 
-def _bundle_objective(directory: Path, size: int, content=IMAGES / "tubingen.jpg", style=IMAGES / "starry_night.jpg"):
+def _host_size_factor(directory: Path, size: int, content=IMAGES / "tubingen.jpg") -> float:
+    """k of the bundle's manifest (its calibration section, docs/hosts.md) for ``content`` at ``size``, computed as
+    a host does: (h_c * w_c) / (h * w), the content image's shapes at calibration.size and at size; 1 without
+    calibration (size 0 or no section)."""
+    from nst_core import bundle
+    from nst_core.imageio import open_image, resized_shape
+    _, manifest = bundle.load_manifest(directory)
+    cal = manifest.get("calibration", {}).get("size", 0)
+    image = open_image(content)
+    h, w = resized_shape(image.width, image.height, size)
+    if not cal:
+        return 1.0
+    h_c, w_c = resized_shape(image.width, image.height, cal)
+    return (h_c * w_c) / (h * w)
+
+
+def _bundle_objective(directory: Path, size: int, content=IMAGES / "tubingen.jpg", style=IMAGES / "starry_night.jpg",
+                      expected_k: float | None = None):
+    """The bundle's objective.onnx with its content and TV weights calibrated for ``size`` as a host does
+    (``_host_size_factor``); ``expected_k``: nst's own k for the same problem (``transfer.calibration``), which
+    the host's must equal."""
     from nst_core import bundle
     from nst_core.imageio import open_image, preprocess
+    k = _host_size_factor(directory, size, content)
+    if expected_k is not None and k != expected_k:
+        raise RuntimeError(f"the manifest's calibration gives k = {k!r} at {size} px, nst stylize {expected_k!r}")
     return bundle.bundle_objective(directory, preprocess(open_image(content), size),
-                                   preprocess(open_image(style), size))
+                                   preprocess(open_image(style), size), size_factor=k)
 
 
 def _median_seconds(fn, x, repeats: int) -> float:
@@ -95,11 +120,12 @@ def precision(sizes, repeats: int) -> list:
             ct, grams = targets(net, preprocess(open_image(IMAGES / "tubingen.jpg"), size),
                                 preprocess(open_image(IMAGES / "starry_night.jpg"), size), opt["content_layer"],
                                 opt["style_layers"])
+            cal = opt["calibration"]  # the weights at this size, as nst stylize (and a host) uses them
             split = make_objective(net, content_target=ct, content_layer=opt["content_layer"],
-                                   content_weight=opt["content_weight"], style_targets=grams,
+                                   content_weight=cal["content_weight"], style_targets=grams,
                                    style_layers=opt["style_layers"], style_weights=opt["effective_style_weights"],
-                                   tv_weight=opt["tv_weight"], fused=False)
-            f32 = _bundle_objective(b, size)
+                                   tv_weight=cal["tv_weight"], fused=False)
+            f32 = _bundle_objective(b, size, expected_k=cal["size_factor"])
             with single_threaded_blas():
                 ref = split(x)
                 out = {"fused (float64 sums)": fused(x), "objective.onnx (float32)": f32(x)}
@@ -172,7 +198,7 @@ def sensitivity(size: int = 128, evals: int = 50) -> list:
                 return l, g * (1 + 1e-7 * rng.standard_normal(g.shape)), parts
 
             base = _history(p.objective, p.x0, p.bounds, evals)
-            f32 = _bundle_objective(b, size, content, style)
+            f32 = _bundle_objective(b, size, content, style, expected_k=p.options["calibration"]["size_factor"])
             runs = {"loss x (1 + 1e-7)": _history(loss_up, p.x0, p.bounds, evals),
                     "gradient x (1 + 1e-7 N(0,1))": _history(grad_noise, p.x0, p.bounds, evals),
                     "float64 pairs": _history(p.objective, p.x0, p.bounds, evals, "float64"),
@@ -204,8 +230,8 @@ def _python_time_split(bundle_dir: Path, size: int = 192, evals: int = 200) -> d
     p = _problem(size)
     out = {}
     with single_threaded_blas():
-        for name, fn in (("fused_objective_ms", p.objective), ("bundle_objective_ms", _bundle_objective(bundle_dir,
-                                                                                                        size))):
+        bundle_f32 = _bundle_objective(bundle_dir, size, expected_k=p.options["calibration"]["size_factor"])
+        for name, fn in (("fused_objective_ms", p.objective), ("bundle_objective_ms", bundle_f32)):
             fn(p.x0)
             times = []
             for _ in range(20):

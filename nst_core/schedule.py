@@ -44,6 +44,28 @@ Correction pairs per scale
     scale of --size 1024 (38 evaluations from the same upsampled 586 px picture): best loss 52438 / 52743 / 53216 /
     56939 with 20 / 10 / 5 / 2 pairs (+0.6 %, +1.5 %, +8.6 %).
 
+Learning rates (``learning_rates``)
+    Adam: every scale runs CS231n's recipe (``transfer._optimise``: lr, a fresh Adam at lr/30 from 90 % of the
+    scale's evaluations, clamping to [-1.5, 1.5] until 95 %); the first scale's lr is ``lr`` (default 3.0, so the
+    first scale is the exercise exactly), a later scale's ``lr * ADAM_LATER`` (1/30: the recipe's second rate, 0.1
+    by default). Adam's first step moves every pixel by about lr (normalised units; the pixel range is about 4.4
+    wide): at lr 3 a later scale starts by throwing away the painted picture it was given. Gradient descent: the
+    first scale's step ``lr`` (default ``transfer.GD_LR``) times ``(side / first) ** GD_POWER`` (2: the pixel count
+    ratio), because the calibrated objective's gradient per pixel falls with the pixel count (measured at the
+    photo: 1 / 2.47 at 2.67x the pixels, 1 / 5.64 at 7.1x). A given ``lr`` is the first scale's; the later ones
+    follow by the same rules.
+
+    Measured with bench/bench_schedule_lr.py (--size 512: 192 / 314 / 512 px, 200 / 122 / 75 evaluations;
+    Tübingen, starry_night defaults, 2026-12-01). Best loss at 512 px, Adam with ADAM_LATER 1 (the recipe
+    restarted at 3.0, the old behaviour) / 0.3333 / 0.1 / 1/30 / 0.01: 50853 / 31724 / 14723 / 10173 / 13033 (5.0
+    / 3.1 / 1.45 / 1 / 1.28x the best); with the_scream.jpg as the style, 0.1 / 0.03333 / 0.01: 20941 / 16009 /
+    18615 (1.31 / 1 / 1.16x). The pictures: at 1 the houses and the river dissolve into a haze of strokes, at
+    0.3333 still hazy; 0.1 crisp with bold strokes, 1/30 and 0.01 crisp with finer strokes. Gradient descent,
+    GD_POWER 0 (the old fixed step) / 1 / 2 / 3 / 4: 486940 / 297600 / 178990 / 129510 / diverged at 512 px; the
+    loss rose at 0 / 0 / 1 / 21 / 38 of the 122 evaluations at 314 px: from 3 on the step oscillates, as 2x
+    ``GD_LR`` does at 192 px, so 2 keeps the margin ``GD_LR`` has there. GD_POWER 0's picture is the upsampled one,
+    soft; 2's has the strokes sharpened at the new size.
+
 Style size per scale
     Unless given, the style image's size follows each scale by the rule of ``transfer.calibration`` (the preset's
     proportion, never enlarged beyond the file); a given ``style_size`` is the size at the last scale, and the
@@ -72,8 +94,8 @@ from .errors import NSTError
 from .imageio import MEAN, STD, resized_shape
 from .presets import INVERSION, PRESETS, TEXTURE
 
-__all__ = ["RATIO", "MIN_STEP", "BUDGET_POWER", "MIN_BUDGET", "PAIRS_DIVISOR", "MIN_PAIRS", "sides", "budgets",
-           "plan", "histories", "upsample", "run",
+__all__ = ["RATIO", "MIN_STEP", "BUDGET_POWER", "MIN_BUDGET", "PAIRS_DIVISOR", "MIN_PAIRS", "ADAM_LATER", "GD_POWER",
+           "sides", "budgets", "plan", "histories", "learning_rates", "upsample", "run",
            "ScaleRecord", "ScheduleResult", "check_memory"]
 
 #: Largest step between two scales (edge ratio). See the module docstring for how it was chosen.
@@ -88,6 +110,12 @@ MIN_BUDGET = 20
 #: MIN_PAIRS, at most ``history``. See the module docstring.
 PAIRS_DIVISOR = 4
 MIN_PAIRS = 5
+#: Adam at a later scale: the recipe of the first (lr, lr/30 from 90 % of the evaluations, clamping until 95 %) with
+#: lr = the first scale's rate (``transfer.ADAM_LR`` or the given ``lr``) times ADAM_LATER. See the module docstring.
+ADAM_LATER = 1 / 30
+#: Gradient descent at scale k: the first scale's step (``transfer.GD_LR`` or the given ``lr``) times
+#: (side_k / first) ** GD_POWER. See the module docstring.
+GD_POWER = 2.0
 
 #: The options that ``transfer.prepare`` takes, per task (the schedule hands them on scale by scale).
 _KEYS = ("preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
@@ -144,6 +172,29 @@ def histories(opt: dict) -> list[int]:
     return [history] + [min(history, max(MIN_PAIRS, b // PAIRS_DIVISOR)) for _, b in steps[1:]]
 
 
+def _lr_at(opt: dict, side: int):
+    """The learning rate of the scale of ``side`` px (see "Learning rates" in the module docstring); None for
+    lbfgs / lbfgsb."""
+    from . import transfer  # this module builds on it
+
+    name = opt["optimizer"]
+    if name not in ("adam", "gd"):
+        return None
+    lr = opt.get("lr")
+    lr = (transfer.ADAM_LR if name == "adam" else transfer.GD_LR) if lr is None else lr
+    first = sides(opt)[0]
+    if side == first:
+        return lr
+    return lr * ADAM_LATER if name == "adam" else lr * (side / first) ** GD_POWER
+
+
+def learning_rates(opt: dict) -> list:
+    """The learning rate per scale of validated options: adam's first rate of the recipe (the second is a 30th of
+    it), gd's step size; None for lbfgs / lbfgsb. The first scale's is ``lr`` (default ``transfer.ADAM_LR`` /
+    ``GD_LR``)."""
+    return [_lr_at(opt, side) for side in sides(opt)]
+
+
 def plan(opt: dict) -> list[tuple[int, int]]:
     """[(side px, budget evaluations), ...] of validated options: what ``run`` will do."""
     s = sides(opt)
@@ -193,6 +244,8 @@ def _options_at(opt: dict, side: int, budget: int, history: int, callback) -> di
     """The ``transfer.prepare`` options of one scale."""
     out = {k: opt[k] for k in _KEYS if opt.get(k) is not None and k not in _NOT_FOR[opt["task"]]}
     out.update(size=side, iterations=budget, history=history, callback=callback)
+    if opt["optimizer"] in ("adam", "gd"):
+        out["lr"] = _lr_at(opt, side)
     if "style_size" in out:
         if opt["style_size_given"]:
             out["style_size"] = max(1, round(opt["style_size"] * side / opt["size"]))

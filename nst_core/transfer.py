@@ -39,7 +39,8 @@ Options (keyword arguments; None means "the preset's value" / the default shown)
                     ones get fewer: ``schedule.budgets``)
     lr              adam: initial learning rate (default 3.0; the recipe switches to lr/30 at 90% of the
                     evaluations and clamps to [-1.5, 1.5] until 95%, i.e. steps 180 and 190 of 200);
-                    gd: step size (default ``GD_LR``); ignored by lbfgs and lbfgsb
+                    gd: step size (default ``GD_LR``); ignored by lbfgs and lbfgsb; with several scales, the
+                    first scale's (the later ones: ``schedule.learning_rates``)
     history         L-BFGS memory (correction pairs) of lbfgs and lbfgsb, default ``LBFGS_HISTORY`` (the later scales
                     of a schedule keep fewer unless it is given: ``schedule.histories``)
     seed            seed of the noise initialisation (None: fresh randomness)

@@ -29,8 +29,13 @@ _SQUEEZE = re.compile(r"^/features\.(\d+)/squeeze_activation/Relu_output_0$")
 _TAP = re.compile(r"^features\.(\d+)$")
 
 
-def _windows(t: np.ndarray, out_hw) -> np.ndarray:
-    """[C, oh, ow, 9]: the 3x3 stride-2 windows of t [1, C, H, W] (ceil_mode; -inf beyond the edge)."""
+def windows(t: np.ndarray, out_hw) -> np.ndarray:
+    """The windows of SqueezeNet's max pools (3x3, stride 2, ceil_mode) over t.
+
+    t: [1, C, H, W] (any real dtype); out_hw: (oh, ow), the pool's output height and width (``_pool_out`` of H, W).
+    Returns float64 [C, oh, ow, 9], a new array: ``[c, i, j, 3 * di + dj]`` is ``t[0, c, 2 i + di, 2 j + dj]``
+    (di, dj in 0..2, row-major within the window, the order of a window-local arg-max), -inf where that lies beyond
+    the bottom or right edge (ceil_mode's partial windows)."""
     oh, ow = out_hw
     c, h, w = t.shape[1:]
     p = np.full((c, 2 * oh + 1, 2 * ow + 1), -np.inf, dtype=np.float64)
@@ -54,7 +59,7 @@ def pattern(saved: dict) -> dict:
         t = np.asarray(t)
         out[name] = t > 0
         if name in POOL_INPUTS:
-            win = _windows(t.astype(np.float64), (_pool_out(t.shape[2]), _pool_out(t.shape[3])))
+            win = windows(t.astype(np.float64), (_pool_out(t.shape[2]), _pool_out(t.shape[3])))
             arg = win.argmax(axis=-1)
             arg[win.max(axis=-1) <= 0] = -1
             out[("argmax", name)] = arg
@@ -152,7 +157,7 @@ def unexplained_flips(ours: dict, ref: dict, pre64: dict, pre32: dict, factor: f
                            f"float32 rounding up to {tol / factor:.2g}")
         key = ("argmax", name)
         if key in ours:
-            win = _windows(np.maximum(pre64[name], 0), ours[key].shape[1:])
+            win = windows(np.maximum(pre64[name], 0), ours[key].shape[1:])
             differ = np.argwhere((ours[key] != ref[key]) & (ours[key] >= 0) & (ref[key] >= 0))
             for c, i, j in differ:
                 gap = win[c, i, j, ref[key][c, i, j]] - win[c, i, j, ours[key][c, i, j]]

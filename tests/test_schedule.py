@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_core import imageio, memory, schedule, transfer
+from nst_core import imageio, memory, optim, schedule, transfer
 from nst_core.errors import NSTError
 from nst_core.imageio import MEAN, STD, open_image
 from nst_core.losses import size_factor
@@ -141,6 +141,55 @@ def test_correction_pairs_per_scale_by_hand():
     assert schedule.histories(validate_options("stylize", size=1024, history=20)) == [20] * 4  # given: kept
     assert schedule.histories(validate_options("stylize", size=1024, history=3)) == [3] * 4
     assert schedule.histories(validate_options("stylize", size=256)) == [20]
+
+
+def test_learning_rates_per_scale_by_hand():
+    def rates(**options):
+        return schedule.learning_rates(validate_options("stylize", **options))
+
+    assert schedule.sides(validate_options("stylize", size=512)) == [192, 314, 512]
+    # adam: CS231n's 3.0 at the first scale, the recipe's second rate (3.0 / 30) at the later ones
+    assert rates(size=512, optimizer="adam") == [3.0, 0.1, 0.1]
+    assert rates(size=512, optimizer="adam", lr=1.5) == pytest.approx([1.5, 0.05, 0.05], rel=1e-15)
+    # gd: GD_LR (5e-5) times the pixel-count ratio: (314 / 192) ** 2 = 2.67459, (512 / 192) ** 2 = 7.11111
+    assert rates(size=512, optimizer="gd") == pytest.approx([5e-5, 1.337294e-4, 3.555556e-4], rel=1e-6)
+    assert rates(size=512, optimizer="gd", lr=1e-6) == pytest.approx([1e-6, 2.674588e-6, 7.111111e-6], rel=1e-6)
+    assert rates(size=512) == [None] * 3 and rates(size=512, optimizer="lbfgsb") == [None] * 3
+    assert rates(size=256, optimizer="adam") == [3.0] and rates(size=256, optimizer="gd", lr=2e-5) == [2e-5]
+
+
+@pytest.mark.parametrize("optimizer, lr, first, later", [("adam", None, 3.0, 0.1), ("adam", 0.6, 0.6, 0.02),
+                                                         ("gd", None, 5e-5, 2e-4), ("gd", 1e-5, 1e-5, 4e-5)])
+def test_each_scale_hands_its_rate_to_the_optimizer(features_model, paths, monkeypatch, optimizer, lr, first, later):
+    """64 then 128 px: adam's later rate is the first's / 30 (and its recipe's second rate a 30th of that), gd's
+    the first's times (128 / 64) ** 2."""
+    name = "adam" if optimizer == "adam" else "gradient_descent"
+    real, seen = getattr(optim, name), []
+
+    def spy(objective, x0, budget, **kwargs):
+        seen.append((kwargs["lr"], kwargs.get("decayed_lr")))
+        return real(objective, x0, budget, **kwargs)
+
+    monkeypatch.setattr(optim, name, spy)
+    stylize(paths["content"], paths["style"], model=features_model, optimizer=optimizer, lr=lr, scales=2,
+            **dict(SMALL, iterations=2))
+    assert [r for r, _ in seen] == pytest.approx([first, later], rel=1e-12)
+    if optimizer == "adam":
+        assert [d for _, d in seen] == pytest.approx([first / 30, later / 30], rel=1e-12)
+
+
+def test_a_later_scale_starts_adam_at_the_smaller_rate(features_model, paths):
+    """Adam's first step moves each pixel by lr * g / (|g| + eps), i.e. by lr where the gradient is not tiny. At
+    the first scale that is CS231n's 3.0, which sends every pixel to the clamp at +-1.5; at the second scale it is
+    0.1 (with the recipe restarted at 3.0, as before, the painted picture was thrown away the same way)."""
+    xs = []
+    _, result = stylize(paths["content"], paths["style"], model=features_model, optimizer="adam", scales=2,
+                        callback=lambda rec, x: xs.append(np.array(x)), **SMALL)
+    assert result.sides == [64, 128] and len(xs) == 6
+    assert np.median(np.abs(xs[1])) == 1.5                 # scale 1: x0 -/+ 3, clamped
+    step = np.abs(xs[4] - xs[3])                           # scale 2: its first step
+    assert step.max() <= 0.1 * (1 + 1e-12)
+    assert np.median(step) == pytest.approx(0.1, rel=1e-6)
 
 
 def test_upsample_keeps_constants_and_linear_ramps_and_the_pixel_range():

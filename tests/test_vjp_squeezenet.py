@@ -20,7 +20,7 @@ from nst_core import vjp
 from nst_core.model import Network, tap_name
 
 torch = pytest.importorskip("torch")
-from kinks import _windows, forced, pattern, torch_saved, unexplained_flips  # noqa: E402
+from kinks import forced, pattern, torch_saved, unexplained_flips, windows  # noqa: E402
 
 CS231N = (1, 3, 4, 6, 7)
 ALL = tuple(range(13))
@@ -154,7 +154,7 @@ def test_flip_check_reports_a_unit_float32_can_resolve(features_model, images_di
     assert len(unexplained_flips(bad, pattern(values64), pre64, pre32)) == 1
     key = ("argmax", name)
     arg = ours[key].copy()
-    win = _windows(values64[name], arg.shape[1:])  # [C, oh, ow, 9], -inf beyond the edge
+    win = windows(values64[name], arg.shape[1:])  # [C, oh, ow, 9], -inf beyond the edge
     c, i, j = np.unravel_index(np.argmax(win.max(axis=-1)), arg.shape)  # the window with the largest maximum
     arg[c, i, j] = np.argmin(np.where(np.isfinite(win[c, i, j]), win[c, i, j], np.inf))  # its smallest element
     bad = dict(ours)
