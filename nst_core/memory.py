@@ -113,7 +113,7 @@ def reexec_with_huge_pages() -> None:
 # over its 20 ONNX Runtime calls): 310 resident when a call starts, 262 of them NumPy's (pairs 120; iterate, trial
 # point and gradient 72; direction and free mask 15; the objective's float32 x 12; the content target 32; earlier
 # scales' best points 10), and 319 more during the call (ORT's tensors of one evaluation): 3421 MB. Before this work
-# (main, same run): 5290 MB, 418 B/px NumPy (+ the float64 direction, step and gradient-change buffers, the best
+# (f7c934b; 5411 MB in bench_memory.py's run against it): 418 B/px NumPy (+ the float64 direction, step and gradient-change buffers, the best
 # point's copy, the float32 mask, the spare pair slot, the Problem's start image: 156) and 495 during the call
 # (the ReLU masks and style gradients computed before the backward and held through it, nst_core/vjp.py).
 # Adam / gradient descent at 512 px (25 evaluations): 495 / 525 MB (adam keeps m, v and the best point: ~300 B/px
