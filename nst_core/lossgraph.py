@@ -118,9 +118,9 @@ def _content(b: _Builder, tap: str, f32: bool = False) -> tuple[str, str]:
     return loss, b.op("Mul", [diff, scale if f32 else _to_float(b, scale)], "content_grad")
 
 
-def _style(b: _Builder, tap: str, f32: bool = False) -> tuple[str, str]:
+def _style(b: _Builder, tap: str, f32: bool = False, zero: Optional[str] = None) -> tuple[str, str]:
     """(w_l * sum((G - A)^2) [], its gradient w.r.t. F float32) for features `tap` [1, C, H, W]; the loss float64
-    (float32 with ``f32``)."""
+    (float32 with ``f32``). zero: a scalar 0 (``vjp.Builder.zero_after``) that the gradient waits for."""
     weight = style_weight_input(tap)
     shape = b.op("Shape", [tap], "shape")
     count = b.op("Cast", [b.op("ReduceProd", [shape], "count", keepdims=0)], "count",
@@ -133,6 +133,8 @@ def _style(b: _Builder, tap: str, f32: bool = False) -> tuple[str, str]:
     scale = b.op("Div", [b.op("Add", [weight, weight], "two_w"), count], "scale")
     scale = scale if f32 else _to_float(b, scale)
     coeff = b.op("Mul", [b.op("Add", [diff, b.op("Transpose", [diff], "diff_t")], "sym"), scale], "coeff")
+    if zero:
+        coeff = b.op("Add", [coeff, zero], "coeff")
     grad = b.op("Reshape", [b.op("Gemm", [coeff, mat], "style_grad"), shape], "style_grad")
     return loss, grad
 
@@ -201,7 +203,12 @@ def _assemble(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Se
         inputs += [target, _scalar(CONTENT_WEIGHT, weight_type)]
     style_parts = []
     for tap in style_taps:
-        loss, g = _style(b, tap, f32)
+        # The gradient (a tensor of F's size) is computed when the backward reaches the tap, not with the loss
+        # values before the backward starts; where the backward starts, after the content loss's sum (its F - P
+        # is then freed first). Without this, ONNX Runtime held them all through the backward (bench_memory.py).
+        ready = v.ready.get(vjp.grad_name(tap))
+        zero = b.zero_after(ready) if ready else (b.zero_after_value(content_loss) if content_loss else None)
+        loss, g = _style(b, tap, f32, zero)
         style_parts.append(loss)
         cotangents[tap].append(g)
         channels = (v.shapes.get(tap) or [None, None])[1]
@@ -231,7 +238,7 @@ def _assemble(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Se
                    helper.make_node("Identity", [total], ["loss"], name="loss")]
         tail = [helper.make_node("Add", ["loss/grad_network", tv_grad], ["grad_image"], name="grad_image_total")]
     del graph.node[:]
-    graph.node.extend(nodes[:n_forward] + b.nodes + finals + nodes[n_forward:] + tail)
+    graph.node.extend(_topological(nodes[:n_forward] + b.nodes + finals + nodes[n_forward:] + tail))
     del graph.input[:]
     graph.input.extend(inputs)
     grad_out = [o for o in graph.output if o.name == OUTPUTS[2]]
@@ -242,6 +249,25 @@ def _assemble(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Se
     graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in b.constants.items() if n in used)
     m.producer_name = "nst_core.lossgraph"
     return m
+
+
+def _topological(nodes: list) -> list:
+    """``nodes`` in an order where every node comes after the producers of its inputs, keeping the given order
+    where it already is one (a style gradient that waits for a backward tensor moves behind its producer)."""
+    produced = {o for n in nodes for o in n.output}
+    done, out, waiting = set(), [], list(nodes)
+    while waiting:
+        still = []
+        for n in waiting:
+            if all(i in done or i not in produced for i in n.input):
+                out.append(n)
+                done.update(n.output)
+            else:
+                still.append(n)
+        if len(still) == len(waiting):
+            raise ValueError("the objective graph has a cycle")
+        waiting = still
+    return out
 
 
 def _copy_forward(model: onnx.ModelProto, taps: Sequence[str], input_name: str, image: str,

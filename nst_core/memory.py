@@ -100,33 +100,39 @@ def reexec_with_huge_pages() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # How much memory a run needs
 #
-# Peak resident memory (VmHWM) of `nst stylize --scales 1`, our lbfgs with history 20, Tübingen / Starry Night,
-# huge-page malloc, 2-core development machine, 2026-12-01 (bounds as broadcast views):
-#   --size            256    384    512    768    768   1024   2048 (default schedule, last scale 20 evaluations)
-#   evaluations        25      3     25      3     25     25    426
-#   pairs stored       20      2     20      2     20     20     19
-#   MB                275    408    636    983   1318   1998   6317
-# With the pairs' known 24 * (pairs + 1) bytes per pixel (float32 s and y, 3 values each), 200 MB + 810 bytes per
-# pixel for the rest (the network's buffers at one evaluation, ~550 B/px in bench_objective.py's memory section,
-# plus the optimizer's and the objective's float64 vectors) has the smallest largest error: -12.4 % .. +12.4 % over
-# these runs; the default schedule at 2048 px with 5 pairs at its last scale then peaked at 5358 MB (estimate
-# 5287 MB, -1.3 %). Adam at 512 px: 647 MB; SciPy's L-BFGS-B with 20 pairs: 1036 MB (before the bounds change, about
-# 30 MB more than now).
+# Peak resident memory (VmHWM) of `stylize(..., scales=1)`, our lbfgs with history 20, Tübingen / Starry Night,
+# huge-page malloc, 2-core development machine (load average ~4 from other jobs), 2026-12-01, after issue 14's memory
+# work (bench/bench_memory.py --fit):
+#   --size            256    384    512    768    768   1024   2048 (default schedule)   A4 3508x2480 (default)
+#   evaluations        25      3     25      3     25     25    426 (20 at the last scale)  426
+#   pairs stored       20      2     20      2     20     20      5 at the last scale        5
+#   MB                275    347    530    852   1001   1550   3472                        5205
+# With the pairs' known 24 bytes per pixel each (float32 s and y, 3 values per pixel), 230 MB + 586 bytes per pixel
+# for the rest has the smallest largest error: -17.2 % (768 px, 3 evaluations) .. +17.0 % (A4), over-estimating the
+# big runs. Where the bytes per output pixel go at the default schedule's last scale at 2048 px (--breakdown, medians
+# over its 20 ONNX Runtime calls): 310 resident when a call starts, 262 of them NumPy's (pairs 120; iterate, trial
+# point and gradient 72; direction and free mask 15; the objective's float32 x 12; the content target 32; earlier
+# scales' best points 10), and 319 more during the call (ORT's tensors of one evaluation): 3421 MB. Before this work
+# (f7c934b; 5411 MB in bench_memory.py's run against it): 418 B/px NumPy (+ the float64 direction, step and gradient-change buffers, the best
+# point's copy, the float32 mask, the spare pair slot, the Problem's start image: 156) and 495 during the call
+# (the ReLU masks and style gradients computed before the backward and held through it, nst_core/vjp.py).
+# Adam / gradient descent at 512 px (25 evaluations): 495 / 525 MB (adam keeps m, v and the best point: ~300 B/px
+# more than lbfgs's rest); SciPy's L-BFGS-B with 20 pairs: 820 MB (~59 B/px per pair; 72 assumed).
 
-BASE_MB = 200.0
-PIXEL_BYTES = 810.0
+BASE_MB = 230.0
+PIXEL_BYTES = 586.0
 
 
 def optimizer_bytes(optimizer: str, pairs: int) -> float:
     """Bytes per output pixel that ``optimizer`` adds to ``PIXEL_BYTES`` (fitted with our lbfgs): our lbfgs's
-    correction pairs (2 * (pairs + 1) float32 vectors of 3 values per pixel); adam and gd hold no pairs but more
-    float64 vectors (measured about 1300 B/px in all at 512 px); SciPy's L-BFGS-B about 3 * pairs float64
+    correction pairs (2 * pairs float32 vectors of 3 values per pixel); adam and gd hold no pairs but more
+    float64 vectors (about 300 B/px more, measured at 512 px); SciPy's L-BFGS-B about 3 * pairs float64
     vectors."""
     if optimizer == "lbfgs":
-        return 24.0 * (pairs + 1)
+        return 24.0 * pairs
     if optimizer == "lbfgsb":
         return 24.0 * 3 * pairs
-    return 500.0
+    return 300.0
 
 
 def estimate_peak_mb(pixels: int, optimizer: str = "lbfgs", history: int = 20, evaluations: int = 200) -> float:

@@ -127,6 +127,12 @@ def _shared_arena(ort) -> bool:
     return _ARENA[0]
 
 
+#: ORT's memory pattern (SessionOptions.enable_mem_pattern, ORT's default: on): it plans an evaluation's buffers
+#: as one block sized by the first run's allocation trace. Turning it off once lowered one evaluation's peak at
+#: 2048 px; since the backward's masks and the losses' gradients are computed where they are used
+#: (``vjp.Builder.zero_after``), on and off peak the same (bench/bench_memory.py's pattern section), so it stays on.
+MEM_PATTERN = True
+
 # Graph optimisation settings a session can be built with: (ORT level name, rewrites switched off).
 OPTIMIZATIONS = {
     "all": ("ORT_ENABLE_ALL", ()),  # the default
@@ -138,7 +144,8 @@ OPTIMIZATIONS = {
 
 def session(model: onnx.ModelProto, device: str = "auto", threads: int = 0, optimization: str = "all"):
     """An ORT InferenceSession for `model`. Thread spinning is off: our forward and backward sessions alternate,
-    and spinning made that ~1.8x slower on 2 cores (DESIGN.md). The CPU memory arena: ``memory.arena_mode()``.
+    and spinning made that ~1.8x slower on 2 cores (DESIGN.md). The CPU memory arena: ``memory.arena_mode()``;
+    ORT's memory pattern: ``MEM_PATTERN``.
 
     optimization: a key of OPTIMIZATIONS. The default is ORT_ENABLE_ALL, NCHWc layout rewrite included. That
     rewrite (NchwcTransformer: blocked-channel Conv/MaxPool kernels, on CPUs with AVX2 or AVX-512) was suspected in
@@ -159,6 +166,7 @@ def session(model: onnx.ModelProto, device: str = "auto", threads: int = 0, opti
     if disabled:
         opts.add_session_config_entry("optimization.disable_specified_optimizers", ",".join(disabled))
     opts.log_severity_level = 3
+    opts.enable_mem_pattern = MEM_PATTERN
     mode = memory.arena_mode()
     if mode == "off":
         opts.enable_cpu_mem_arena = False

@@ -214,6 +214,20 @@ def upsample(x: np.ndarray, shape) -> np.ndarray:
     return out
 
 
+class _Upsampled:
+    """A later scale's start, ``upsample(x, shape)``, made only when the optimizer converts it to its own float64
+    copy (``np.array(start, dtype=float64)``). The previous scale's best ``x`` is kept anyway (its Result), so the
+    upsampled picture then exists once, as the optimizer's iterate, instead of also in the Problem for the whole
+    scale: 24 bytes per pixel less at the last scale."""
+
+    def __init__(self, x: np.ndarray, shape):
+        self._x, self.shape, self.dtype = x, tuple(int(v) for v in shape), np.dtype(np.float64)
+
+    def __array__(self, dtype=None, copy=None):
+        out = upsample(self._x, self.shape)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
 @dataclasses.dataclass(frozen=True)
 class ScaleRecord(optim.Record):
     """An ``optim.Record`` of a schedule: ``evaluation`` and ``seconds`` count over the whole schedule; ``scale`` is
@@ -301,10 +315,11 @@ def run(opt: dict, content: Image.Image | None = None, style: Image.Image | None
         try:
             problem = transfer.prepare(task, content, style, **_options_at(opt, side, budget, pairs[k], callback))
             if x is not None:
-                x0 = upsample(x, problem.x0.shape)
                 if opt.get("original_colors") == "luminance":  # the optimised image stays grey at every scale
-                    x0 = colour.grey_normalised(x0)
-                x0.flags.writeable = False
+                    x0 = colour.grey_normalised(upsample(x, problem.x0.shape))
+                    x0.flags.writeable = False
+                else:
+                    x0 = _Upsampled(x, problem.x0.shape)
                 if k == 1:
                     whole = _whole_term(opt, steps[0][0], content, style)
                 objective = problem.objective

@@ -86,6 +86,21 @@ class Builder:
             self._cache[key] = self.op("Slice", [shape, self.ints([start]), self.ints([end])], "dims")
         return self._cache[key]
 
+    def zero_after(self, tensor: str) -> str:
+        """A scalar 0 of the image's dtype ([]) computed from ``tensor``'s run-time shape: a data dependency that
+        makes ONNX Runtime run its consumers only once ``tensor`` exists (see ``_relu``)."""
+        key = ("zero_after", tensor)
+        if key not in self._cache:
+            size = self.op("ReduceMin", [self.op("Shape", [tensor], "shape")], "size", keepdims=0)  # int64 []
+            self._cache[key] = self.op("Mul", [self.op("Cast", [size], "size", to=self.dtype), self.const(0.0)],
+                                       "zero")
+        return self._cache[key]
+
+    def zero_after_value(self, value: str) -> str:
+        """A scalar 0 of the image's dtype that depends on the value of ``value`` (a scalar; 0 also for NaN/inf)."""
+        return self.op("Mul", [self.op("Cast", [self.op("IsNaN", [value], "isnan")], "isnan", to=self.dtype),
+                               self.const(0.0)], "zero")
+
     def cast_like(self, boolean: str) -> str:
         return self.op("Cast", [boolean], "mask", to=self.dtype)
 
@@ -242,7 +257,10 @@ def _conv(b: Builder, node, g):
 def _relu(b: Builder, node, g):
     # Cast(Greater) rather than Where (7x slower on ORT CPU, DESIGN.md) or Sign(y) (measured 1.6x slower than
     # Greater + Cast on ORT 1.32 CPU).
-    mask = b.cast_like(b.op("Greater", [node.output[0], b.const(0.0)]))
+    # The threshold 0 comes from g's shape (Builder.zero_after): otherwise ONNX Runtime may compute the float mask,
+    # a tensor of y's size, during the forward pass and hold it until the backward reaches this layer (about
+    # 160 bytes per pixel of masks alive at once with CS231n's layers; nst_core/model.py).
+    mask = b.cast_like(b.op("Greater", [node.output[0], b.zero_after(g[0])]))
     return [b.op("Mul", [g[0], mask], "relu_grad")]
 
 
@@ -422,6 +440,9 @@ class VJPGraph:
     opset: int
     grad_inputs: list[str]  # grad_<tap> for the taps that depend on the image
     shapes: dict[str, list] = field(default_factory=dict)  # inferred shapes of forward tensors
+    # grad_<tap> -> a backward tensor that exists only once the backward has reached the tap (another cotangent
+    # contribution of the tap), for the taps that have one: what makes a loss's gradient wait (Builder.zero_after)
+    ready: dict[str, str] = field(default_factory=dict)
 
 
 def grad_name(tap: str) -> str:
@@ -535,9 +556,14 @@ def build_vjp(model: onnx.ModelProto, taps, input_name: str = "image", maxpool: 
             grad_inputs.append(grad_name(tap))
             contributions.setdefault(tap, []).append(grad_name(tap))
 
+    ready = {}
     for node in reversed(walk_nodes):
         if node.op_type == "Constant" or not any(i in active for i in node.input):
             continue
+        for o in node.output:
+            others = [p for p in contributions.get(o, ()) if p != grad_name(o)]
+            if grad_name(o) in grad_inputs and others:
+                ready[grad_name(o)] = others[0] if isinstance(others[0], str) else others[0].updates
         g_out = [_accumulate(b, contributions.pop(o, [])) for o in node.output]
         if all(g is None for g in g_out):
             continue
@@ -571,7 +597,7 @@ def build_vjp(model: onnx.ModelProto, taps, input_name: str = "image", maxpool: 
     if any(t not in original for t in saved):
         forward_nodes = walk_nodes
     return VJPGraph(model, taps, forward_nodes, b.nodes, constants, saved, input_name, dtype, opset, grad_inputs,
-                    shapes)
+                    shapes, ready)
 
 
 def _live(nodes: list, output: str) -> list:

@@ -557,6 +557,45 @@ def test_lbfgs_armijo_wrong_gradient_stops_without_progress():
     np.testing.assert_array_equal(res.x, x0)
 
 
+@pytest.mark.parametrize("memory_dtype, pairs_bytes", [("float32", 4 * 2 * 3), ("float64", 8 * 2 * 4)])
+def test_lbfgs_memory_alive_during_an_evaluation(memory_dtype, pairs_bytes):
+    """What lbfgs holds while the objective runs (NumPy's buffers, traced by tracemalloc), per variable: the
+    iterate, the trial point and the gradient (float64, 3 x 8 bytes), the direction (4 or 8), the free-variable
+    mask (1) and the pairs (history 3: 2 x 3 float32 values; float64 pairs keep a spare slot: 2 x 4); no copy of
+    x0 or of the step / gradient change, and no copy of the best point while it is the iterate or the trial.
+    One float64 copy of the best point is allowed: it is made when a rejected trial was the best so far and its
+    buffer is reused (this objective has such backtracks), and kept until a better point. Counted at every
+    evaluation from the 8th on, when all the pairs are stored; 2 % slack for NumPy's and Python's small objects."""
+    import tracemalloc
+    n = 200_000
+    rng = np.random.default_rng(3)
+    target = rng.uniform(-2.0, 2.0, n)   # about half the minimiser lies outside the box: the mask is used
+    curvature = rng.uniform(0.2, 5.0, n)
+    seen = []
+
+    def objective(x):
+        seen.append(tracemalloc.get_traced_memory()[0])
+        r = x.ravel() - target
+        return float(np.sum(curvature * r * r)), (2.0 * curvature * r).reshape(x.shape), {}
+
+    x0 = np.zeros((1, n))
+    lbfgs(lambda x: (float(x @ x), 2.0 * x, {}), np.ones(3), 3)  # imports done (threadpoolctl's, ~0.3 MB)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        res = lbfgs(objective, x0, 20, bounds=(-1.0, 1.0), history=3, memory_dtype=memory_dtype)
+    finally:
+        tracemalloc.stop()
+    assert res.status == "budget" and res.info["pairs_stored"] >= 7
+    direction = 4 if memory_dtype == "float32" else 8
+    expected = (3 * 8 + direction + 1 + pairs_bytes) * n
+    alive = np.array(seen[7:]) - base
+    print(f"\n{memory_dtype}: {alive.min() / n:.2f} .. {alive.max() / n:.2f} bytes per variable alive during "
+          f"an evaluation ({expected / n:.0f}, + 8 with a copy of the best point)")
+    assert alive.max() <= 1.02 * (expected + 8 * n)
+    assert alive.min() >= 0.98 * expected  # the accounting is complete (a changed layout must update this test)
+
+
 def test_lbfgs_fixed_step_keeps_the_best_point_not_the_last():
     """A fixed step that overshoots (lr 2.5 on sum(x^2): after the first pair H is exact and every step maps x to
     -1.5 x): the loss goes up after evaluation 2; the result is the lowest evaluated point, not the last."""

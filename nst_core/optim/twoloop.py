@@ -113,8 +113,8 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
         it), the stored ``s`` is the step actually taken, and pairs without positive curvature are skipped. Without
         the holding, plain clipping did not reach the minimiser of a box-constrained quadratic in 300 evaluations.
     history : int
-        Number of correction pairs kept (memory ``2 * (history + 1) * n`` values of ``memory_dtype``, committed as
-        needed).
+        Number of correction pairs kept (memory ``2 * history * n`` values of ``memory_dtype``, committed as
+        needed; float64 pairs: ``2 * (history + 1) * n``, a spare slot for the candidate pair).
     step : "fixed" or "armijo"
         Step rule, see above.
     lr : float
@@ -188,26 +188,27 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
         info.update(iterations=0, pairs_stored=0, pairs_skipped=0, backtracks=0, resets=0, history=int(history),
                     step=step, memory_dtype=mdt.name)
         m = max(1, min(int(history), budget - 1))     # never more pairs than evaluations - 1
-        slots = m + 1                                 # m pairs + the slot the next pair is written to
+        # exact: m pairs + a spare slot that the candidate s, y are computed in (a skipped pair leaves the stored
+        # ones intact); float32: the candidate is a float64 temporary, rounded into the ring only when stored
+        slots = m + 1 if exact else m
         S = np.empty((slots, n), mdt)                 # ring buffers of s_i, y_i (pages committed when written)
         Y = np.empty((slots, n), mdt)
         rho = np.empty(slots)                         # 1 / s_i'y_i
         alpha = np.empty(slots)
-        head = 0                                      # the spare slot: the next pair is written there; a skipped
-        count = 0                                     # pair leaves the stored ones intact. Pairs stored (<= m)
+        head = 0                                      # the slot the next stored pair is written to
+        count = 0                                     # pairs stored (<= m)
         gamma = 1.0                                   # H0 = gamma * I
         fresh = True                                  # memory empty since the start or a reset: scaled first step
         xc = x.ravel()                                # current iterate (a copy of x0: _as_x0 copied it)
         xt = np.empty(n)                              # trial point
-        dm = np.empty(n, mdt)                         # search direction, in the two-loop's dtype
-        d = dm if exact else np.empty(n)              # ... and in float64
-        if not exact:                                 # the newest step and gradient change in float64
-            s64, y64 = np.empty(n), np.empty(n)
-        xc_s, xt_s = xc.reshape(shape), xt.reshape(shape)
+        dm = np.empty(n, mdt)                         # search direction, in the two-loop's dtype (float32: used
+        xc_s, xt_s = xc.reshape(shape), xt.reshape(shape)   # in float64 arithmetic, where it is exact)
+        # Alive while the objective runs: xc, xt, g, dm, the pairs, the mask (and the evaluator's best point, a
+        # reference to xc or xt: _Evaluator's borrow mode). The step s and gradient change y (float32 memory) are
+        # float64 temporaries made after the evaluation and dropped before the next one.
 
         if box is not None:
-            free = np.empty(n, mdt)                   # 1.0 for the free variables, 0.0 for the held ones
-            free_b = np.empty(n, dtype=bool)
+            free_b = np.empty(n, dtype=bool)          # True for the free variables, False for the held ones
             free_bs = free_b.reshape(shape)
         f, g = ev(xc_s)
         g = g.ravel()
@@ -221,8 +222,7 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
             if box is not None:
                 # free = not (at a bound with the gradient pushing outward); as 0/1, xc_s [shape]
                 np.logical_not(((xc_s <= box[0]) & (g_s > 0.0)) | ((xc_s >= box[1]) & (g_s < 0.0)), out=free_bs)
-                np.copyto(free, free_b)
-                np.multiply(g, free, out=dm)
+                np.multiply(g, free_b, out=dm)
                 if not dm.any():
                     return "converged", (f"converged: projected gradient exactly zero at evaluation "
                                          f"{len(ev.history)}")
@@ -231,10 +231,8 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
                 np.negative(g, out=dm)
             dm = _two_loop(dm, S, Y, rho, alpha, [(head - 1 - j) % slots for j in range(count)], gamma)
             if box is not None and count:
-                dm *= free                            # d_F = -(H_FF) g_F: a descent direction, d = 0 elsewhere
-            if not exact:                             # (exact: d is dm, updated in place)
-                np.copyto(d, dm)
-            gtd = float(np.dot(g, d))
+                dm *= free_b                          # d_F = -(H_FF) g_F: a descent direction, d = 0 elsewhere
+            gtd = float(np.dot(g, dm))                # (float32 dm: np.dot converts it to float64 first)
             if not gtd < 0.0:                         # not a descent direction (rounding): drop the memory
                 if count == 0:
                     return "converged", f"no progress possible: -grad is not a descent direction (g'd = {gtd:.3g})"
@@ -244,18 +242,23 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
 
             t = lr * min(1.0, 1.0 / float(np.abs(g).sum())) if fresh else lr
             accepted = zero_step = False
-            s = S[head] if exact else s64
             for _ in range(tries):
-                np.multiply(d, t, out=xt)
+                ev.release(xt)                        # it may hold the best point so far
+                np.multiply(dm, t, out=xt, dtype=np.float64)
                 xt += xc
                 if box is not None:
                     np.clip(xt_s, box[0], box[1], out=xt_s)
-                np.subtract(xt, xc, out=s)            # the step actually taken (projected)
+                s = np.subtract(xt, xc, out=S[head] if exact else None)  # the step actually taken (projected)
                 if not s.any():
                     zero_step = True
                     break
+                if not exact:
+                    s = None                          # not kept through the evaluation: made again after it
+                gt = None                             # (a rejected trial's gradient)
                 ft, gt = ev(xt_s)
                 gt = gt.ravel()
+                if not exact:
+                    s = np.subtract(xt, xc)           # the same values as before the evaluation
                 if not armijo:
                     accepted = True
                     break
@@ -280,8 +283,7 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
                 info["resets"] += 1
                 continue
 
-            y = Y[head] if exact else y64
-            np.subtract(gt, g, out=y)
+            y = np.subtract(gt, g, out=Y[head] if exact else None)
             ys = float(np.dot(s, y))
             yy = float(np.dot(y, y))
             if ys > curvature_eps and ys > eps * yy:
@@ -290,11 +292,12 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
                     np.copyto(Y[head], y, casting="same_kind")
                 rho[head] = 1.0 / ys
                 gamma = ys / yy
-                head = (head + 1) % slots                 # when full, the oldest pair's slot becomes the spare
+                head = (head + 1) % slots             # when full: the oldest pair's slot (or the spare)
                 count = min(count + 1, m)
                 info["pairs_stored"] += 1
             else:
                 info["pairs_skipped"] += 1
+            s = y = None
             xc, xt = xt, xc                           # swap buffers: the trial point becomes the iterate
             xc_s, xt_s = xt_s, xc_s
             f, g = ft, gt
@@ -302,4 +305,4 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
             info["iterations"] += 1
 
     with _one_blas_thread():
-        return _run("lbfgs", objective, x, budget, callback, body)
+        return _run("lbfgs", objective, x, budget, callback, body, borrow=True)
