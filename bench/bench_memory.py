@@ -318,13 +318,6 @@ def spawn(code: Path, size_name: str, out: Path, breakdown: bool = False) -> dic
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _load_avg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", nargs="+", default=["2048", "a4"])
@@ -353,10 +346,10 @@ def main(argv=None):
         return _eval_child(*args.eval_child)
     if args.fit_child:
         return _fit_child(*args.fit_child)
-    from bench.common import save_json, start
+    from bench.common import load_avg, save_json, start
     from bench.bench_printsize import content_for
     results = start(CACHE)
-    results.update(before_rev=args.before, load_before=_load_avg(), sizes={})
+    results.update(before_rev=args.before, load_before=load_avg(), sizes={})
     print(f"before: {args.before}; load average {results['load_before']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         versions = {"before": _snapshot(args.before, Path(tmp)), "after": REPO}
@@ -372,7 +365,7 @@ def main(argv=None):
                     r = spawn(code, name, CACHE / f"memory_{name}_{v}.png")
                     runs[v].append(r)
                     print(f"  {name} {v}: peak {r['peak_rss_mb']:.0f} MB, {r['seconds']:.1f} s "
-                          f"(load {_load_avg()})", flush=True)
+                          f"(load {load_avg()})", flush=True)
             row = {v: dict(peak_rss_mb=statistics.median(r["peak_rss_mb"] for r in rs),
                            seconds=statistics.median(r["seconds"] for r in rs), runs=rs) for v, rs in runs.items()}
             row["memory_ratio"] = row["after"]["peak_rss_mb"] / row["before"]["peak_rss_mb"]
@@ -390,7 +383,7 @@ def main(argv=None):
             results["sizes"][name] = row
     if args.fit:
         results["fit"] = section_fit({k: v for k, v in results["sizes"].items()})
-    results["load_after"] = _load_avg()
+    results["load_after"] = load_avg()
     print(f"wrote {save_json('memory', results)}")
 
 

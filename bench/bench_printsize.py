@@ -42,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
-from bench.common import IMAGES, WEIGHTS, features_model, save_json  # noqa: E402
+from bench.common import IMAGES, WEIGHTS, features_model, load_avg, save_json  # noqa: E402
 
 CACHE = REPO / "bench" / "results"
 CONTENT, STYLE = IMAGES / "tubingen.jpg", IMAGES / "starry_night.jpg"
@@ -243,13 +243,6 @@ def _load(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def _load_avg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", nargs="+", default=["1024", "2048", "a4"],
@@ -268,7 +261,7 @@ def main(argv=None):
         return _child(*args.child)
     from bench.common import start
     results = start(CACHE)
-    results.update(load_before=_load_avg(), sizes={})
+    results.update(load_before=load_avg(), sizes={})
     print(f"load average before: {results['load_before']}", flush=True)
     images = {}
     for name in args.sizes:
@@ -281,7 +274,7 @@ def main(argv=None):
                               all_seconds=[r["seconds"] for r in runs])
             print(f"  {name} {which}: {row[which]['seconds']:.1f} s, peak RSS {row[which]['peak_rss_mb']:.0f} MB, "
                   f"scales {row[which]['sides']}, {row[which]['evaluations']} evaluations "
-                  f"(load average now {_load_avg()})", flush=True)
+                  f"(load average now {load_avg()})", flush=True)
         if "torch" in row:
             row["time_ratio"] = row["ours"]["seconds"] / row["torch"]["seconds"]
             row["memory_ratio"] = row["ours"]["peak_rss_mb"] / row["torch"]["peak_rss_mb"]
@@ -296,7 +289,7 @@ def main(argv=None):
         images[name] = _load(CACHE / f"printsize_{name}_ours.png")
     if not args.no_quality:
         results["quality"] = quality(images)
-    results["load_after"] = _load_avg()
+    results["load_after"] = load_avg()
     print(f"wrote {save_json('printsize', results)}")
 
 

@@ -32,6 +32,14 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def load_avg() -> str:
+    """The 1, 5 and 15 minute load averages as one string ("?" where /proc/loadavg is missing)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
 def features_model(cache: Path) -> Path:
     """Export the real model once into `cache` (bench/results by default)."""
     path = cache / "features.onnx"
