@@ -832,3 +832,13 @@ def test_direct_setulb_driver_matches_scipy_minimize(monkeypatch):
         runs.append([r.loss for r in res.history])
     assert lbfgsb_module._probe_setulb()
     assert runs[0] == runs[1]
+
+
+def test_backtracked_step_by_hand():
+    from nst_core.optim.twoloop import _backtracked
+    # f(0) = 1, slope -1, f(1) = 1.5: the quadratic 1 - t + 1.5 t^2 has its minimum at t = 1/3
+    assert _backtracked(1.0, -1.0, 1.0, 1.5) == pytest.approx(1 / 3)
+    # a very curved model: clamped to 0.1 t; no minimum ahead (concave): half the step
+    assert _backtracked(2.0, -2.0, 1.0, 1e6) == pytest.approx(0.2)
+    assert _backtracked(2.0, -2.0, 1.0, -5.0) == 1.0
+    assert _backtracked(1.0, 0.5, 1.0, 2.0) == 0.5  # the projection bent the step uphill: half

@@ -76,6 +76,32 @@ def _two_loop(dm: np.ndarray, S: np.ndarray, Y: np.ndarray, rho: np.ndarray, alp
     return dm
 
 
+def _backtracked(t: float, dec: float, f: float, ft: float) -> float:
+    """The next trial step length after step ``t`` was rejected: the minimiser of the quadratic through the loss
+    ``f`` at 0 with slope ``dec / t`` (``dec`` = g's predicted change over the step) and ``ft`` at t, kept within
+    [0.1 t, 0.5 t]; half the step when that quadratic has no minimum ahead."""
+    slope = dec / t
+    curv = ft - f - slope * t
+    t_new = -slope * t * t / (2.0 * curv) if (slope < 0.0 and curv > 0.0) else 0.5 * t
+    return min(max(t_new, 0.1 * t), 0.5 * t)
+
+
+def _store_pair(S: np.ndarray, Y: np.ndarray, rho: np.ndarray, head: int, s: np.ndarray, y: np.ndarray,
+                exact: bool, curvature_eps: float, eps: float):
+    """Keep the pair (s, y) (float64 [n] each) in ring slot ``head`` when its curvature s'y exceeds both
+    ``curvature_eps`` and ``eps * y'y``; returns the new H0 scale gamma = s'y / y'y, or None when skipped.
+    ``exact``: s and y already are S[head] and Y[head] (float64 memory); else they are rounded into them."""
+    ys = float(np.dot(s, y))
+    yy = float(np.dot(y, y))
+    if not (ys > curvature_eps and ys > eps * yy):
+        return None
+    if not exact:
+        np.copyto(S[head], s, casting="same_kind")
+        np.copyto(Y[head], y, casting="same_kind")
+    rho[head] = 1.0 / ys
+    return ys / yy
+
+
 def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
                   history: int = TWOLOOP_HISTORY, step: str = "armijo", lr: float = 1.0, curvature_eps: float = 0.0,
                   c1: float = 1e-4, max_backtracks: int = 10, memory_dtype: str = "float32",
@@ -269,10 +295,7 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
                 info["backtracks"] += 1
                 if ev.remaining <= 0:
                     return None
-                slope = dec / t
-                curv = ft - f - slope * t
-                t_new = -slope * t * t / (2.0 * curv) if (slope < 0.0 and curv > 0.0) else 0.5 * t
-                t = min(max(t_new, 0.1 * t), 0.5 * t)
+                t = _backtracked(t, dec, f, ft)
 
             if not accepted:
                 if fresh:
@@ -284,14 +307,9 @@ def lbfgs(objective: Objective, x0, budget: int, *, bounds: BoundsLike = None,
                 continue
 
             y = np.subtract(gt, g, out=Y[head] if exact else None)
-            ys = float(np.dot(s, y))
-            yy = float(np.dot(y, y))
-            if ys > curvature_eps and ys > eps * yy:
-                if not exact:
-                    np.copyto(S[head], s, casting="same_kind")
-                    np.copyto(Y[head], y, casting="same_kind")
-                rho[head] = 1.0 / ys
-                gamma = ys / yy
+            new_gamma = _store_pair(S, Y, rho, head, s, y, exact, curvature_eps, eps)
+            if new_gamma is not None:
+                gamma = new_gamma
                 head = (head + 1) % slots             # when full: the oldest pair's slot (or the spare)
                 count = min(count + 1, m)
                 info["pairs_stored"] += 1
