@@ -182,3 +182,31 @@ def test_style_size_follows_the_size_as_in_nst_stylize(node, pngs, env, tmp_path
     lo, hi = problem.bounds
     loss = problem.objective(np.clip(problem.x0, lo, hi))[0]
     assert abs(got["loss"] - loss) <= 1e-5 * loss, (got["loss"], loss)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_exif_orientation_as_in_python(node, tmp_path, orientation):
+    """The Node host's readImage turns a JPEG upright as nst's open_image (PIL's exif_transpose) does: the same
+    shape, and the pixels within JPEG decoders' differences (a wrong turn moves whole colour blocks)."""
+    blocks = np.zeros((24, 40, 3), np.uint8)  # four flat blocks and a stripe: every flip and turn differs
+    blocks[:12, :20], blocks[:12, 20:], blocks[12:, :20], blocks[12:, 20:] = (220, 30, 30), (30, 200, 40), \
+        (40, 40, 210), (230, 230, 40)
+    blocks[:, :4] = (250, 250, 250)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.jpg"
+    Image.fromarray(blocks).save(path, quality=95, subsampling=0, exif=exif.tobytes())
+    expected = np.asarray(open_image(path), np.float64)
+    script = ("import { readImage } from './lib/image.mjs';"
+              f"const im = readImage({json.dumps(str(path))});"
+              "console.log(JSON.stringify({w: im.width, h: im.height, rgb: Array.from(im.rgb)}));")
+    r = subprocess.run([node, "--input-type=module", "-e", script], cwd=HOST, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert (got["h"], got["w"]) == expected.shape[:2]
+    ours = np.asarray(got["rgb"], np.float64).reshape(expected.shape)
+    # decoders differ by a few levels; every other flip or turn of the same shape is much further away
+    others = [np.asarray(Image.fromarray(expected.astype(np.uint8)).transpose(t), np.float64)
+              for t in (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180)]
+    assert np.abs(ours - expected).mean() < 0.2 * min(np.abs(ours - o).mean() for o in others)

@@ -5,6 +5,7 @@ import path from 'node:path';
 import jpeg from 'jpeg-js';
 import pngjs from 'pngjs';
 import { HostError } from './errors.mjs';
+import { exifOrientation, orient } from './orientation.mjs';
 import { rgbaToRgb } from './pixels.mjs';
 
 export { rgbaToRgb, roundHalfEven, resizedSize, resizeBilinear, preprocess, deprocess } from './pixels.mjs';
@@ -12,7 +13,8 @@ export { rgbaToRgb, roundHalfEven, resizedSize, resizeBilinear, preprocess, depr
 const { PNG } = pngjs;
 
 /** Decode a PNG or JPEG file to {width, height, rgb}; alpha is composited over white (as nst's Python side
- * does). HostError naming the file for anything unreadable. JPEG EXIF orientation is not applied. */
+ * does), a JPEG turned upright by its EXIF orientation (as nst's open_image). HostError naming the file for anything
+ * unreadable. */
 export function readImage(file) {
   let bytes;
   try {
@@ -20,7 +22,7 @@ export function readImage(file) {
   } catch (e) {
     throw new HostError(`${file}: ${e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'is a directory' : e.message}`);
   }
-  let rgba, width, height;
+  let rgba, width, height, orientation = 1;
   try {
     if (bytes.length >= 8 && bytes.readUInt32BE(0) === 0x89504e47) {
       const png = PNG.sync.read(bytes);
@@ -30,6 +32,7 @@ export function readImage(file) {
       const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: true, maxMemoryUsageInMB: 2048 });
       ({ width, height } = img);
       rgba = img.data;
+      orientation = exifOrientation(bytes);
     } else {
       throw new Error('not a PNG or JPEG file');
     }
@@ -37,7 +40,7 @@ export function readImage(file) {
     throw new HostError(`${file}: cannot decode the image (${String(e.message || e).split('\n')[0]})`);
   }
   if (!(width > 0 && height > 0)) throw new HostError(`${file}: empty image`);
-  return { width, height, rgb: rgbaToRgb(rgba, width, height) };
+  return orient({ width, height, rgb: rgbaToRgb(rgba, width, height) }, orientation);
 }
 
 /** Write 8-bit RGB as a PNG, atomically: a temporary file beside `file`, then rename. */
