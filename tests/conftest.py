@@ -7,6 +7,7 @@ torch, and only when a test asks for them.
 """
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +18,12 @@ SHARED = REPO.parent / "shared"
 
 if str(REPO) not in sys.path:  # allow running without `pip install -e .`
     sys.path.insert(0, str(REPO))
+
+# A suite started as a background job of a non-interactive shell (`make test &`) inherits SIGINT ignored, and so
+# would every `nst` the tests start (an ignored signal stays ignored across exec, and nst keeps it so, as nohup
+# wants): the Ctrl-C tests would then see exit 0. A handler of our own is reset to the default by exec instead.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _require(path: Path) -> Path:
