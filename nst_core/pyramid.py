@@ -15,8 +15,8 @@ At every later scale of a coarse-to-fine schedule (``nst_core.schedule``) the ob
 Why: SqueezeNet's receptive fields are a fixed number of pixels, so at 1024 px the scale's own style term only sees
 strokes and details; refining there lets the composition that the first scale painted (the swirls, the palette
 seen from afar) drift back toward the photograph. Measured by issue 14's "seen as a whole" measure
-(bench/bench_printsize.py): the 1024 px picture, downsampled to 192 px, had 183x the style term of the 192 px
-picture without this term. The same idea with one term per level of a Gaussian pyramid is Snelgrove's (2017,
+(bench/bench_printsize.py): the 1024 px picture, downsampled to 192 px, had 117x the style term of the 192 px
+picture without this term (183x with the style image at 1014 px, before ``transfer.STYLE_SIZE_LIMIT``). The same idea with one term per level of a Gaussian pyramid is Snelgrove's (2017,
 "High-Resolution Multi-Scale Neural Texture Synthesis"); one level, the first scale's, suffices here and costs one
 small style-only evaluation per evaluation (at 1024 px lost in the noise: 87.5 / 94.4 s with / without,
 ``bench/bench_printsize.py --without-whole``). With it, the same measure gave 0.71x.

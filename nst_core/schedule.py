@@ -66,6 +66,12 @@ Learning rates (``learning_rates``)
     ``GD_LR`` does at 192 px, so 2 keeps the margin ``GD_LR`` has there. GD_POWER 0's picture is the upsampled one,
     soft; 2's has the strokes sharpened at the new size.
 
+The picture seen as a whole
+    Every later scale's objective also has the first scale's style term on the picture downsampled to the first
+    scale's shape, ``whole_weight`` times (``nst_core.pyramid``; the first scale's style-only problem is prepared
+    once, before the second scale; none for invert or with ``whole_weight`` 0). Its value is the records' part
+    ``"whole"``.
+
 Style size per scale
     Unless given, the style image's size follows each scale by the rule of ``transfer.calibration`` (the preset's
     proportion, never enlarged beyond the file); a given ``style_size`` is the size at the last scale, and the
@@ -258,8 +264,9 @@ def _options_at(opt: dict, side: int, budget: int, history: int, callback) -> di
     """The ``transfer.prepare`` options of one scale."""
     out = {k: opt[k] for k in _KEYS if opt.get(k) is not None and k not in _NOT_FOR[opt["task"]]}
     out.update(size=side, iterations=budget, history=history, callback=callback)
-    if opt["optimizer"] in ("adam", "gd"):
-        out["lr"] = _lr_at(opt, side)
+    lr = _lr_at(opt, side)
+    if lr is not None:
+        out["lr"] = lr
     if "style_size" in out:
         if opt["style_size_given"]:
             out["style_size"] = max(1, round(opt["style_size"] * side / opt["size"]))

@@ -410,7 +410,8 @@ class Problem:
         float, grad float64 [1, 3, h, w], parts ``{"content", "style", "tv"}`` (floats, unitless loss terms).
     x0 : ndarray, float64 [1, 3, h, w], read-only
         The start image (``options["init"]``), normalised; NOT yet clipped to ``bounds`` (each optimizer projects
-        its own copy onto its box).
+        its own copy onto its box). At a later scale of ``nst_core.schedule`` an array-like with ``shape`` that
+        makes the upsampled start only when an optimizer copies it (``np.array(x0)``).
     bounds : (ndarray, ndarray), float64 [1, 3, h, w] each
         The normalised [0, 1] pixel range (``imageio.pixel_bounds``), as L-BFGS-B and gradient descent use it
         (read-only broadcast views of one value per channel).

@@ -12,7 +12,7 @@ from PIL import Image
 
 from nst_core import pyramid, schedule
 from nst_core.errors import NSTError
-from nst_core.transfer import prepare, stylize, texture, validate_options
+from nst_core.transfer import invert, prepare, stylize, texture, validate_options
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(size=128, calibration_size=64, iterations=3, device="cpu", scales=2)
@@ -121,6 +121,8 @@ def test_later_scales_add_the_first_scales_style_term(features_model, images_dir
 def test_texture_keeps_the_whole_term_and_invert_has_none(features_model, images_dir):
     _, result = texture(images_dir / "starry_night.jpg", model=features_model, seed=0, **dict(SMALL, iterations=2))
     assert result.history[-1].parts["whole"] > 0 and result.history[-1].parts["content"] == 0.0
+    _, result = invert(images_dir / "tubingen.jpg", model=features_model, seed=0, **dict(SMALL, iterations=2))
+    assert result.sides == [64, 128] and all("whole" not in rec.parts for rec in result.history)
 
 
 def test_cli_log_gets_a_whole_column(env, images_dir, tmp_path):
