@@ -1,4 +1,4 @@
-"""The ``nst`` command line: a thin layer over ``nst_core.transfer`` (and ``export`` for ``nst export``).
+"""The ``nst`` command line: a thin layer over ``nst_core.api`` (and ``export`` for ``nst export``).
 
     nst stylize [CONTENT STYLE [STYLE ...]] [-o OUT] [--preset NAME] [problem and optimizer options]
     nst invert  [CONTENT] [-o OUT] ...          feature inversion (content only, from noise)
@@ -21,6 +21,7 @@ The runtime commands (stylize, invert, texture, export-vjp, info) never import t
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -28,7 +29,24 @@ import sys
 import time
 from pathlib import Path
 
+import tqdm
+
+from nst_core import api, compare
 from nst_core.errors import NSTError
+from nst_core.hosts import bundle, web
+from nst_core.hosts.vjp_model import write_vjp_model
+from nst_core.inputs.colour import finisher
+from nst_core.inputs.images import open_image
+from nst_core.network import model
+from nst_core.outputs import recipe
+from nst_core.outputs.files import check_output_path, save_image
+from nst_core.outputs.runfiles import Progress, check_log_path, check_not_input, write_log
+from nst_core.process import interrupts, memory
+from nst_core.schedule import plan
+from nst_core.schedule.plan import MIN_STEP, RATIO
+from nst_core.spec import presets
+from nst_core.spec.spec import (ADAM_LR, DEFAULT_ITERATIONS, GD_LR, LBFGS_HISTORY, WHOLE_WEIGHT, Spec, override,
+                                resolve, to_dict)
 
 #: Default images when CONTENT / STYLE are not given: ../shared/images beside the repository, if it exists.
 DEFAULT_IMAGES = Path(__file__).resolve().parent.parent / "shared" / "images"
@@ -38,7 +56,7 @@ CS231N_TAPS = "1,3,4,6,7"
 
 EXIT_INPUT = 2
 EXIT_NONFINITE = 3
-EXIT_INTERRUPTED = 130  # SIGINT; SIGTERM and SIGHUP give 128 + their number (nst_core.interrupts)
+EXIT_INTERRUPTED = 130  # SIGINT; SIGTERM and SIGHUP give 128 + their number (nst_core.process.interrupts)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -103,8 +121,6 @@ def _fmt(values) -> str:
 def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare: bool = False) -> None:
     """Options shared by stylize / invert / texture; the help of each names its default. ``compare``: the problem
     options of stylize for ``nst compare`` (-o is a directory; no --optimizer, --lr, --save-every, --log)."""
-    from nst_core import presets, transfer
-
     sn = presets.PRESETS[presets.DEFAULT_PRESET]
     inv, tex = presets.INVERSION, presets.TEXTURE
     if compare:
@@ -130,20 +146,21 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
                         "follows --size; 0: the exercise's raw sums and fixed style size at any size "
                         f"(default: {sn['image_size']})")
     if not compare:
-        from nst_core import schedule
-
-        p.add_argument("--scales", type=_scales, metavar="auto|N", default="auto",
+        p.add_argument("--spec", metavar="FILE",
+                       help="run the job a picture made by nst records (its recipe), or a JSON spec; options given "
+                            "here override the file's, and CONTENT / STYLE its images (default: none)")
+        p.add_argument("--scales", type=_scales, metavar="auto|N", default=None,
                        help="coarse-to-fine: paint at the calibration size first, then upsample and refine in steps "
-                            f"of at most {schedule.RATIO:g}x up to --size, --iterations evaluations at the first "
+                            f"of at most {RATIO:g}x up to --size, --iterations evaluations at the first "
                             "scale and fewer at each larger one; auto: one scale below "
-                            f"{schedule.MIN_STEP:g}x the calibration size, more above; 1: one scale at --size "
+                            f"{MIN_STEP:g}x the calibration size, more above; 1: one scale at --size "
                             "(default: auto)")
         if task != "invert":
             p.add_argument("--whole-weight", type=_float, metavar="W",
                            help="coarse-to-fine: weight of the first scale's style term on the picture "
                                 "downsampled to the first scale, kept at every later scale so that the picture "
                                 "seen as a whole stays painted; 0 turns it off (default: "
-                                f"{transfer.WHOLE_WEIGHT:g})")
+                                f"{WHOLE_WEIGHT:g})")
     if task != "invert":
         default = f"the preset's, {sn['style_size']}" if task == "stylize" else "--size"
         if task == "stylize":
@@ -184,22 +201,22 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
                    help="start image: the content image, noise (uniform(0,1) in normalised space, CS231n's "
                         f"init_random) or the style image resized to the output (default: {inits[0]})")
     if not compare:
-        p.add_argument("--optimizer", choices=("lbfgs", "lbfgsb", "adam", "gd"), default="lbfgs",
+        p.add_argument("--optimizer", choices=("lbfgs", "lbfgsb", "adam", "gd"), default=None,
                        help="lbfgs: our L-BFGS, projected onto the valid pixel range; lbfgsb: SciPy's L-BFGS-B "
                             "within it; adam: the CS231n recipe; gd: projected gradient descent (default: lbfgs)")
-    p.add_argument("--iterations", type=_int, metavar="N", default=transfer.DEFAULT_ITERATIONS,
+    p.add_argument("--iterations", type=_int, metavar="N", default=None,
                    help="objective evaluations (forward + backward passes), not optimizer iterations; with "
                         "several --scales, those of the first scale (default: "
-                        f"{transfer.DEFAULT_ITERATIONS})")
+                        f"{DEFAULT_ITERATIONS})")
     if not compare:
         p.add_argument("--lr", type=_float, metavar="LR",
                        help=f"adam: initial learning rate, lr/30 from 90%% of the evaluations on (default: "
-                            f"{transfer.ADAM_LR:g}, CS231n); gd: step size (default: {transfer.GD_LR:g}); "
+                            f"{ADAM_LR:g}, CS231n); gd: step size (default: {GD_LR:g}); "
                             "not used by lbfgs / lbfgsb; with several --scales the first scale's (adam: lr/30 at "
                             "the later ones, gd: times the pixel-count ratio)")
     _add_artist(p, task)
     p.add_argument("--history", type=_int, metavar="M",
-                   help=f"L-BFGS memory, correction pairs kept (default: {transfer.LBFGS_HISTORY}; the later scales "
+                   help=f"L-BFGS memory, correction pairs kept (default: {LBFGS_HISTORY}; the later scales "
                         "of a coarse-to-fine run keep a quarter of their budget, at least 5, unless M is given)")
     p.add_argument("--seed", type=_int, metavar="N",
                    help="seed of the noise initialisation (default: none, a different start each run)")
@@ -233,7 +250,7 @@ def _add_artist(p: argparse.ArgumentParser, task: str) -> None:
 
 def _add_runtime(p: argparse.ArgumentParser, device: bool = True) -> None:
     if device:
-        p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+        p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                        help="ONNX Runtime execution provider: cuda needs onnxruntime-gpu; auto uses CUDA when "
                             "available (default: auto)")
     p.add_argument("--model", metavar="PATH",
@@ -243,8 +260,6 @@ def _add_runtime(p: argparse.ArgumentParser, device: bool = True) -> None:
 
 def _add_bundle_options(p: argparse.ArgumentParser) -> None:
     """The loss options of ``nst bundle`` (stylize's, without the optimizer's)."""
-    from nst_core import presets
-
     p.add_argument("--preset", choices=tuple(presets.PRESETS), default=None,
                    help=f"CS231n parameter set (default: {presets.DEFAULT_PRESET}'s values)")
     p.add_argument("--size", type=_int, metavar="PX", help="content size hosts use by default (default: the preset's)")
@@ -375,64 +390,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="log every request on stderr (default: off)")
     p.set_defaults(func=_cmd_serve_web)
 
-    p = sub.add_parser("info", help="show the feature model's path, taps and metadata",
-                       description="Show the feature model's path, taps and metadata.")
+    p = sub.add_parser("info", help="show the feature model's path, taps and metadata, or a picture's recipe",
+                       description="Show the feature model's path, taps and metadata; with PICTURE, the recipe "
+                                   "(the job, nst's version, the weights' and inputs' SHA-256) a picture made by nst "
+                                   "carries.")
+    p.add_argument("picture", nargs="?", metavar="PICTURE", help="a PNG written by nst, or a JSON spec "
+                                                                 "(default: none, the model)")
     _add_runtime(p, device=False)
     p.set_defaults(func=_cmd_info)
     return parser
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Files
+# Commands: each turns the parsed arguments into a call of nst_core and prints what happened
 
 
-def _same_file(a, b) -> bool:
-    try:
-        if os.path.realpath(a) == os.path.realpath(b):
-            return True
-        return os.path.samefile(a, b)
-    except (OSError, TypeError):
-        return False
-
-
-def _check_not_input(path, inputs, what: str) -> None:
-    for inp in inputs:
-        if _same_file(path, inp):
-            raise NSTError(f"{path}: {what} would overwrite the input image {inp}")
-
-
-def _check_log_path(path: str, inputs) -> None:
-    if os.path.isdir(path) or path.endswith(os.sep):
-        raise NSTError(f"{path}: is a directory; give a log file name such as run.csv")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise NSTError(f"{path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise NSTError(f"{path}: directory {directory} is not writable")
-    _check_not_input(path, inputs, "the log")
-
-
-def _write_log(path: str, result, side: int) -> None:
-    columns = ("evaluation", "seconds", "loss", "content", "style", "tv")
-    if any("whole" in rec.parts for rec in result.history):  # the later scales' whole-picture term
-        columns += ("whole",)
-    lines = [",".join(columns + ("scale",))]
-    for rec in result.history:
-        row = [str(rec.evaluation), repr(float(rec.seconds)), repr(float(rec.loss))]
-        row += [repr(float(rec.parts.get(k, math.nan))) for k in columns[3:]]
-        row.append(str(getattr(rec, "side", side)))
-        lines.append(",".join(row))
-    from nst_core.imageio import write_bytes
-    write_bytes(path, ("\n".join(lines) + "\n").encode())
-
-
-def _intermediate_path(out: str, evaluation: int, width: int) -> str:
-    stem, ext = os.path.splitext(out)
-    return f"{stem}_{evaluation:0{width}d}{ext}"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Commands
+_SPEC_OPTIONS = ("preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
+                 "style_scale", "tv_weight", "init", "optimizer", "iterations", "lr", "history", "seed", "device",
+                 "model", "original_colors", "style_blend", "pooling", "calibration_size", "scales", "whole_weight")
 
 
 def _default_image(given, default: Path, what: str) -> str:
@@ -443,95 +418,66 @@ def _default_image(given, default: Path, what: str) -> str:
     raise NSTError(f"no {what} image given and the default {default} does not exist")
 
 
-def _problem_options(args) -> dict:
-    names = ("preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
-             "style_scale", "tv_weight", "init", "optimizer", "iterations", "lr", "history", "seed", "device",
-             "model", "original_colors", "style_blend", "pooling", "calibration_size", "scales", "whole_weight")
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+def _given_options(args) -> dict:
+    """The Spec fields given on the command line."""
+    return {k: getattr(args, k) for k in _SPEC_OPTIONS if getattr(args, k, None) is not None}
 
 
-def _styles(given) -> list:
-    """The STYLE arguments (a list, or None for invert), the default style image when none is given."""
-    if isinstance(given, list) and given:
-        return given
-    return [_default_image(None, DEFAULT_STYLE, "style")]
+def _job(args) -> tuple[Spec, dict]:
+    """The resolved job of stylize / invert / texture: the command line's options, over a --spec file's job when one
+    is given; the default images when none is given anywhere. Returns it and the file's provenance ({})."""
+    task, options, provenance = args.task, _given_options(args), {}
+    content = getattr(args, "content", None)
+    styles = [args.style] if isinstance(args.style, str) else list(args.style or [])
+    if args.spec:
+        base, provenance = recipe.read_recipe(args.spec)
+        if base.task != task:
+            raise NSTError(f"{args.spec}: the recipe is a {base.task} job; run it with nst {base.task} --spec")
+        images = {"content": content, "styles": tuple(styles) or None}
+        job = override(resolve(base), **options, **{k: v for k, v in images.items() if v})
+    else:
+        job = resolve(Spec(task=task, content=content, styles=tuple(styles), **options))
+    if task != "texture" and job.content is None:
+        job = override(job, content=_default_image(None, DEFAULT_CONTENT, "content"))
+    if task != "invert" and not job.styles:
+        job = override(job, styles=(_default_image(None, DEFAULT_STYLE, "style"),))
+    return job, provenance
 
 
-def _cmd_transfer(args) -> int:
-    from nst_core import blend, interrupts, schedule, transfer
-    from nst_core.imageio import check_output_path, deprocess, save_image
-
-    task = args.task
-    options = _problem_options(args)
-    opt = transfer.validate_options(task, **options)  # every option, before any file is touched
-    steps = schedule.plan(opt)
+def _check_paths(args, inputs: list) -> None:
+    """Every output path, before any work: the picture, the log, --save-every."""
     if args.save_every < 0:
         raise NSTError(f"--save-every must be >= 0, got {args.save_every}")
-    content = _default_image(args.content, DEFAULT_CONTENT, "content") if task != "texture" else None
-    if task == "stylize":
-        style = _styles(args.style)
-        blend.blend_weights(options.get("style_blend"), len(style))  # the count, before any file is touched
-    else:
-        style = _default_image(args.style, DEFAULT_STYLE, "style") if task != "invert" else None
-    inputs = [p for p in [content] + blend.as_list(style) if p is not None]
-    out = args.output
-    check_output_path(out)
-    _check_not_input(out, inputs, "the output")
+    check_output_path(args.output)
+    check_not_input(args.output, inputs, "the output")
     if args.log:
-        _check_log_path(args.log, inputs)
-        if _same_file(args.log, out) or os.path.abspath(args.log) == os.path.abspath(out):
+        check_log_path(args.log, inputs)
+        if os.path.abspath(args.log) == os.path.abspath(args.output):
             raise NSTError(f"{args.log}: the log and the output image are the same file")
 
-    show_bar = not args.quiet and sys.stderr.isatty()
+
+def _progress(args, job: Spec, steps, inputs: list, text: dict) -> Progress:
     bar = None
-    if show_bar:
-        from tqdm import tqdm
-        bar = tqdm(total=sum(b for _, b in steps), file=sys.stderr, unit="eval", dynamic_ncols=True, leave=False)
-    width = max(4, len(str(sum(b for _, b in steps))))
-    best = {"loss": math.inf, "x": None, "scale": 1}
-    picture = deprocess  # of the intermediate images: the luminance mode's carry the content's chroma too
-    if args.save_every and opt.get("original_colors", "off") == "luminance":
-        from nst_core.colour import finisher
-        from nst_core.imageio import open_image
-        picture = finisher("luminance", open_image(content))
+    if not args.quiet and sys.stderr.isatty():
+        bar = tqdm.tqdm(total=sum(b for _, b in steps), file=sys.stderr, unit="eval", dynamic_ncols=True,
+                        leave=False)
+    picture = finisher("luminance", open_image(job.content)) if (
+        args.save_every and job.original_colors == "luminance") else None
+    warn = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    return Progress(args.output, steps, args.save_every, inputs, text, bar=bar, warn=warn,
+                    **({"picture": picture} if picture else {}))
 
-    def callback(record, x):
-        scale = getattr(record, "scale", 1)
-        if scale != best["scale"]:  # a new scale: a new objective, its own best
-            best.update(loss=math.inf, x=None, scale=scale)
-        if math.isfinite(record.loss) and record.loss < best["loss"]:
-            best["loss"] = record.loss
-            if args.save_every:
-                best["x"] = x.copy()
-        if args.save_every and record.evaluation % args.save_every == 0 and best["x"] is not None:
-            try:
-                save_image(_intermediate_path(out, record.evaluation, width), picture(best["x"]), forbid=inputs)
-            except NSTError as exc:  # an intermediate must not end the run: warn once, stop saving them
-                args.save_every = 0
-                print(f"nst: warning: {_one_line(exc)}; no more intermediate images", file=sys.stderr)
-        if bar is not None:
-            where = f"scale {scale}/{len(steps)} ({steps[scale - 1][0]} px), " if len(steps) > 1 else ""
-            bar.set_postfix_str(f"{where}loss {record.loss:.4g}, best {best['loss']:.4g}", refresh=False)
-            bar.update(1)
 
-    run = {"stylize": lambda: transfer.stylize(content, style, callback=callback, **options),
-           "invert": lambda: transfer.invert(content, callback=callback, **options),
-           "texture": lambda: transfer.texture(style, callback=callback, **options)}[task]
-    start = time.perf_counter()
-    try:
-        image, result = run()
-    finally:
-        if bar is not None:
-            bar.close()
-    seconds = time.perf_counter() - start
-
+def _finish_transfer(args, image, result, inputs: list, text: dict, seconds: float) -> int:
+    """Save the picture (with its recipe) and say how the run ended; the exit status."""
+    out = args.output
     if args.log:
-        _write_log(args.log, result, min(image.shape[:2]))
+        write_log(args.log, result, min(image.shape[:2]))
     if result.status == "interrupted":
         if result.best_evaluation is None:
             print(f"nst: {interrupts.stopped_by()} before the first evaluation; nothing saved", file=sys.stderr)
         else:
-            save_image(out, image, forbid=inputs)
+            save_image(out, image, forbid=inputs, text=text)
             print(f"nst: {interrupts.stopped_by()} after {result.n_evals} evaluations; saved the best image so far "
                   f"(evaluation {result.best_evaluation}, loss {result.loss:.6g}) to {out}", file=sys.stderr)
         return interrupts.exit_status()
@@ -541,11 +487,11 @@ def _cmd_transfer(args) -> int:
         if result.best_evaluation is None:
             print(f"nst: error: {detail}; no finite image to save (try smaller weights)", file=sys.stderr)
         else:
-            save_image(out, image, forbid=inputs)
+            save_image(out, image, forbid=inputs, text=text)
             print(f"nst: error: {detail}; saved the best finite image (evaluation {result.best_evaluation}, "
                   f"loss {result.loss:.6g}) to {out}", file=sys.stderr)
         return EXIT_NONFINITE
-    save_image(out, image, forbid=inputs)
+    save_image(out, image, forbid=inputs, text=text)
     if not args.quiet:
         parts = ", ".join(f"{k} {v:.4g}" for k, v in result.parts.items())
         h, w = image.shape[:2]
@@ -554,15 +500,30 @@ def _cmd_transfer(args) -> int:
     return 0
 
 
-def _cmd_compare(args) -> int:
-    from nst_core import compare, interrupts, transfer
+def _cmd_transfer(args) -> int:
+    job, provenance = _job(args)  # every option, before any file is touched
+    inputs = [p for p in [job.content, *job.styles] if p is not None]
+    _check_paths(args, inputs)
+    for line in recipe.changed_inputs(job, provenance):
+        print(f"nst: warning: {line}", file=sys.stderr)
+    text = recipe.recipe(job, recipe.weights_sha256(job))
+    progress = _progress(args, job, plan(job), inputs, text)
+    start = time.perf_counter()
+    try:
+        image, result = api.run(job, callback=progress)
+    finally:
+        if progress.bar is not None:
+            progress.bar.close()
+    return _finish_transfer(args, image, result, inputs, text, time.perf_counter() - start)
 
+
+def _cmd_compare(args) -> int:
     content = _default_image(args.content, DEFAULT_CONTENT, "content")
-    style = _styles(args.style)
+    style = args.style or [_default_image(None, DEFAULT_STYLE, "style")]
     style = style[0] if len(style) == 1 else style
-    options = _problem_options(args)
-    iterations = options.pop("iterations", transfer.DEFAULT_ITERATIONS)
-    history = options.pop("history", transfer.LBFGS_HISTORY)
+    options = _given_options(args)
+    iterations = options.pop("iterations", DEFAULT_ITERATIONS)
+    history = options.pop("history", LBFGS_HISTORY)
     seed = options.pop("seed", None)
     style_scale = options.pop("style_scale", 1.0)
 
@@ -592,110 +553,31 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    try:
+    try:  # torch is needed only here
         from export.onnx_export import export_features
     except ImportError as exc:
         if "torch" in str(exc):
             raise NSTError("nst export needs torch: pip install 'nst-onnx[export]'") from None
         raise
-    from nst_core import model
-
     out_dir = Path(args.out).expanduser() if args.out else model.cache_dir()
     if args.weights and not Path(args.weights).expanduser().is_file():
         raise NSTError(f"{args.weights}: no such weights file")
     path = export_features(out_dir, weights=args.weights)
-    onnx_model = model.load_model(path)
-    taps = [o.name for o in onnx_model.graph.output]
+    taps = [o.name for o in model.load_model(path).graph.output]
     print(f"wrote {path}")
     print(f"taps: {', '.join(taps)}")
     return 0
 
 
-def _fix_shapes(vjp, tap_names, height: int, width: int):
-    """Fix the VJP model's image / grad_image dims to [1,3,H,W] and each grad_<tap> to the tap's inferred shape."""
-    import onnx
-
-    def set_dims(vi, dims):
-        shape = vi.type.tensor_type.shape
-        shape.ClearField("dim")
-        for d in dims:
-            shape.dim.add().dim_value = int(d)
-
-    for vi in vjp.graph.input:
-        if vi.name == "image":
-            set_dims(vi, [1, 3, height, width])
-    inferred = onnx.shape_inference.infer_shapes(vjp, strict_mode=True)
-    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
-              for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
-    for vi in vjp.graph.input:
-        if vi.name.startswith("grad_"):
-            tap = vi.name[len("grad_"):]
-            dims = shapes.get(tap)
-            if not dims or not all(d > 0 for d in dims):
-                raise NSTError(f"cannot infer the shape of {tap} at {height}x{width}")
-            set_dims(vi, dims)
-    for vi in vjp.graph.output:
-        if vi.name == "grad_image":
-            set_dims(vi, [1, 3, height, width])
-    return vjp
-
-
 def _cmd_export_vjp(args) -> int:
-    import numpy as np
-    import onnx
-
-    from nst_core import model, transfer, vjp
-
-    taps = args.taps
-    if not taps:
-        raise NSTError("--taps needs at least one layer")
-    for t in taps:
-        transfer.check_layer(t, "tap")
-    if (args.height is None) != (args.width is None):
-        raise NSTError("give both --height and --width, or neither")
-    for name in ("height", "width"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise NSTError(f"--{name} must be >= 1, got {value}")
-    out = args.out
-    if not out.lower().endswith(".onnx"):
-        raise NSTError(f"{out}: the output must be an .onnx file")
-    directory = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(directory):
-        raise NSTError(f"{out}: directory {directory} does not exist")
-    path = model.find_model(args.model)
-    if _same_file(out, path):
-        raise NSTError(f"{out}: would overwrite the feature model")
-    names = [model.tap_name(t) for t in sorted(set(taps))]
-    onnx_model = model.load_model(path, names)
-    v = vjp.vjp_model(vjp.build_vjp(onnx_model, names))
-    if args.height is not None:
-        minimum = transfer.min_side(onnx_model, names)
-        if min(args.height, args.width) < minimum:
-            raise NSTError(f"{args.height}x{args.width} is too small for tap {names[-1]}: the network needs at "
-                           f"least {minimum} px on each side")
-        v = _fix_shapes(v, names, args.height, args.width)
-    try:
-        onnx.checker.check_model(v, full_check=True)
-    except Exception as exc:  # a bug rather than a user error, but say it in one line
-        raise NSTError(f"the VJP model fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    if args.height is not None:  # it must run at that size
-        sess = model.session(v, "cpu")
-        feeds = {}
-        for inp in sess.get_inputs():
-            feeds[inp.name] = np.zeros(inp.shape, np.float32)
-        sess.run(["grad_image"], feeds)
-    from nst_core.imageio import write_bytes
-    write_bytes(out, v.SerializeToString())
+    names = write_vjp_model(args.out, args.taps, args.height, args.width, args.model)
     shape = f"{args.height}x{args.width}" if args.height is not None else "dynamic H x W"
-    print(f"wrote {out}: inputs image [1,3,{shape}] + {', '.join(vjp.grad_name(n) for n in names)}; "
+    print(f"wrote {args.out}: inputs image [1,3,{shape}] + {', '.join('grad_' + n for n in names)}; "
           f"output grad_image")
     return 0
 
 
 def _cmd_bundle(args) -> int:
-    from nst_core import bundle, presets, transfer
-
     if args.check:
         report = bundle.check_bundle(args.directory)
         worst = max(report["worst"].items(), key=lambda kv: kv[1] / report["limits"][kv[0]])
@@ -705,19 +587,15 @@ def _cmd_bundle(args) -> int:
     names = ("preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
              "style_scale", "tv_weight", "model", "calibration_size")
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    opt = transfer.validate_options("stylize", optimizer="lbfgs", **options)
-    opt["preset"] = args.preset or presets.DEFAULT_PRESET  # the base of the options given
-    manifest = bundle.write_bundle(args.directory, opt)
+    manifest = bundle.write_bundle(args.directory, resolve(Spec(task="stylize", optimizer="lbfgs", **options)))
     w = ", ".join(f"{x['input']}={x['value']:g}" for x in manifest["weights"])
     print(f"wrote {args.directory}: targets.onnx, objective.onnx, manifest.json, reference/ ({w})")
     return 0
 
 
 def _cmd_serve_web(args) -> int:
-    from nst_core import serve
-
-    port = serve.DEFAULT_PORT if args.port is None else args.port
-    server = serve.make_server(args.bundle, port=port, host=args.host, verbose=args.verbose)
+    port = web.DEFAULT_PORT if args.port is None else args.port
+    server = web.make_server(args.bundle, port=port, host=args.host, verbose=args.verbose)
     host, port = server.server_address[:2]
     print(f"serving http://{host}:{port}/ (bundle {Path(args.bundle).resolve()}); Ctrl-C to stop", flush=True)
     try:
@@ -728,8 +606,17 @@ def _cmd_serve_web(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from nst_core import model
-
+    if args.picture is not None:
+        job, provenance = recipe.read_recipe(args.picture)
+        print(f"recipe of {args.picture}: nst {job.task} --spec {args.picture}")
+        print(f"nst: {provenance.get('nst', '?')}; weights SHA-256: {provenance.get('weights_sha256')}")
+        for entry in provenance.get("inputs", []) if isinstance(provenance.get("inputs"), list) else []:
+            if isinstance(entry, dict):
+                print(f"{entry.get('role')}: {entry.get('path')} (SHA-256 {entry.get('sha256')})")
+        if provenance.get("note"):
+            print(f"note: {provenance['note']}")
+        print(json.dumps(to_dict(job), indent=1))
+        return 0
     path = model.find_model(args.model)
     onnx_model = model.load_model(path)
     taps = [o.name for o in onnx_model.graph.output]
@@ -738,15 +625,12 @@ def _cmd_info(args) -> int:
     print(f"taps: {', '.join(taps)}")
     for key, value in model.metadata(onnx_model).items():
         print(f"{key}: {value}")
-    from nst_core import memory
-
     mode = memory.arena_mode()
     how = {"off": "no ORT arena, malloc with huge pages" if memory.malloc_uses_huge_pages() else
            "no ORT arena, malloc with 4 KiB pages", "shared": "one ORT arena for all sessions",
            "default": "ORT's arena per session"}[mode]
-    print(f"memory: {how} (NST_ORT_ARENA={mode}; see nst_core/memory.py)")
+    print(f"memory: {how} (NST_ORT_ARENA={mode}; see nst_core/process/memory.py)")
     return 0
-
 
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -760,13 +644,10 @@ def main(argv=None) -> int:
     """Run the ``nst`` command line; returns the exit status (see the module docstring).
 
     With ``argv`` None (the real command line) the process first re-executes itself once, when that lets glibc's
-    malloc back ONNX Runtime's buffers with transparent huge pages (``nst_core.memory``: half the peak memory of
+    malloc back ONNX Runtime's buffers with transparent huge pages (``nst_core.process.memory``: half the peak memory of
     ORT's arena at about its speed)."""
     if argv is None:
-        from nst_core import memory
-
         memory.reexec_with_huge_pages()
-    from nst_core import interrupts
 
     # A stop signal (Ctrl-C, SIGTERM, SIGHUP) raises KeyboardInterrupt: the optimizers return the best point so far,
     # the commands save it and exit with 128 + the signal's number. One during an import (NumPy, SciPy and ONNX

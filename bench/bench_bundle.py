@@ -47,13 +47,14 @@ NODE_HOST = REPO / "hosts" / "node"
 
 def _problem(size: int, style_scale: float = 100.0, content=IMAGES / "tubingen.jpg",
              style=IMAGES / "starry_night.jpg"):
-    from nst_core import transfer
+    from nst_core import api
     return transfer.prepare("stylize", str(content), str(style), size=size, style_size=size, style_scale=style_scale,
                             model=str(features_model(CACHE)), device="cpu")
 
 
 def _bundle(directory: Path, size: int, style_scale: float) -> Path:
-    from nst_core import bundle, transfer
+    from nst_core.hosts import bundle
+    from nst_core import api
     opt = transfer.validate_options("stylize", optimizer="lbfgs", size=size, style_size=size, style_scale=style_scale)
     bundle.write_bundle(directory, opt, model_path=features_model(CACHE))
     return directory
@@ -63,8 +64,8 @@ def _host_size_factor(directory: Path, size: int, content=IMAGES / "tubingen.jpg
     """k of the bundle's manifest (its calibration section, docs/hosts.md) for ``content`` at ``size``, computed as
     a host does: (h_c * w_c) / (h * w), the content image's shapes at calibration.size and at size; 1 without
     calibration (size 0 or no section)."""
-    from nst_core import bundle
-    from nst_core.imageio import open_image, resized_shape
+    from nst_core.hosts import bundle
+    from nst_core.inputs.images import open_image, resized_shape
     _, manifest = bundle.load_manifest(directory)
     cal = manifest.get("calibration", {}).get("size", 0)
     image = open_image(content)
@@ -80,8 +81,8 @@ def _bundle_objective(directory: Path, size: int, content=IMAGES / "tubingen.jpg
     """The bundle's objective.onnx with its content and TV weights calibrated for ``size`` as a host does
     (``_host_size_factor``); ``expected_k``: nst's own k for the same problem (``transfer.calibration``), which
     the host's must equal."""
-    from nst_core import bundle
-    from nst_core.imageio import open_image, preprocess
+    from nst_core.hosts import bundle
+    from nst_core.inputs.images import open_image, preprocess
     k = _host_size_factor(directory, size, content)
     if expected_k is not None and k != expected_k:
         raise RuntimeError(f"the manifest's calibration gives k = {k!r} at {size} px, nst stylize {expected_k!r}")
@@ -112,9 +113,9 @@ def precision(sizes, repeats: int) -> list:
             rng = np.random.default_rng(0)
             x = np.clip(p.x0 + 0.3 * rng.standard_normal(p.x0.shape), lo, hi)
             fused = p.objective
-            from nst_core.model import Network, load_model, tap_name
+            from nst_core.network.model import Network, load_model, tap_name
             from nst_core.objective import targets
-            from nst_core.imageio import open_image, preprocess
+            from nst_core.inputs.images import open_image, preprocess
             taps = [tap_name(k) for k in sorted({opt["content_layer"], *opt["style_layers"]})]
             net = Network(load_model(features_model(CACHE), taps), taps, device="cpu")
             ct, grams = targets(net, preprocess(open_image(IMAGES / "tubingen.jpg"), size),
@@ -162,7 +163,7 @@ def _gap(a, b) -> dict:
 
 
 def _png_inputs(directory: Path) -> tuple[Path, Path]:
-    from nst_core.imageio import open_image
+    from nst_core.inputs.images import open_image
     out = []
     for name in ("tubingen", "starry_night"):
         path = directory / f"{name}.png"

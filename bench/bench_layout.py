@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from bench.bench_objective import ours_objective  # noqa: E402
 from bench.common import machine, save_json  # noqa: E402
 
-SETTINGS = {"on": "all", "off": "no-layout"}  # nst_core.model.OPTIMIZATIONS
+SETTINGS = {"on": "all", "off": "no-layout"}  # nst_core.network.model.OPTIMIZATIONS
 
 
 def build(size: int, optimization: str, fused: bool):

@@ -112,7 +112,7 @@ def _torch_reference(size: int, start: str, fresh: bool) -> dict:
 
 
 def section_quality(size: int, budget: int, only=None, fresh: bool = False, start: str = "content"):
-    from nst_core.imageio import pixel_bounds
+    from nst_core.inputs.images import pixel_bounds
     run = _torch_reference(size, start, fresh)
     target = run["best"]
     torch_best = best_so_far(run["losses"])

@@ -11,7 +11,7 @@ Sections, in this order:
             ``--eval-sizes``: the time per evaluation with the before and after objectives alternating in ONE
             process (so both see the same load; ``2 * repeats`` timed evaluations each, medians), and the peak of
             fresh processes doing 3 evaluations (medians over ``--repeats``), with the losses of both
-  pattern   the same peak and time, this checkout, ORT's memory pattern on and off (``nst_core.model.MEM_PATTERN``)
+  pattern   the same peak and time, this checkout, ORT's memory pattern on and off (``nst_core.network.model.MEM_PATTERN``)
   schedule  for each ``--sizes`` (the smaller edge in px, or ``a4`` = 3508x2480 as in bench_printsize.py), fresh
             processes alternating versions: ``stylize(tubingen, starry_night, size=SIZE)`` with every default
             (preset starry_night, the default coarse-to-fine schedule, our L-BFGS); medians over ``--repeats`` of
@@ -91,8 +91,8 @@ def _instrument(calls: list):
 
 def _child(content: str, size: str, out: str, breakdown: bool) -> None:
     t0 = float(os.environ["NST_BENCH_T0"])
-    from nst_core.imageio import save_image
-    from nst_core.transfer import stylize
+    from nst_core.outputs.files import save_image
+    from nst_core.api import stylize
     calls: list = []
     marks: list = []
     if breakdown:
@@ -202,7 +202,7 @@ def section_eval(sizes, before: Path, repeats: int, evaluations: int = 3) -> lis
 def _pattern_child(flag: str, size: str, evaluations: str) -> None:
     """``evaluations`` evaluations of bench_objective's starry_night objective at ``size`` px with ORT's memory
     pattern on or off; JSON: peak VmHWM and the median seconds per evaluation after the first."""
-    from nst_core import model
+    from nst_core.network import model
     model.MEM_PATTERN = flag == "on"
     obj, x0 = _objective("nst_core", int(size))
     times = []
@@ -214,7 +214,7 @@ def _pattern_child(flag: str, size: str, evaluations: str) -> None:
 
 
 def section_pattern(sizes, repeats: int, evaluations: int = 4) -> list:
-    """ORT's memory pattern on / off (``nst_core.model.MEM_PATTERN``): peak and time per evaluation of the
+    """ORT's memory pattern on / off (``nst_core.network.model.MEM_PATTERN``): peak and time per evaluation of the
     one-session objective in fresh processes, alternating; medians over ``repeats``."""
     rows = []
     for size in sizes:
@@ -244,7 +244,7 @@ FIT_RUNS = ((256, 25), (384, 3), (512, 25), (768, 3), (768, 25), (1024, 25))
 def _fit_child(size: str, evaluations: str) -> None:
     from bench.bench_printsize import CONTENT, STYLE
     from bench.common import features_model
-    from nst_core.transfer import stylize
+    from nst_core.api import stylize
     image, result = stylize(CONTENT, STYLE, size=int(size), scales=1, iterations=int(evaluations),
                             model=features_model(CACHE), device="cpu")
     print(json.dumps(dict(peak_rss_mb=_status_mb("VmHWM"), pixels=image.shape[0] * image.shape[1],
@@ -256,8 +256,10 @@ def section_fit(schedule_rows: dict) -> dict:
     (their last scale's pixels and pairs), and the estimate ``BASE + pixels * (PIXEL + 24 * pairs)`` refitted:
     the pairs' 24 bytes per pixel each are known (float32 s and y), BASE and PIXEL are chosen for the smallest
     largest relative error."""
-    from nst_core import memory, schedule, transfer
-    from nst_core.imageio import open_image, resized_shape
+    from nst_core.process import memory
+    from nst_core import schedule
+    from nst_core import api
+    from nst_core.inputs.images import open_image, resized_shape
     points = []
     for size, evaluations in FIT_RUNS:
         proc = subprocess.run([sys.executable, __file__, "--fit-child", str(size), str(evaluations)],
@@ -336,7 +338,7 @@ def main(argv=None):
     ap.add_argument("--fit-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if argv is None:  # as `nst` runs: malloc with huge pages where possible (nst_core/memory.py)
-        from nst_core import memory
+        from nst_core.process import memory
         memory.reexec_with_huge_pages()
     if args.child:
         return _child(*args.child, args.breakdown)

@@ -38,18 +38,18 @@ CACHE = REPO / "bench" / "results"
 
 
 def inputs(size: int, style_size: int | None = None):
-    from nst_core.imageio import open_image, preprocess
+    from nst_core.inputs.images import open_image, preprocess
     return (preprocess(open_image(IMAGES / "tubingen.jpg"), size),
             preprocess(open_image(IMAGES / "starry_night.jpg"), style_size or size))
 
 
 def ours_objective(size: int, style_size: int | None = None, fused: bool = True, optimization: str = "all"):
     """(objective, x0 float64) of nst_core for the starry_night problem at `size`; the objective runs with one
-    BLAS thread, as nst_core.transfer runs it (OpenBLAS's own threads fight ONNX Runtime's for the cores).
+    BLAS thread, as nst_core.api runs it (OpenBLAS's own threads fight ONNX Runtime's for the cores).
     fused: the default one-session objective (True) or the split forward / NumPy losses / backward path;
-    optimization: the sessions' graph optimisation (nst_core.model.OPTIMIZATIONS)."""
+    optimization: the sessions' graph optimisation (nst_core.network.model.OPTIMIZATIONS)."""
     import onnx
-    from nst_core.model import Network, tap_name
+    from nst_core.network.model import Network, tap_name
     from nst_core.objective import make_objective, targets
     from bench.common import features_model
     model = onnx.load(features_model(CACHE))
@@ -108,9 +108,9 @@ def section_quality(sizes, evaluations=200, engines=("lbfgs", "lbfgsb")):
     """For each size: torch.optim.LBFGS's loss after ``evaluations`` evaluations, then each of our L-BFGS engines
     (``optim.OPTIMIZERS[name]`` as ``stylize`` runs it: pixel bounds, LBFGS_HISTORY pairs) from the same start."""
     from nst_core import optim
-    from nst_core.imageio import pixel_bounds
+    from nst_core.inputs.images import pixel_bounds
     from nst_core.objective import single_threaded_blas
-    from nst_core.transfer import LBFGS_HISTORY
+    from nst_core.api import LBFGS_HISTORY
     rows = []
     for size in sizes:
         ref, loss_fn, cx = torch_objective(size)
@@ -129,7 +129,7 @@ def section_quality(sizes, evaluations=200, engines=("lbfgs", "lbfgsb")):
                     reached.update(seconds=time.perf_counter() - start, evaluation=record.evaluation)
 
             start = time.perf_counter()
-            with single_threaded_blas():  # as nst_core.transfer runs the optimisation
+            with single_threaded_blas():  # as nst_core.api runs the optimisation
                 res = optim.OPTIMIZERS[name](obj, x0, evaluations + 50, history=LBFGS_HISTORY, callback=callback,
                                              bounds=(lo.reshape(x0.shape), hi.reshape(x0.shape)))
             total = time.perf_counter() - start
@@ -260,7 +260,7 @@ def main(argv=None):
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if argv is None:  # run as `nst` runs: malloc with huge pages where possible (nst_core/memory.py)
-        from nst_core import memory
+        from nst_core.process import memory
         memory.reexec_with_huge_pages()
     if args.child:
         return _child(args.child[0], int(args.child[1]))

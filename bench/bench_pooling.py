@@ -38,8 +38,8 @@ def _variants(scales):
 
 
 def _net(model, pooling_scale, layers):
-    from nst_core import pooling
-    from nst_core.model import Network, tap_name
+    from nst_core.network import pooling
+    from nst_core.network.model import Network, tap_name
     m = model if pooling_scale is None else pooling.with_pooling(model, "avg", pooling_scale)
     return Network(m, [tap_name(k) for k in layers], device="cpu")
 
@@ -48,10 +48,10 @@ def section_balance(model, scales):
     import torch
     import torch.nn.functional as fn
 
-    from nst_core.imageio import open_image, preprocess
+    from nst_core.inputs.images import open_image, preprocess
     from nst_core.losses import gram
-    from nst_core.model import tap_name
-    from nst_core.presets import PRESETS
+    from nst_core.network.model import tap_name
+    from nst_core.spec.presets import PRESETS
     content_pil = open_image(IMAGES / "tubingen.jpg")
     rows = []
     for name, file in STYLES.items():
@@ -94,7 +94,8 @@ def section_balance(model, scales):
 
 
 def section_runs(scales, evaluations):
-    from nst_core import pooling, transfer
+    from nst_core.network import pooling
+    from nst_core import api
     rows = []
     default = pooling.AVG_SCALE
     try:
@@ -115,11 +116,11 @@ def section_runs(scales, evaluations):
 
 
 def section_time(model, sizes, repeats):
-    from nst_core import pooling
-    from nst_core.imageio import open_image, preprocess
-    from nst_core.model import tap_name
+    from nst_core.network import pooling
+    from nst_core.inputs.images import open_image, preprocess
+    from nst_core.network.model import tap_name
     from nst_core.objective import make_objective, single_threaded_blas, targets
-    from nst_core.presets import PRESETS
+    from nst_core.spec.presets import PRESETS
     p = PRESETS["starry_night"]
     layers = sorted(set(p["style_layers"]) | {p["content_layer"]})
     rows = []
@@ -174,7 +175,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import onnx
-    from nst_core import pooling
+    from nst_core.network import pooling
     model = onnx.load(features_model(REPO / "bench" / "results"))
     print(f"machine: {machine()}; default average-pool factor {pooling.AVG_SCALE:g}", flush=True)
     print("1. loss terms at the start (ratio to max pooling):", flush=True)

@@ -57,7 +57,7 @@ def _load(path: Path):
 
 def _term(net, image, style_x, preset: dict) -> float:
     import torch
-    from nst_core.imageio import preprocess
+    from nst_core.inputs.images import preprocess
     from torch_reference import make_loss
     fn = make_loss(net, None, style_x, content_layer=preset["content_layer"], content_weight=0.0, tv_weight=0.0,
                    style_layers=preset["style_layers"], style_weights=preset["style_weights"])
@@ -68,8 +68,8 @@ def _term(net, image, style_x, preset: dict) -> float:
 def measure(net, case: str, pictures: dict) -> dict:
     """{"whole": {name: ratio}, "close": {name: share}} for the pictures {name: PIL image} of one case."""
     from PIL import Image
-    from nst_core.imageio import open_image, preprocess
-    from nst_core.presets import PRESETS
+    from nst_core.inputs.images import open_image, preprocess
+    from nst_core.spec.presets import PRESETS
     content, style, name = CASES[case]
     preset = PRESETS[name]
     painting = open_image(IMAGES / style)

@@ -5,17 +5,17 @@
 For each size (the smaller edge in px; ``a4`` = A4 at 300 dpi, 3508x2480: Tübingen centre-cropped to A4's aspect
 ratio and resized to exactly 3508x2480 first, so that --size 2480 keeps that shape), two fresh processes, one
 after the other:
-  ours   ``nst_core.transfer.stylize(tubingen, starry_night, size=SIZE)`` with every default: preset starry_night,
+  ours   ``nst_core.api.stylize(tubingen, starry_night, size=SIZE)`` with every default: preset starry_night,
          calibrated weights, the default schedule (``nst_core.schedule.plan``), our L-BFGS
   torch  the same schedule in PyTorch eager mode + autograd (tests/torch_reference.py's CS231n objective, the same
          weights file): per scale the same side, budget, style size and calibrated weights
          (``transfer.calibration``), the same start (the content image, then the previous scale's best upsampled by
          ``schedule.upsample``), ``torch.optim.LBFGS`` with ours' pairs per scale (``schedule.histories``), lr 1,
          no line search; unconstrained, where ours projects onto the pixel box; the later scales with the first
-         scale's style term on the picture downsampled to it (``nst_core.pyramid``; Lanczos as two dense
+         scale's style term on the picture downsampled to it (``nst_core.objective.pyramid``; Lanczos as two dense
          matrices, autograd through them); 2 threads
 and reports wall time (process start to the image) and peak resident memory (VmHWM) of each, with ratios.
-``--without-whole`` adds a third process: ours with ``whole_weight=0`` (no whole-picture term, nst_core.pyramid).
+``--without-whole`` adds a third process: ours with ``whole_weight=0`` (no whole-picture term, nst_core.objective.pyramid).
 
 Quality (``--no-quality`` skips it; it needs the 192 px default picture, which it makes with ``stylize``):
   (each size against its own content image: for a4 the A4 crop, its own 192 px picture and photo)
@@ -82,8 +82,8 @@ def content_for(size_name: str) -> tuple[Path, int]:
 
 
 def run_ours(content: Path, size: int, out: Path, **options) -> dict:
-    from nst_core.imageio import save_image
-    from nst_core.transfer import stylize
+    from nst_core.outputs.files import save_image
+    from nst_core.api import stylize
     image, result = stylize(content, STYLE, size=size, model=features_model(CACHE), device="cpu", **options)
     save_image(out, image)
     return dict(sides=result.sides if hasattr(result, "sides") else [size], evaluations=result.n_evals,
@@ -97,8 +97,10 @@ def run_torch(content: Path, size: int, out: Path, threads: int = 2) -> dict:
     """The default schedule at ``size`` in torch (see the module docstring)."""
     import torch
     from torch_reference import lbfgs_run, load_net, make_loss
-    from nst_core import schedule, transfer
-    from nst_core.imageio import deprocess, open_image, preprocess, save_image
+    from nst_core import schedule
+    from nst_core import api
+    from nst_core.inputs.images import deprocess, open_image, preprocess
+    from nst_core.outputs.files import save_image
 
     torch.set_num_threads(threads)
     net = load_net(WEIGHTS)
@@ -113,7 +115,7 @@ def run_torch(content: Path, size: int, out: Path, threads: int = 2) -> dict:
         loss_fn = make_loss(net, content_x, style_x, content_layer=o["content_layer"],
                             content_weight=cal["content_weight"], style_layers=o["style_layers"],
                             style_weights=o["effective_style_weights"], tv_weight=cal["tv_weight"])
-        if whole is None:  # the first scale's style term, kept on the picture downsampled to it (nst_core.pyramid)
+        if whole is None:  # the first scale's style term, kept on the picture downsampled to it (nst_core.objective.pyramid)
             whole = (make_loss(net, None, style_x, content_layer=o["content_layer"], content_weight=0.0,
                                style_layers=o["style_layers"], style_weights=o["effective_style_weights"],
                                tv_weight=0.0), content_x.shape[2:])
@@ -130,9 +132,9 @@ def run_torch(content: Path, size: int, out: Path, threads: int = 2) -> dict:
 
 def _with_whole(loss_fn, coarse_fn, small, big, weight: float):
     """loss_fn plus weight x coarse_fn on the image downsampled (Lanczos, dense matrices) from ``big`` to ``small``
-    (h, w): the whole-picture term of nst_core.pyramid, differentiated by autograd."""
+    (h, w): the whole-picture term of nst_core.objective.pyramid, differentiated by autograd."""
     import torch
-    from nst_core.pyramid import lanczos_matrix
+    from nst_core.objective.pyramid import lanczos_matrix
     rows = torch.tensor(lanczos_matrix(big[0], small[0]).toarray(), dtype=torch.float32)
     cols = torch.tensor(lanczos_matrix(big[1], small[1]).toarray(), dtype=torch.float32)
 
@@ -181,7 +183,7 @@ def seen_as_whole(net, image: np.ndarray, shape=(192, 256)) -> float:
     """CS231n's starry_night style term of ``image`` (uint8 [h, w, 3]) downsampled with Lanczos to ``shape``
     (h, w), against the painting at 192 px (the torch reference's formulas)."""
     from PIL import Image
-    from nst_core.imageio import open_image, preprocess
+    from nst_core.inputs.images import open_image, preprocess
     small = Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.LANCZOS)
     return _style_term(net, preprocess(small, None), preprocess(open_image(STYLE), 192))
 
@@ -189,13 +191,13 @@ def seen_as_whole(net, image: np.ndarray, shape=(192, 256)) -> float:
 def up_close(net, image: np.ndarray, style_size: int = 512) -> float:
     """The same style term at the image's own size, against the painting at ``style_size`` px."""
     from PIL import Image
-    from nst_core.imageio import open_image, preprocess
+    from nst_core.inputs.images import open_image, preprocess
     return _style_term(net, preprocess(Image.fromarray(image), None), preprocess(open_image(STYLE), style_size))
 
 
 def _photo(shape, content: Path = CONTENT) -> np.ndarray:
     from PIL import Image
-    from nst_core.imageio import open_image
+    from nst_core.inputs.images import open_image
     return np.asarray(open_image(content).resize((shape[1], shape[0]), Image.Resampling.BICUBIC))
 
 
@@ -206,7 +208,7 @@ def quality(images: dict) -> dict:
     import torch
     from PIL import Image
     from torch_reference import load_net
-    from nst_core.transfer import stylize
+    from nst_core.api import stylize
     torch.set_num_threads(2)
     net = load_net(WEIGHTS)
     out, bases = {}, {}
@@ -255,7 +257,7 @@ def main(argv=None):
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if argv is None:  # run as `nst` runs: malloc with huge pages where possible (nst_core/memory.py)
-        from nst_core import memory
+        from nst_core.process import memory
         memory.reexec_with_huge_pages()
     if args.child:
         return _child(*args.child)

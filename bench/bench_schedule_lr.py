@@ -3,7 +3,7 @@
     python bench/bench_schedule_lr.py [--size 512] [--adam 1 0.3333 0.1 0.03333 0.01] [--gd 0 1 2 3 4]
                                       [--style PATH] [--gradients]
 
-Runs ``nst_core.transfer.stylize(tubingen, STYLE, size=SIZE, optimizer=...)`` with every other default (preset
+Runs ``nst_core.api.stylize(tubingen, STYLE, size=SIZE, optimizer=...)`` with every other default (preset
 starry_night, calibrated weights, the default schedule ``schedule.plan``: 192, 314, 512 px with 200 / 122 / 75
 evaluations at --size 512) once per rule for the later scales:
   adam  ``schedule.ADAM_LATER`` = F: a later scale runs CS231n's recipe (lr, lr/30 from 90 % of its evaluations,
@@ -35,7 +35,8 @@ def one_run(optimizer: str, rule: float, size: int, style: Path, model: Path) ->
     and the picture."""
     from PIL import Image
 
-    from nst_core import schedule, transfer
+    from nst_core import schedule
+    from nst_core import api
 
     name = "ADAM_LATER" if optimizer == "adam" else "GD_POWER"
     saved = getattr(schedule, name)
@@ -70,7 +71,8 @@ def gradient_scale(size: int, style: Path, model: Path) -> list[dict]:
     term)."""
     import numpy as np
 
-    from nst_core import schedule, transfer
+    from nst_core import schedule
+    from nst_core import api
 
     opt = transfer.validate_options("stylize", size=size, optimizer="gd", model=model, device="cpu")
     sides = schedule.sides(opt)

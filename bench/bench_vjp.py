@@ -39,7 +39,7 @@ def main(argv=None):
 
     import onnx
     import torch
-    from nst_core.model import Network, tap_name
+    from nst_core.network.model import Network, tap_name
 
     model = onnx.load(features_model(REPO / "bench" / "results"))
     net = Network(model, [tap_name(k) for k in taps], device="cpu", maxpool=args.maxpool)
@@ -85,8 +85,8 @@ def profile_backward(model, taps, maxpool, x, cotangents, runs) -> dict:
     """{operator type: median per run of its summed kernel time in ms} for the split backward model, run under
     ORT's profiler with the session options nst uses (no thread spinning)."""
     import onnxruntime as ort
-    from nst_core import vjp
-    from nst_core.model import session
+    from nst_core.network import vjp
+    from nst_core.network.model import session
 
     fwd, bwd = vjp.split_models(vjp.build_vjp(model, taps, maxpool=maxpool))
     names = [o.name for o in fwd.graph.output]

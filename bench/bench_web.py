@@ -42,7 +42,7 @@ def rate(history: list[dict]) -> float:
 
 
 def setup(tmp: Path, env: dict) -> tuple[Path, list[Path]]:
-    from nst_core.imageio import open_image
+    from nst_core.inputs.images import open_image
 
     bundle = tmp / "bundle"
     subprocess.run(CLI + ["bundle", str(bundle)], env=env, check=True, capture_output=True, timeout=600)
@@ -61,7 +61,7 @@ def jpeg_section(browser: "Browser", bundle: Path, tmp: Path, env: dict) -> dict
     import base64
 
     import numpy as np
-    from nst_core.imageio import open_image
+    from nst_core.inputs.images import open_image
 
     out = {}
     for name in ("tubingen", "starry_night"):

@@ -60,7 +60,7 @@ def start(cache: Path) -> dict:
 
 def content_input(size: int) -> np.ndarray:
     """Tübingen preprocessed with its smaller edge = size: float32 [1,3,size,~1.33 size]."""
-    from nst_core.imageio import open_image, preprocess
+    from nst_core.inputs.images import open_image, preprocess
     return preprocess(open_image(IMAGES / "tubingen.jpg"), size)
 
 

@@ -33,7 +33,7 @@ UNIT = (0, 21, 3, 1)
 
 def noisy_input() -> np.ndarray:
     from PIL import Image
-    from nst_core.imageio import open_image, preprocess
+    from nst_core.inputs.images import open_image, preprocess
     content = preprocess(open_image(IMAGES / "tubingen.jpg").resize((160, 128), Image.Resampling.BILINEAR), None)
     rng = np.random.default_rng(7)
     return (content.astype(np.float64) + 0.4 * rng.standard_normal(content.shape)).clip(-2.0, 2.2).astype(np.float32)

@@ -40,7 +40,7 @@ import onnx
 import torch
 
 from nst_core.errors import NSTError
-from nst_core.interrupts import sigint_deferred
+from nst_core.process.interrupts import sigint_deferred
 
 from .squeezenet import (IMAGENET_MEAN, IMAGENET_STD, MIN_INPUT_SIZE, NUM_TAPS, TAP_CHANNELS, FeatureTaps,
                          build_squeezenet)

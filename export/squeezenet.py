@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from nst_core.errors import NSTError
-from nst_core.imageio import sha256_file
+from nst_core.inputs.images import sha256_file
 
 #: torchvision's published ImageNet weights for squeezenet1_1 (used when no weights file is given).
 TORCHVISION_URL = "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"

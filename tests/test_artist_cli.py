@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nst_core import colour
-from nst_core.imageio import open_image, preprocess
+from nst_core.inputs import colour
+from nst_core.inputs.images import open_image, preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).parent / "nst"

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nst_core import blend, transfer
+from nst_core.spec import make, resolve
+from nst_core.spec import blend
+from nst_core import api as transfer
 from nst_core.errors import NSTError
-from nst_core.imageio import open_image, preprocess
-from nst_core.model import Network, load_model, tap_name
+from nst_core.inputs.images import open_image, preprocess
+from nst_core.network.model import Network, load_model, tap_name
 
 REPO = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).parent / "nst"
@@ -45,7 +47,7 @@ def test_style_lists_in_the_api(paths):
     with pytest.raises(NSTError, match="style blend has 2 weights for 1 style image;"):
         transfer.stylize(paths["content"], paths["starry"], style_blend=(1, 1), **opts)
     with pytest.raises(NSTError, match="unknown option 'style_blend'"):
-        transfer.validate_options("invert", style_blend=(1,))
+        resolve(make("invert", style_blend=(1,)))
     one = transfer.prepare("stylize", paths["content"], [paths["starry"]], style_blend=(5,), **opts)
     plain = transfer.prepare("stylize", paths["content"], paths["starry"], **opts)
     assert one.objective(one.x0)[0] == plain.objective(plain.x0)[0]

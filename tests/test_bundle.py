@@ -1,4 +1,4 @@
-"""The host bundle (nst_core.bundle, lossgraph.objective_model_f32 / targets_model): float32 only, its losses, TV and
+"""The host bundle (nst_core.hosts.bundle, lossgraph.objective_model_f32 / targets_model): float32 only, its losses, TV and
 gradient against the NumPy reference (float64 sums), the tree sum against float64, the manifest against the models,
 atomic replacement, and `nst bundle --check` catching a changed bundle."""
 import json
@@ -12,13 +12,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from nst_core import bundle, lossgraph
+from nst_core.hosts import bundle
+from nst_core.network import lossgraph
 from nst_core.errors import NSTError
-from nst_core.imageio import open_image, pixel_bounds, preprocess
+from nst_core.inputs.images import open_image, pixel_bounds, preprocess
 from nst_core.losses import gram, tv_loss
-from nst_core.model import Network, session
+from nst_core.network.model import Network, session
 from nst_core.objective import make_objective, targets
-from nst_core.transfer import validate_options
+from nst_core.spec import Spec, make, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(REPO / "cli.py")]
@@ -139,7 +140,7 @@ def test_targets_model_matches_numpy_gram(model, images):
 @pytest.fixture(scope="module")
 def small_bundle(tmp_path_factory, features_model):
     d = tmp_path_factory.mktemp("bundle") / "b"
-    opt = validate_options("stylize", optimizer="lbfgs", size=64, style_size=64)
+    opt = resolve(make("stylize", optimizer="lbfgs", size=64, style_size=64))
     manifest = bundle.write_bundle(d, opt, model_path=features_model)
     return d, manifest
 

@@ -220,7 +220,7 @@ def test_export_vjp_fixed_size_runs_and_matches_the_network(env, features_model,
     import onnx
     import onnxruntime as ort
 
-    from nst_core.model import Network, tap_name
+    from nst_core.network.model import Network, tap_name
 
     out = tmp_path / "vjp.onnx"
     r = nst(["export-vjp", "--taps", "1,3", "--height", "64", "--width", "80", "--out", out], env)

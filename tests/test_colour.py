@@ -1,13 +1,15 @@
-"""--original-colors: the colour formulas of nst_core.colour against direct NumPy / SciPy computations written here,
+"""--original-colors: the colour formulas of nst_core.inputs.colour against direct NumPy / SciPy computations written here,
 and the two modes end to end (luminance mode keeps the content's chroma; its luminance comes from the painting)."""
 import numpy as np
 import pytest
 import scipy.linalg
 from PIL import Image
 
-from nst_core import colour, transfer
+from nst_core.spec import make, resolve
+from nst_core.inputs import colour
+from nst_core import api as transfer
 from nst_core.errors import NSTError
-from nst_core.imageio import MEAN, STD, deprocess, open_image, preprocess
+from nst_core.inputs.images import MEAN, STD, deprocess, open_image, preprocess
 
 FAST = dict(size=48, style_size=48, iterations=12, device="cpu")
 # JFIF's full-range YCbCr (ITU-T T.871), the published coefficients, chroma centred at 0
@@ -112,9 +114,9 @@ def test_finisher_takes_the_chroma_at_each_size(images_dir):
 
 def test_unknown_mode_is_a_one_line_error():
     with pytest.raises(NSTError, match="unknown original-colors mode 'sepia'"):
-        transfer.validate_options("stylize", original_colors="sepia")
+        resolve(make("stylize", original_colors="sepia"))
     with pytest.raises(NSTError, match="unknown option 'original_colors'"):
-        transfer.validate_options("texture", original_colors="luminance")
+        resolve(make("texture", original_colors="luminance"))
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -161,7 +163,7 @@ def test_luminance_mode_keeps_the_content_chroma(images, images_dir):
 
 def test_luminance_mode_runs_on_luminance(images):
     """The start image and the images the network sees are grey; the style's luminance has the content's mean and
-    spread (checked on the images as nst_core.colour hands them to preprocess)."""
+    spread (checked on the images as nst_core.inputs.colour hands them to preprocess)."""
     for init in ("content", "noise", "style"):
         problem = transfer.prepare("stylize", images["content"], images["style"], original_colors="luminance",
                                    model=images["model"], init=init, seed=0, **FAST)

@@ -1,5 +1,6 @@
 """nst_core.compare and `nst compare` on a small problem (64 px, 24 evaluations): the files and their consistency,
 exact budgets, repeatability (in one process and across processes), no matplotlib, Ctrl-C, one-line errors."""
+import dataclasses
 import csv
 import json
 import math
@@ -13,9 +14,10 @@ import pytest
 from PIL import Image
 
 from nst_core import compare as compare_module
-from nst_core import transfer
+from nst_core import api as transfer
 from nst_core.compare import FILES, PLOTS_HINT, compare
 from nst_core.errors import NSTError
+from nst_core.spec import GD_LR
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(REPO / "cli.py")]
@@ -146,7 +148,7 @@ def test_the_budget_is_counted_exactly(features_model, paths, tmp_path, monkeypa
         def objective(x):
             calls.append(1)
             return problem.objective(x)
-        return transfer.Problem(objective=objective, x0=problem.x0, bounds=problem.bounds, options=problem.options)
+        return dataclasses.replace(problem, objective=objective)
 
     monkeypatch.setattr(transfer, "prepare", counting_prepare)
     summary = compare(*paths, tmp_path / "c", model=features_model, iterations=7, checkpoints=(), adam_lrs=(0.1, 1.0),
@@ -213,7 +215,7 @@ def test_output_directory_rules(tmp_path, paths):
 def test_default_gd_step():
     assert compare_module.default_gd_lr(1.0) == compare_module.GD_LR == 2e-3
     assert compare_module.default_gd_lr(0.1) == 2e-3
-    assert compare_module.default_gd_lr(100.0) == pytest.approx(transfer.GD_LR, rel=0.01)
+    assert compare_module.default_gd_lr(100.0) == pytest.approx(GD_LR, rel=0.01)
 
 
 # ------------------------------------------------------------------------------------------------------ CLI

@@ -7,7 +7,7 @@ test_objective.py; this file checks the data dependencies that fix the order."""
 import onnx
 import pytest
 
-from nst_core import lossgraph
+from nst_core.network import lossgraph
 
 STYLE_TAPS = ["features.1", "features.4", "features.6", "features.7"]
 

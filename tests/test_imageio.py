@@ -1,4 +1,4 @@
-"""Tests of nst_core.imageio: decoding of every kind of input file (or a one-line NSTError naming it), the
+"""Tests of nst_core.inputs.images: decoding of every kind of input file (or a one-line NSTError naming it), the
 CS231n preprocessing rule against an independent PIL + NumPy (+ torch tensor ops) computation, deprocessing,
 pixel bounds, output-path checks and the atomic, input-protecting save."""
 import io
@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from nst_core import imageio
+from nst_core.inputs import images as imageio
+from nst_core.outputs import files
 from nst_core.errors import NSTError
 
 MEAN32 = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -420,7 +421,7 @@ def test_pixel_bounds():
 # ---------------------------------------------------------------------------------------------- output paths
 
 
-def expect_path_error(path, *fragments, func=imageio.check_output_path):
+def expect_path_error(path, *fragments, func=files.check_output_path):
     with pytest.raises(NSTError) as info:
         func(path)
     message = str(info.value)
@@ -430,9 +431,9 @@ def expect_path_error(path, *fragments, func=imageio.check_output_path):
 
 
 def test_check_output_path(tmp_path):
-    assert imageio.check_output_path(str(tmp_path / "out.png")) == "PNG"
-    assert imageio.check_output_path(str(tmp_path / "out.JPG")) == "JPEG"
-    assert imageio.check_output_path(str(tmp_path / "out.webp")) == "WEBP"
+    assert files.check_output_path(str(tmp_path / "out.png")) == "PNG"
+    assert files.check_output_path(str(tmp_path / "out.JPG")) == "JPEG"
+    assert files.check_output_path(str(tmp_path / "out.webp")) == "WEBP"
     expect_path_error(str(tmp_path), "directory")
     expect_path_error(str(tmp_path / "missing" / "out.png"), "does not exist")
     expect_path_error(str(tmp_path / "out.xyz"), "unknown image extension '.xyz'")
@@ -470,7 +471,7 @@ def test_save_image_formats(tmp_path, ext, exact):
     rgb[:, :16] = [200, 40, 10]
     rgb[:, 16:] = [10, 90, 220]
     path = tmp_path / f"out.{ext}"
-    imageio.save_image(str(path), rgb)
+    files.save_image(str(path), rgb)
     back = np.asarray(Image.open(path).convert("RGB")).astype(int)
     if exact:
         np.testing.assert_array_equal(back, rgb)
@@ -488,7 +489,7 @@ def test_save_jpeg_quality_95(tmp_path, monkeypatch):
         return real_save(self, fp, format, **params)
 
     monkeypatch.setattr(Image.Image, "save", spy)
-    imageio.save_image(str(tmp_path / "o.jpg"), noise_rgb(8, 8))
+    files.save_image(str(tmp_path / "o.jpg"), noise_rgb(8, 8))
     assert seen["format"] == "JPEG" and seen["quality"] == 95
 
 
@@ -496,10 +497,10 @@ def test_save_file_mode(tmp_path):
     path = tmp_path / "o.png"
     umask = os.umask(0o022)
     try:
-        imageio.save_image(str(path), noise_rgb(4, 4))
+        files.save_image(str(path), noise_rgb(4, 4))
         assert path.stat().st_mode & 0o777 == 0o644
         path.chmod(0o640)
-        imageio.save_image(str(path), noise_rgb(4, 4, seed=1))
+        files.save_image(str(path), noise_rgb(4, 4, seed=1))
         assert path.stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(umask)
@@ -509,7 +510,7 @@ def test_save_file_mode(tmp_path):
 def test_save_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch, failure):
     path = tmp_path / "out.png"
     old = noise_rgb(6, 6)
-    imageio.save_image(str(path), old)
+    files.save_image(str(path), old)
     old_bytes = path.read_bytes()
 
     def fail_midway(self, fp, *args, **kwargs):
@@ -519,7 +520,7 @@ def test_save_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch, failure
     monkeypatch.setattr(Image.Image, "save", fail_midway)
     expected = NSTError if isinstance(failure, OSError) else KeyboardInterrupt
     with pytest.raises(expected) as info:
-        imageio.save_image(str(path), noise_rgb(6, 6, seed=9))
+        files.save_image(str(path), noise_rgb(6, 6, seed=9))
     if expected is NSTError:
         message = str(info.value)
         assert message.startswith(f"{path}: ") and "No space left" in message and "\n" not in message
@@ -534,7 +535,7 @@ def test_ctrl_c_during_the_write_comes_after_a_complete_file(tmp_path, monkeypat
     import signal
     import tempfile
     path = tmp_path / "out.png"
-    imageio.save_image(str(path), noise_rgb(6, 6))
+    files.save_image(str(path), noise_rgb(6, 6))
     if where == "mkstemp":
         real = tempfile.mkstemp
 
@@ -542,17 +543,17 @@ def test_ctrl_c_during_the_write_comes_after_a_complete_file(tmp_path, monkeypat
             made = real(*args, **kwargs)
             signal.raise_signal(signal.SIGINT)
             return made
-        monkeypatch.setattr(imageio.tempfile, "mkstemp", interrupted)
+        monkeypatch.setattr(files.tempfile, "mkstemp", interrupted)
     else:
         real = os.fsync
 
         def interrupted(fd):
             signal.raise_signal(signal.SIGINT)
             real(fd)
-        monkeypatch.setattr(imageio.os, "fsync", interrupted)
+        monkeypatch.setattr(files.os, "fsync", interrupted)
     new = noise_rgb(6, 6, seed=9)
     with pytest.raises(KeyboardInterrupt):
-        imageio.save_image(str(path), new)
+        files.save_image(str(path), new)
     monkeypatch.undo()
     with Image.open(path) as im:
         assert np.array_equal(np.asarray(im.convert("RGB")), new)
@@ -566,7 +567,7 @@ def test_save_failure_without_previous_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", fail)
     with pytest.raises(NSTError, match="encoder exploded"):
-        imageio.save_image(str(tmp_path / "new.png"), noise_rgb(3, 3))
+        files.save_image(str(tmp_path / "new.png"), noise_rgb(3, 3))
     assert os.listdir(tmp_path) == []
 
 
@@ -580,16 +581,16 @@ def test_save_refuses_to_overwrite_inputs(tmp_path):
 
     for target in [str(content), str(tmp_path / "." / "content.png"), os.path.relpath(content)]:
         expect_path_error(target, "refusing to overwrite the input",
-                          func=lambda p: imageio.save_image(p, noise_rgb(5, 5, seed=2), forbid=forbid))
+                          func=lambda p: files.save_image(p, noise_rgb(5, 5, seed=2), forbid=forbid))
     link = tmp_path / "link.png"
     link.symlink_to(content)
     hard = tmp_path / "hard.png"
     os.link(content, hard)
     for target in [str(link), str(hard)]:
         expect_path_error(target, "refusing",
-                          func=lambda p: imageio.save_image(p, noise_rgb(5, 5, seed=2), forbid=forbid))
+                          func=lambda p: files.save_image(p, noise_rgb(5, 5, seed=2), forbid=forbid))
     assert content.read_bytes() == original
-    imageio.save_image(str(tmp_path / "result.png"), noise_rgb(5, 5), forbid=forbid)  # other names are fine
+    files.save_image(str(tmp_path / "result.png"), noise_rgb(5, 5), forbid=forbid)  # other names are fine
 
 
 def test_save_path_errors(tmp_path):
@@ -597,7 +598,7 @@ def test_save_path_errors(tmp_path):
     for path, fragment in [(str(tmp_path / "out.xyz"), "unknown image extension"),
                            (str(tmp_path / "nodir" / "out.png"), "does not exist"),
                            (str(tmp_path), "directory")]:
-        expect_path_error(path, fragment, func=lambda p: imageio.save_image(p, rgb))
+        expect_path_error(path, fragment, func=lambda p: files.save_image(p, rgb))
     with pytest.raises(ValueError):
-        imageio.save_image(str(tmp_path / "o.png"), rgb.astype(np.float32))
+        files.save_image(str(tmp_path / "o.png"), rgb.astype(np.float32))
     assert os.listdir(tmp_path) == []

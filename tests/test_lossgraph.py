@@ -1,4 +1,4 @@
-"""The one-model objective (nst_core.lossgraph): its losses and gradient against the NumPy losses of nst_core.losses
+"""The one-model objective (nst_core.network.lossgraph): its losses and gradient against the NumPy losses of nst_core.losses
 run on the same features, and its gradient against finite differences of its own losses (float64 direction
 derivative through a torch float64 reference is in test_objective.py).
 
@@ -10,10 +10,10 @@ import onnx
 import pytest
 from PIL import Image
 
-from nst_core import lossgraph
-from nst_core.imageio import open_image, preprocess
+from nst_core.network import lossgraph
+from nst_core.inputs.images import open_image, preprocess
 from nst_core.losses import content_loss, gram, style_loss
-from nst_core.model import Network, session
+from nst_core.network.model import Network, session
 
 H, W = 96, 128
 

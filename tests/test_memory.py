@@ -1,11 +1,11 @@
-"""How ORT's buffers are allocated (nst_core.memory): the choice of arena, the re-execution with glibc's huge-page
+"""How ORT's buffers are allocated (nst_core.process.memory): the choice of arena, the re-execution with glibc's huge-page
 tunable, and that the real `nst` command ends up with it where the kernel offers THP on request."""
 import subprocess
 import sys
 
 import pytest
 
-from nst_core import memory
+from nst_core.process import memory
 
 
 @pytest.fixture

@@ -18,9 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_core import bundle, optim, transfer
-from nst_core.imageio import open_image, pixel_bounds, preprocess
-from nst_core.model import Network, load_model, tap_name
+from nst_core.spec import make, resolve
+from nst_core.hosts import bundle
+from nst_core import optim
+from nst_core import api as transfer
+from nst_core import schedule
+from nst_core.inputs.images import open_image, pixel_bounds, preprocess
+from nst_core.network.model import Network, load_model, tap_name
 from nst_core.objective import make_objective, targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +87,7 @@ def test_node_test_suite(node, bundle_dir):
 
 def test_first_evaluation_matches_python_float64_reference(node, bundle_dir, pngs, env, tmp_path):
     """Node's preprocessing equals Python's bit for bit; its calibration factor k and calibrated weights equal
-    nst_core.transfer.calibration's; its loss within 1e-5 relative and its gradient within 1e-5 relative L2 of the
+    nst_core.api.calibration's; its loss within 1e-5 relative and its gradient within 1e-5 relative L2 of the
     NumPy float64-summed reference objective (with those calibrated weights) at the same point."""
     run_node(node, "evaluate.mjs", "--bundle", bundle_dir, *pngs, "--out", tmp_path, "--size", SIZE,
              "--style-size", SIZE)
@@ -98,18 +102,18 @@ def test_first_evaluation_matches_python_float64_reference(node, bundle_dir, png
     np.testing.assert_array_equal(preprocess(Image.open(pngs[1]), SIZE).shape, [1, 3] + got["style_dims"][2:])
     taps = [tap_name(k) for k in (1, 3, 4, 6, 7)]
     net = Network(load_model(Path(env["NST_HOME"]) / "features.onnx", taps), taps, device="cpu")
-    opt = problem.options
-    cal = opt["calibration"]
-    assert cal["size_factor"] != 1.0  # 128 px against the 192 px calibration
-    assert got["k"] == cal["size_factor"]
-    assert got["weights"]["content_weight"] == pytest.approx(cal["content_weight"], rel=1e-15)
-    assert got["weights"]["tv_weight"] == pytest.approx(cal["tv_weight"], rel=1e-15)
+    opt = problem.job
+    cal = problem.calibration
+    assert cal.size_factor != 1.0  # 128 px against the 192 px calibration
+    assert got["k"] == cal.size_factor
+    assert got["weights"]["content_weight"] == pytest.approx(cal.content_weight, rel=1e-15)
+    assert got["weights"]["tv_weight"] == pytest.approx(cal.tv_weight, rel=1e-15)
     # the float64 reference: NumPy losses with float64 sums, TV in float64, on Python's own targets
     target, grams = targets(net, preprocess(open_image(pngs[0]), SIZE), preprocess(open_image(pngs[1]), SIZE),
-                            opt["content_layer"], opt["style_layers"])
-    ref = make_objective(net, content_target=target, content_layer=opt["content_layer"],
-                         content_weight=cal["content_weight"], style_targets=grams, style_layers=opt["style_layers"],
-                         style_weights=opt["effective_style_weights"], tv_weight=cal["tv_weight"], fused=False)
+                            opt.content_layer, opt.style_layers)
+    ref = make_objective(net, content_target=target, content_layer=opt.content_layer,
+                         content_weight=cal.content_weight, style_targets=grams, style_layers=opt.style_layers,
+                         style_weights=opt.effective_style_weights, tv_weight=cal.tv_weight, fused=False)
     loss, grad, parts = ref(x0)
     grad_node = np.fromfile(tmp_path / "grad.f32", dtype="<f4").reshape(x0.shape)
     assert abs(got["loss"] - loss) <= 1e-5 * loss
@@ -151,8 +155,8 @@ def test_history_follows_python(node, bundle_dir, pngs, env, tmp_path, capsys):
     assert Image.open(tmp_path / "node.png").size == Image.open(tmp_path / "py.png").size
 
     content = preprocess(open_image(pngs[0]), SIZE)
-    opt = transfer.validate_options("stylize", size=SIZE, style_size=SIZE, style_scale=1.0)
-    k = transfer.calibration(opt, Image.open(pngs[0]), Image.open(pngs[1]))["size_factor"]
+    opt = resolve(make("stylize", size=SIZE, style_size=SIZE, style_scale=1.0))
+    k = schedule.calibration(opt, Image.open(pngs[0]), Image.open(pngs[1])).size_factor
     objective = bundle.bundle_objective(bundle_dir, content, preprocess(open_image(pngs[1]), SIZE), size_factor=k)
     lo, hi = pixel_bounds(content.shape)
     result = optim.lbfgs(objective, content.astype(np.float64), EVALS, bounds=(lo.reshape(content.shape),
@@ -175,10 +179,10 @@ def test_style_size_follows_the_size_as_in_nst_stylize(node, pngs, env, tmp_path
     got = json.loads((tmp_path / "result.json").read_text())
     problem = transfer.prepare("stylize", str(pngs[0]), str(pngs[1]), preset="scream", size=100, style_scale=1.0,
                                model=str(Path(env["NST_HOME"]) / "features.onnx"))
-    cal = problem.options["calibration"]
-    assert cal["style_size"] == 117
+    cal = problem.calibration
+    assert cal.style_size == 117
     assert got["style_dims"] == list(preprocess(Image.open(pngs[1]), 117).shape)
-    assert got["k"] == cal["size_factor"] != 1
+    assert got["k"] == cal.size_factor != 1
     lo, hi = problem.bounds
     loss = problem.objective(np.clip(problem.x0, lo, hi))[0]
     assert abs(got["loss"] - loss) <= 1e-5 * loss, (got["loss"], loss)

@@ -13,9 +13,9 @@ import onnx
 import pytest
 from PIL import Image
 
-from nst_core.imageio import open_image, preprocess
+from nst_core.inputs.images import open_image, preprocess
 from nst_core.losses import gram, tv_loss
-from nst_core.model import Network, tap_name
+from nst_core.network.model import Network, tap_name
 from nst_core.objective import active_layers, make_objective, targets
 
 torch = pytest.importorskip("torch")

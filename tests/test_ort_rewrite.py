@@ -19,8 +19,8 @@ import onnx
 import pytest
 from PIL import Image
 
-from nst_core.imageio import open_image, preprocess
-from nst_core.model import Network, tap_name
+from nst_core.inputs.images import open_image, preprocess
+from nst_core.network.model import Network, tap_name
 from nst_core.objective import make_objective, targets
 
 pytest.importorskip("torch")

@@ -1,4 +1,4 @@
-"""--pooling avg: the MaxPool -> AveragePool rewrite (nst_core.pooling) against torch's nn.AvgPool2d with the same
+"""--pooling avg: the MaxPool -> AveragePool rewrite (nst_core.network.pooling) against torch's nn.AvgPool2d with the same
 weights: the graph, the forward taps, and the gradient of the rewritten model against torch autograd in float64,
 judged as test_vjp_squeezenet.py judges the max-pool network (on one ReLU pattern, against torch's own float32
 deviation measured in the same test)."""
@@ -10,9 +10,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from nst_core import pooling, transfer, vjp
+from nst_core.spec import make, resolve
+from nst_core.network import pooling
+from nst_core import api as transfer
+from nst_core.network import vjp
 from nst_core.errors import NSTError
-from nst_core.model import Network, tap_name
+from nst_core.network.model import Network, tap_name
 
 import kinks  # noqa: E402  (tests/ is on the path)
 from kinks import forced, pattern, torch_saved, unexplained_flips  # noqa: E402
@@ -68,7 +71,7 @@ def test_the_rewrite_keeps_windows_and_weights(features_model):
     with pytest.raises(NSTError, match="unknown pooling 'min'"):
         pooling.with_pooling(model, "min")
     with pytest.raises(NSTError, match="unknown pooling 'min'"):
-        transfer.validate_options("stylize", pooling="min")
+        resolve(make("stylize", pooling="min"))
 
 
 @pytest.mark.parametrize("hw, pads", [((9, 12), 0), ((10, 11), 1), ((7, 8), 1)])

@@ -1,4 +1,4 @@
-"""The whole-picture term (nst_core.pyramid): the Lanczos downsampling against PIL's own resize, its adjoint, the
+"""The whole-picture term (nst_core.objective.pyramid): the Lanczos downsampling against PIL's own resize, its adjoint, the
 combined objective's gradient by finite differences, and the schedule's use of it (against a problem prepared at
 the first scale and PIL's resize, not against the module under test)."""
 import csv
@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_core import pyramid, schedule
+from nst_core.objective import pyramid
+from nst_core import schedule
 from nst_core.errors import NSTError
-from nst_core.transfer import invert, prepare, stylize, texture, validate_options
+from nst_core.spec import Spec, make, resolve
+from nst_core.api import invert, prepare, stylize, texture
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(size=128, calibration_size=64, iterations=3, device="cpu", scales=2)
@@ -84,12 +86,12 @@ def test_combined_gradient_by_finite_differences():
 
 
 def test_whole_weight_is_checked():
-    assert validate_options("stylize")["whole_weight"] == 1.0
-    assert validate_options("texture", whole_weight=0)["whole_weight"] == 0.0
+    assert resolve(make("stylize")).whole_weight == 1.0
+    assert resolve(make("texture", whole_weight=0)).whole_weight == 0.0
     with pytest.raises(NSTError, match="whole weight"):
-        validate_options("stylize", whole_weight=-1)
+        resolve(make("stylize", whole_weight=-1))
     with pytest.raises(NSTError, match="unknown option 'whole_weight'"):
-        validate_options("invert", whole_weight=1)
+        resolve(make("invert", whole_weight=1))
 
 
 def test_later_scales_add_the_first_scales_style_term(features_model, images_dir):

@@ -720,7 +720,7 @@ def test_two_concurrent_exports_leave_a_valid_model(env, weights_path, tmp_path)
     pytest.importorskip("torch")
     import onnx
 
-    from nst_core.model import load_model, tap_name
+    from nst_core.network.model import load_model, tap_name
 
     out = tmp_path / "cache"
     out.mkdir()

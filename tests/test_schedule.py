@@ -2,6 +2,7 @@
 (nst_core.schedule) through the API and the CLI, and the memory estimate with its check. Small sizes: schedules
 from 64 to 128 px, a few evaluations per scale."""
 import csv
+import dataclasses
 import math
 import subprocess
 import sys
@@ -11,12 +12,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_core import imageio, memory, optim, schedule, transfer
+from nst_core.inputs import images as imageio
+from nst_core.process import memory
+from nst_core import optim
+from nst_core import schedule
+import nst_core.schedule.problem
+import nst_core.schedule.runner
+from nst_core import api as transfer
 from nst_core.errors import NSTError
-from nst_core.imageio import MEAN, STD, open_image
+from nst_core.inputs.images import MEAN, STD, open_image
 from nst_core.losses import size_factor
-from nst_core.presets import PRESETS
-from nst_core.transfer import invert, prepare, stylize, texture, validate_options
+from nst_core.spec.presets import PRESETS
+from nst_core.spec import Spec, make, resolve
+from nst_core.api import invert, prepare, stylize, texture
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(REPO / "cli.py")]
@@ -45,40 +53,37 @@ def test_calibration_of_the_preset(paths):
     sn = PRESETS["starry_night"]
     at = {}
     for size in (192, 384, 1024):
-        at[size] = transfer.calibration(validate_options("stylize", size=size), content, style)
-    assert at[192] == {"size_factor": 1.0, "content_weight": sn["content_weight"], "tv_weight": sn["tv_weight"],
+        at[size] = schedule.calibration(resolve(make("stylize", size=size)), content, style)
+    assert dataclasses.asdict(at[192]) == {"size_factor": 1.0, "content_weight": sn["content_weight"], "tv_weight": sn["tv_weight"],
                        "style_size": 192, "pixels": 192 * 256, "calibration_pixels": 192 * 256}
     # 384x512 output: a quarter of the weight; style image at 384 (192 * 384 / 192)
-    assert at[384]["size_factor"] == 0.25 and at[384]["style_size"] == 384
-    assert at[384]["content_weight"] == sn["content_weight"] * 0.25
-    assert at[384]["tv_weight"] == sn["tv_weight"] * 0.25
+    assert at[384].size_factor == 0.25 and at[384].style_size == 384
+    assert at[384].content_weight == sn["content_weight"] * 0.25
+    assert at[384].tv_weight == sn["tv_weight"] * 0.25
     # 1024x1365: 49152 / 1397760; the style image would be 1024 (and its file's smaller edge is 1014), but the
     # following stops at STYLE_SIZE_LIMIT, 512
-    assert at[1024]["size_factor"] == 49152 / 1397760 and at[1024]["style_size"] == 512
+    assert at[1024].size_factor == 49152 / 1397760 and at[1024].style_size == 512
     # a file smaller than the limit caps it: a 400x300 painting at --size 1024 stays at 300 px
-    small = transfer.calibration(validate_options("stylize", size=1024), content, Image.new("RGB", (400, 300)))
-    assert small["style_size"] == 300
+    small = schedule.calibration(resolve(make("stylize", size=1024)), content, Image.new("RGB", (400, 300)))
+    assert small.style_size == 300
     # scream (224 at 192 px) at 1024 px: 1195 -> 512; composition_vii's own 512 never grows
-    assert transfer.calibration(validate_options("stylize", preset="scream", size=1024), content, style)[
-        "style_size"] == 512
-    assert transfer.calibration(validate_options("stylize", preset="composition_vii", size=1024), content, style)[
-        "style_size"] == 512
+    assert schedule.calibration(resolve(make("stylize", preset="scream", size=1024)), content, style).style_size == 512
+    assert schedule.calibration(resolve(make("stylize", preset="composition_vii", size=1024)), content, style).style_size == 512
     # an explicit style size is kept; calibration 0 keeps the raw weights and the preset's style size
-    assert transfer.calibration(validate_options("stylize", size=384, style_size=300), content, style)[
-        "style_size"] == 300
-    raw = transfer.calibration(validate_options("stylize", size=384, calibration_size=0), content, style)
-    assert (raw["size_factor"], raw["content_weight"], raw["style_size"]) == (1.0, sn["content_weight"], 192)
+    assert schedule.calibration(resolve(make("stylize", size=384, style_size=300)), content, style).style_size == 300
+    raw = schedule.calibration(resolve(make("stylize", size=384, calibration_size=0)), content, style)
+    assert (raw.size_factor, raw.content_weight, raw.style_size) == (1.0, sn["content_weight"], 192)
     # scream's style size 224 at 192 px: at 96 px half of it
-    scream = validate_options("stylize", preset="scream", size=96)
-    assert transfer.calibration(scream, content, style)["style_size"] == 112
+    scream = resolve(make("stylize", preset="scream", size=96))
+    assert schedule.calibration(scream, content, style).style_size == 112
 
 
 def test_odd_aspect_ratio_uses_the_pixel_counts():
     image = Image.new("RGB", (100, 37))
-    cal = transfer.calibration(validate_options("invert", size=50, calibration_size=20), image)
+    cal = schedule.calibration(resolve(make("invert", size=50, calibration_size=20)), image)
     # 50 -> 50 x int(50 * 100 / 37) = 50 x 135; 20 -> 20 x 54
-    assert (cal["pixels"], cal["calibration_pixels"]) == (6750, 1080)
-    assert cal["content_weight"] == 6e-2 * 1080 / 6750
+    assert (cal.pixels, cal.calibration_pixels) == (6750, 1080)
+    assert cal.content_weight == 6e-2 * 1080 / 6750
 
 
 def test_rescaled_objective_scales_content_and_tv_only(features_model, paths):
@@ -88,7 +93,7 @@ def test_rescaled_objective_scales_content_and_tv_only(features_model, paths):
     raw = prepare("stylize", paths["content"], paths["style"], calibration_size=0, **common)
     cal = prepare("stylize", paths["content"], paths["style"], calibration_size=64, **common)
     k = (64 * 85) / (128 * 170)
-    assert cal.options["calibration"]["size_factor"] == k
+    assert cal.calibration.size_factor == k
     _, g_raw, p_raw = raw.objective(raw.x0)
     _, g_cal, p_cal = cal.objective(cal.x0)
     assert p_cal["content"] == pytest.approx(k * p_raw["content"], rel=1e-6)
@@ -102,20 +107,20 @@ def test_rescaled_objective_scales_content_and_tv_only(features_model, paths):
 
 def test_options_are_checked():
     with pytest.raises(NSTError, match="calibration size must be >= 0"):
-        validate_options("stylize", calibration_size=-1)
+        resolve(make("stylize", calibration_size=-1))
     with pytest.raises(NSTError, match="scales"):
-        validate_options("stylize", scales=0)
+        resolve(make("stylize", scales=0))
     with pytest.raises(NSTError, match="scales"):
-        validate_options("stylize", scales="many")
-    assert validate_options("stylize")["calibration_size"] == 192
-    assert validate_options("invert")["scales"] == "auto"
+        resolve(make("stylize", scales="many"))
+    assert resolve(make("stylize")).calibration_size == 192
+    assert resolve(make("invert")).scales == "auto"
 
 
 # ------------------------------------------------------------------------------------------------ the schedule
 
 
 def _plan(**options):
-    return schedule.plan(validate_options("stylize", **options))
+    return schedule.plan(resolve(make("stylize", **options)))
 
 
 def test_sides_and_budgets_by_hand():
@@ -136,18 +141,18 @@ def test_sides_and_budgets_by_hand():
 
 def test_correction_pairs_per_scale_by_hand():
     # budgets 200 / 115 / 66 / 38: the later scales keep budget // 4 pairs, at least 5, at most the history
-    assert schedule.histories(validate_options("stylize", size=1024)) == [20, 20, 66 // 4, 38 // 4]
-    assert schedule.histories(validate_options("stylize", size=2048)) == [20, 20, 61 // 4, 34 // 4, 5]
-    assert schedule.histories(validate_options("stylize", size=1024, history=20)) == [20] * 4  # given: kept
-    assert schedule.histories(validate_options("stylize", size=1024, history=3)) == [3] * 4
-    assert schedule.histories(validate_options("stylize", size=256)) == [20]
+    assert schedule.histories(resolve(make("stylize", size=1024))) == [20, 20, 66 // 4, 38 // 4]
+    assert schedule.histories(resolve(make("stylize", size=2048))) == [20, 20, 61 // 4, 34 // 4, 5]
+    assert schedule.histories(resolve(make("stylize", size=1024, history=20))) == [20] * 4  # given: kept
+    assert schedule.histories(resolve(make("stylize", size=1024, history=3))) == [3] * 4
+    assert schedule.histories(resolve(make("stylize", size=256))) == [20]
 
 
 def test_learning_rates_per_scale_by_hand():
     def rates(**options):
-        return schedule.learning_rates(validate_options("stylize", **options))
+        return schedule.learning_rates(resolve(make("stylize", **options)))
 
-    assert schedule.sides(validate_options("stylize", size=512)) == [192, 314, 512]
+    assert schedule.sides(resolve(make("stylize", size=512))) == [192, 314, 512]
     # adam: CS231n's 3.0 at the first scale, the recipe's second rate (3.0 / 30) at the later ones
     assert rates(size=512, optimizer="adam") == [3.0, 0.1, 0.1]
     assert rates(size=512, optimizer="adam", lr=1.5) == pytest.approx([1.5, 0.05, 0.05], rel=1e-15)
@@ -274,7 +279,7 @@ def test_ctrl_c_keeps_the_best_image_of_the_current_scale(features_model, paths,
 
 
 def test_ctrl_c_between_scales_keeps_the_previous_scale(features_model, paths, monkeypatch):
-    real, calls = transfer.prepare, [0]
+    real, calls = schedule.runner.prepare, [0]
 
     def prepare(*args, **kwargs):
         calls[0] += 1
@@ -282,7 +287,7 @@ def test_ctrl_c_between_scales_keeps_the_previous_scale(features_model, paths, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(transfer, "prepare", prepare)
+    monkeypatch.setattr(schedule.runner, "prepare", prepare)
     image, result = stylize(paths["content"], paths["style"], model=features_model, **SMALL)
     assert result.status == "interrupted" and "preparing scale 2 (128 px)" in result.message
     assert image.shape == (64, 85, 3) and result.sides == [64] and result.n_evals == 3
@@ -290,7 +295,7 @@ def test_ctrl_c_between_scales_keeps_the_previous_scale(features_model, paths, m
 
 
 def test_nonfinite_stops_the_schedule(features_model, paths, monkeypatch):
-    real = transfer.make_objective
+    real = schedule.problem.make_objective
     calls = [0]
 
     def poisoned(*args, **kwargs):
@@ -302,7 +307,7 @@ def test_nonfinite_stops_the_schedule(features_model, paths, monkeypatch):
             return (math.nan if calls[0] == 5 else loss), grad, parts
         return objective
 
-    monkeypatch.setattr(transfer, "make_objective", poisoned)
+    monkeypatch.setattr(schedule.problem, "make_objective", poisoned)
     image, result = stylize(paths["content"], paths["style"], model=features_model, **dict(SMALL, iterations=4))
     assert result.status == "nonfinite" and result.n_evals == 5 and image.shape == (128, 170, 3)
     assert len(result.scales) == 2 and result.best_evaluation is None  # scale 2 had no finite evaluation before
@@ -332,7 +337,7 @@ def test_cli_schedule_log_intermediates_and_scale_column(env, paths, tmp_path):
 
 def test_too_big_is_one_line_before_any_work(env, features_model, paths, tmp_path, monkeypatch):
     monkeypatch.setattr(memory, "available_mb", lambda: 1000.0)
-    monkeypatch.setattr(transfer, "_network", None)  # building a network would fail: none is built
+    monkeypatch.setattr(schedule.problem.cache, "network", None)  # building a network would fail: none is built
     with pytest.raises(NSTError, match=r"--size 2048 \(2730x2048\) needs about .* GB of memory, 1.0 GB are "
                                        r"available; use a smaller --size"):
         stylize(paths["content"], paths["style"], size=2048, model=features_model)
@@ -345,9 +350,9 @@ def test_too_big_is_one_line_before_any_work(env, features_model, paths, tmp_pat
 
 CHILD = """
 import sys
-from nst_core import memory
+from nst_core.process import memory
 memory.reexec_with_huge_pages()
-from nst_core.transfer import stylize
+from nst_core.api import stylize
 stylize(sys.argv[1], sys.argv[2], size=int(sys.argv[3]), scales=1, iterations=3, device="cpu")
 print([l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1])
 """

@@ -1,4 +1,4 @@
-"""nst_core.transfer end to end: option validation, presets and style scale, feature inversion, texture, the
+"""nst_core.api end to end: option validation, presets and style scale, feature inversion, texture, the
 network cache, non-finite losses, and L-BFGS against Adam (CS231n) and torch.optim.LBFGS on CS231n's exact
 starry_night problem."""
 import math
@@ -8,11 +8,16 @@ import pytest
 from PIL import Image
 
 from nst_core import objective as objective_module
-from nst_core import transfer
+from nst_core import api as transfer
 from nst_core.errors import NSTError
-from nst_core.imageio import open_image, preprocess
-from nst_core.presets import DEFAULT_STYLE_SCALE, PRESETS
-from nst_core.transfer import invert, stylize, texture, validate_options
+from nst_core.inputs.images import open_image, preprocess
+from nst_core.spec.presets import DEFAULT_STYLE_SCALE, PRESETS
+from nst_core.spec import Spec, make, resolve
+from nst_core.api import invert, stylize, texture
+from nst_core.network import cache
+from nst_core import schedule
+import nst_core.schedule.problem
+from nst_core.spec import LBFGS_HISTORY
 
 FAST = dict(size=64, style_size=64, iterations=3, device="cpu")
 
@@ -53,57 +58,69 @@ def paths(images_dir):
 ])
 def test_bad_options_are_one_line_errors(options, message):
     with pytest.raises(NSTError) as info:
-        validate_options("stylize", **options)
+        resolve(make("stylize", **options))
     text = str(info.value)
     assert message in text and "\n" not in text
 
 
 def test_task_specific_options():
     with pytest.raises(NSTError, match="invert has no style image"):
-        validate_options("invert", init="style")
+        resolve(make("invert", init="style"))
     with pytest.raises(NSTError, match="texture has no content image"):
-        validate_options("texture", init="content")
+        resolve(make("texture", init="content"))
     with pytest.raises(NSTError, match="unknown option 'style_weights'"):
-        validate_options("invert", style_weights=(1.0,))
+        resolve(make("invert", style_weights=(1.0,)))
     with pytest.raises(NSTError, match="texture needs a style weight"):
-        validate_options("texture", style_weights=(0, 0, 0, 0))
-    assert validate_options("invert")["init"] == "noise"
-    assert validate_options("texture")["init"] == "noise"
-    assert validate_options("texture", size=100)["style_size"] == 100  # texture: the style image at --size
+        resolve(make("texture", style_weights=(0, 0, 0, 0)))
+    assert resolve(make("invert")).init == "noise"
+    assert resolve(make("texture")).init == "noise"
+    assert schedule.base_style_size(resolve(make("texture", size=100))) == 100  # texture: the style image at --size
 
 
 def test_presets_and_style_scale():
     for name, p in PRESETS.items():
-        o = validate_options("stylize", preset=name, optimizer="adam")  # the exercise exactly
-        assert (o["size"], o["style_size"], o["content_layer"], o["content_weight"], o["style_layers"],
-                o["tv_weight"]) == (p["image_size"], p["style_size"], p["content_layer"], p["content_weight"],
+        o = resolve(make("stylize", preset=name, optimizer="adam"))  # the exercise exactly
+        assert (o.size, schedule.base_style_size(o), o.content_layer, o.content_weight, o.style_layers,
+                o.tv_weight) == (p["image_size"], p["style_size"], p["content_layer"], p["content_weight"],
                                     p["style_layers"], p["tv_weight"])
-        assert o["style_scale"] == 1.0 and o["effective_style_weights"] == p["style_weights"]
-        lb = validate_options("stylize", preset=name)
-        assert lb["style_scale"] == DEFAULT_STYLE_SCALE["lbfgs"]
-        assert lb["effective_style_weights"] == tuple(w * lb["style_scale"] for w in p["style_weights"])
+        assert o.style_scale == 1.0 and o.effective_style_weights == p["style_weights"]
+        lb = resolve(make("stylize", preset=name))
+        assert lb.style_scale == DEFAULT_STYLE_SCALE["lbfgs"]
+        assert lb.effective_style_weights == tuple(w * lb.style_scale for w in p["style_weights"])
     assert PRESETS["composition_vii"]["style_weights"] == (20000, 500, 12, 1)
     assert PRESETS["scream"]["style_weights"] == (200000, 800, 12, 1)
     assert PRESETS["starry_night"]["style_weights"] == (300000, 1000, 15, 3)
     # explicit options override the preset's values
-    o = validate_options("stylize", preset="scream", content_weight=1.0, size=300, style_scale=2.0,
-                         style_layers=(2, 3), style_weights=(5.0, 6.0))
-    assert (o["content_weight"], o["size"], o["style_size"], o["tv_weight"]) == (1.0, 300, 224, 2e-2)
-    assert o["effective_style_weights"] == (10.0, 12.0)
-    assert validate_options("stylize")["content_weight"] == PRESETS["starry_night"]["content_weight"]
+    o = resolve(make("stylize", preset="scream", content_weight=1.0, size=300, style_scale=2.0,
+                         style_layers=(2, 3), style_weights=(5.0, 6.0)))
+    assert (o.content_weight, o.size, schedule.base_style_size(o), o.tv_weight) == (1.0, 300, 224, 2e-2)
+    assert o.effective_style_weights == (10.0, 12.0)
+    assert resolve(make("stylize")).content_weight == PRESETS["starry_night"]["content_weight"]
 
 
 # ------------------------------------------------------------------------------------------------ runs
 
 
 def test_stylize_small(features_model, paths):
-    seen = []
-    image, result = stylize(paths["content"], paths["style"], model=features_model, seed=0,
-                            callback=lambda rec, x: seen.append(rec.evaluation), **FAST)
+    seen, xs = [], []
+
+    def callback(rec, x):
+        seen.append(rec.evaluation)
+        xs.append(np.array(x))
+
+    image, result = stylize(paths["content"], paths["style"], model=features_model, seed=0, callback=callback, **FAST)
     assert image.dtype == np.uint8 and image.shape == (64, 85, 3)
     assert result.n_evals == 3 and seen == [1, 2, 3] and result.status == "budget"
     assert set(result.parts) == {"content", "style", "tv"}
-    assert result.history[-1].loss <= result.history[0].loss or result.loss <= result.history[0].loss
+    # the 3 L-BFGS evaluations lower the loss, and the result is the best evaluated point, its loss and its picture
+    losses = [r.loss for r in result.history]
+    assert result.loss < losses[0], f"3 L-BFGS evaluations did not lower the loss: {losses}"
+    assert result.loss == min(losses) and result.best_evaluation == 1 + losses.index(min(losses))
+    assert np.array_equal(result.x, xs[losses.index(min(losses))]), \
+        f"result.x is not the x of the best evaluation ({1 + losses.index(min(losses))} of {losses})"
+    rgb = result.x[0].transpose(1, 2, 0) * np.array([0.229, 0.224, 0.225]) + np.array([0.485, 0.456, 0.406])
+    assert np.array_equal(image, np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)), \
+        "the image is not the picture of result.x"
 
 
 def test_pil_inputs_and_inits(features_model, paths):
@@ -163,9 +180,9 @@ def test_missing_model_and_image(features_model, tmp_path, paths):
 
 def test_network_cache_reuses_sessions(features_model, paths):
     stylize(paths["content"], paths["style"], model=features_model, **FAST)
-    cached = dict(transfer._NETWORKS)
+    cached = dict(cache._NETWORKS)
     stylize(paths["content"], paths["style"], model=features_model, **FAST)
-    assert transfer._NETWORKS == cached  # same keys, same Network objects
+    assert cache._NETWORKS == cached  # same keys, same Network objects
 
 
 def test_nonfinite_keeps_the_best_finite_image(features_model, paths, monkeypatch):
@@ -183,7 +200,7 @@ def test_nonfinite_keeps_the_best_finite_image(features_model, paths, monkeypatc
             return loss, grad, parts
         return objective
 
-    monkeypatch.setattr(transfer, "make_objective", poisoned)
+    monkeypatch.setattr(schedule.problem, "make_objective", poisoned)
     image, result = stylize(paths["content"], paths["style"], model=features_model,
                             **dict(FAST, iterations=10))
     assert result.status == "nonfinite" and result.n_evals == 4
@@ -221,7 +238,7 @@ def test_lbfgs_beats_adam_and_matches_torch_lbfgs(features_model, weights_path, 
     torch.manual_seed(0)
     ref = lbfgs_run(make_loss(load_net(weights_path), content_x, style_x, **p), content_x, evaluations=200,
                     history=100)
-    print(f"\nstarry_night 192 px, 200 evaluations: ours L-BFGS-B (history {transfer.LBFGS_HISTORY}) "
+    print(f"\nstarry_night 192 px, 200 evaluations: ours L-BFGS-B (history {LBFGS_HISTORY}) "
           f"{ours.loss:.6g} in {ours.history[-1].seconds:.1f} s; CS231n Adam {adam.loss:.6g} (best of its "
           f"evaluations; last {adam.history[-1].loss:.6g}); torch.optim.LBFGS(history 100) {ref['best']:.6g} "
           f"(last {ref['last']:.6g}) in {ref['seconds']:.1f} s; ours / torch = {ours.loss / ref['best']:.4f}")

@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from nst_core import vjp
+from nst_core.network import vjp
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

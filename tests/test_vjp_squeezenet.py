@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from nst_core import vjp
-from nst_core.model import Network, tap_name
+from nst_core.network import vjp
+from nst_core.network.model import Network, tap_name
 
 torch = pytest.importorskip("torch")
 from kinks import forced, pattern, torch_saved, unexplained_flips, windows  # noqa: E402

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_core import bundle as nst_bundle
-from nst_core import transfer
-from nst_core.imageio import open_image, preprocess
-from nst_core.model import Network, load_model, tap_name
+from nst_core.hosts import bundle as nst_bundle
+from nst_core import api as transfer
+from nst_core.inputs.images import open_image, preprocess
+from nst_core.network.model import Network, load_model, tap_name
 from nst_core.objective import make_objective, targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,21 +104,21 @@ def python_first_loss(bundle_dir, env, preset=None):
     content, style = (bundle_dir / "inputs" / f"{n}.png" for n in ("tubingen", "starry_night"))
     problem = transfer.prepare("stylize", str(content), str(style), size=SIZE, preset=preset,
                                model=str(Path(env["NST_HOME"]) / "features.onnx"))
-    opt = problem.options
+    opt = problem.job
     lo, hi = problem.bounds
     x0 = np.clip(problem.x0, lo, hi)
-    taps = [tap_name(k) for k in sorted({opt["content_layer"], *opt["style_layers"]})]
+    taps = [tap_name(k) for k in sorted({opt.content_layer, *opt.style_layers})]
     net = Network(load_model(Path(env["NST_HOME"]) / "features.onnx", taps), taps, device="cpu")
-    cal = opt["calibration"]
-    cx, sx = preprocess(open_image(content), SIZE), preprocess(open_image(style), cal["style_size"])
-    target, grams = targets(net, cx, sx, opt["content_layer"], opt["style_layers"])
-    ref = make_objective(net, content_target=target, content_layer=opt["content_layer"],
-                         content_weight=cal["content_weight"], style_targets=grams, style_layers=opt["style_layers"],
-                         style_weights=opt["effective_style_weights"], tv_weight=cal["tv_weight"], fused=False)
+    cal = problem.calibration
+    cx, sx = preprocess(open_image(content), SIZE), preprocess(open_image(style), cal.style_size)
+    target, grams = targets(net, cx, sx, opt.content_layer, opt.style_layers)
+    ref = make_objective(net, content_target=target, content_layer=opt.content_layer,
+                         content_weight=cal.content_weight, style_targets=grams, style_layers=opt.style_layers,
+                         style_weights=opt.effective_style_weights, tv_weight=cal.tv_weight, fused=False)
     loss_ref = ref(x0)[0]
     loss_stylize = problem.objective(x0)[0]  # what nst stylize evaluates first
     assert abs(loss_stylize - loss_ref) <= 1e-5 * loss_ref, (loss_stylize, loss_ref)
-    loss_ort = (nst_bundle.bundle_objective(bundle_dir, cx, sx, size_factor=cal["size_factor"])(x0)[0]
+    loss_ort = (nst_bundle.bundle_objective(bundle_dir, cx, sx, size_factor=cal.size_factor)(x0)[0]
                 if preset is None else None)
     return loss_ref, loss_ort, x0.shape, cal, loss_stylize
 
@@ -131,7 +131,7 @@ def test_window_nst_run_matches_python(e2e, bundle_dir, env, capsys):
     assert [h["evaluation"] for h in run["history"]] == list(range(1, EVALS + 1))
     first = run["history"][0]
     loss_ref, loss_ort, shape, cal, loss_stylize = python_first_loss(bundle_dir, env)
-    assert run["k"] == cal["size_factor"] != 1 and run["styleSize"] == cal["style_size"] == 128
+    assert run["k"] == cal.size_factor != 1 and run["styleSize"] == cal.style_size == 128
     err_browser, err_ort = abs(first["loss"] - loss_ref) / loss_ref, abs(loss_ort - loss_ref) / loss_ref
     with capsys.disabled():
         print(f"\nweb e2e: first loss {first['loss']:.8g} (browser) vs {loss_ref:.8g} (NumPy float64 reference): "
@@ -150,8 +150,8 @@ def test_other_preset_on_the_same_bundle(e2e, bundle_dir, env, capsys):
     scream's 224 px scaled to 128 px as nst stylize does): its first loss equals Python's float64 reference for `--preset scream` within 1e-5."""
     first = e2e["scream"]["history"][0]
     loss_ref, _, _, cal, _ = python_first_loss(bundle_dir, env, preset="scream")
-    assert e2e["scream"]["styleSize"] == cal["style_size"] == 149  # round(224 * 128 / 192), following the size
-    assert e2e["scream"]["k"] == cal["size_factor"] != 1
+    assert e2e["scream"]["styleSize"] == cal.style_size == 149  # round(224 * 128 / 192), following the size
+    assert e2e["scream"]["k"] == cal.size_factor != 1
     with capsys.disabled():
         print(f"\nweb e2e, scream preset on the starry_night bundle: first loss {first['loss']:.8g} vs "
               f"{loss_ref:.8g}: {abs(first['loss'] - loss_ref) / loss_ref:.2g} relative")
@@ -213,7 +213,7 @@ def test_serve_web_errors(bundle_dir, env, tmp_path):
 
 
 def test_serve_web_headers_and_tree(server, bundle_dir):
-    """COOP/COEP on every answer, .wasm / .mjs types, the URL tree of nst_core.serve, node_modules not served."""
+    """COOP/COEP on every answer, .wasm / .mjs types, the URL tree of nst_core.hosts.web, node_modules not served."""
     import urllib.error
     import urllib.request
 
@@ -242,7 +242,7 @@ def test_serve_web_headers_and_tree(server, bundle_dir):
 
 def test_make_server_refuses_without_npm_install(bundle_dir, monkeypatch, tmp_path):
     """Without hosts/web's node_modules (npm ci), and for a port out of range: NSTError, one line."""
-    from nst_core import serve
+    from nst_core.hosts import web
     from nst_core.errors import NSTError
 
     monkeypatch.setattr(serve, "ORT_DIST", tmp_path / "node_modules" / "onnxruntime-web" / "dist")

@@ -7,7 +7,7 @@ benchmarks (torch is never imported by nst_core).
     run = lbfgs_run(loss_fn, content_x, evaluations=200, history=100)   # torch.optim.LBFGS, no line search
     run = adam_cs231n_run(loss_fn, content_x, steps=200)                # the exercise's loop
 
-Images are NumPy float32 [1, 3, H, W] normalised (``nst_core.imageio.preprocess`` is CS231n's preprocessing bit
+Images are NumPy float32 [1, 3, H, W] normalised (``nst_core.inputs.images.preprocess`` is CS231n's preprocessing bit
 for bit). The formulas are those of DESIGN.md, written here independently of ``nst_core.losses``.
 """
 from __future__ import annotations

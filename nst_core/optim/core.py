@@ -10,6 +10,8 @@ from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from ..process.threads import single_threaded_blas
+
 #: The possible values of ``Result.status``.
 STATUSES = ("budget", "converged", "interrupted", "nonfinite")
 
@@ -303,9 +305,4 @@ def _positive(value, name: str) -> float:
 
 
 def _one_blas_thread():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        import contextlib
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    return single_threaded_blas()

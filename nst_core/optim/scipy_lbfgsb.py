@@ -19,6 +19,12 @@ from typing import Optional
 import numpy as np
 from scipy import optimize as _sp_optimize
 
+try:  # SciPy >= 1.15's private driver pieces (see _lbfgsb_run); other layouts use minimize()
+    from scipy.optimize import _lbfgsb
+    from scipy.optimize._lbfgsb_py import status_messages, task_messages
+except ImportError:  # pragma: no cover - older/newer SciPy layouts
+    _lbfgsb = status_messages = task_messages = None
+
 from .core import (BoundsLike, Callback, Objective, Result, _as_bounds, _as_budget, _as_x0, _Evaluator,
                    _one_blas_thread, _positive_int, _run)
 
@@ -121,11 +127,6 @@ def _lbfgsb_run(fun, x0: np.ndarray, box, options: dict):
     """One L-BFGS-B run: SciPy's own driver loop around its `setulb` routine (SciPy >= 1.15), with the bounds
     prepared in NumPy. scipy.optimize.minimize prepares them in a Python loop over every variable, which took ~7 s
     per start for a 512x512 image; that is the only difference. Falls back to minimize() on other SciPy versions."""
-    try:
-        from scipy.optimize import _lbfgsb
-        from scipy.optimize._lbfgsb_py import status_messages, task_messages
-    except ImportError:  # pragma: no cover - older/newer SciPy layouts
-        _lbfgsb = None
     sp_bounds = None if box is None else _sp_optimize.Bounds(box[0], box[1])
     if _lbfgsb is None or not hasattr(_lbfgsb, "setulb") or not _SETULB_OK:
         return _sp_optimize.minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=sp_bounds, options=options)
@@ -163,8 +164,8 @@ def _lbfgsb_run(fun, x0: np.ndarray, box, options: dict):
 def _probe_setulb() -> bool:
     """True when SciPy's setulb has the signature _lbfgsb_run drives (SciPy >= 1.15's C version)."""
     try:
-        from scipy.optimize import _lbfgsb
-        from scipy.optimize._lbfgsb_py import status_messages, task_messages  # noqa: F401
+        if _lbfgsb is None:
+            return False
         x = np.array([1.0])
         wa = np.zeros(2 * 1 + 5 + 11 + 8)
         task = np.zeros(2, np.int32)

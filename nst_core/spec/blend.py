@@ -17,11 +17,10 @@ import numbers
 import os
 from typing import Sequence
 
-import numpy as np
 
-from .errors import NSTError
+from ..errors import NSTError
 
-__all__ = ["as_list", "check_blend", "blend_weights", "blended_grams"]
+__all__ = ["as_list", "check_blend", "blend_weights"]
 
 
 def as_list(styles) -> list:
@@ -62,24 +61,3 @@ def blend_weights(weights, n_styles: int) -> tuple:
                        f"{'' if n_styles == 1 else 's'}; give one weight per style image")
     total = math.fsum(weights)
     return tuple(w / total for w in weights)
-
-
-def blended_grams(network, style_xs: Sequence[np.ndarray], weights: Sequence[float], layers) -> dict:
-    """``{layer: sum_i w_i G_layer(style_xs[i])}``, float32 [C, C] each.
-
-    ``network``: a ``model.Network`` with the taps of ``layers``; ``style_xs``: normalised float32 [1, 3, h_i, w_i]
-    images, one per weight (those with weight 0 are skipped). Empty when ``layers`` is empty."""
-    from .objective import targets
-
-    if len(style_xs) != len(weights):
-        raise ValueError(f"{len(style_xs)} style images for {len(weights)} weights")
-    layers = [int(k) for k in layers]
-    total: dict = {}
-    for x, w in zip(style_xs, weights):
-        if not w or not layers:
-            continue
-        _, grams = targets(network, None, x, 0, layers)
-        for k in layers:
-            term = float(w) * grams[k].astype(np.float64)
-            total[k] = term if k not in total else total[k] + term
-    return {k: g.astype(np.float32) for k, g in total.items()}

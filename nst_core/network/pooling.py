@@ -34,7 +34,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from .errors import NSTError
+from ..errors import NSTError
 
 __all__ = ["POOLINGS", "AVG_SCALE", "with_pooling", "check_pooling"]
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import NSTError
-from .imageio import MEAN, STD
+from ..errors import NSTError
+from .images import MEAN, STD, deprocess, preprocess, to_array
 
 __all__ = ["ORIGINAL_COLORS", "BT601", "RIDGE", "check_mode", "luminance", "rgb_to_ycbcr", "ycbcr_to_rgb", "grey",
            "match_luminance", "match_colours", "sym_sqrt", "recombine", "finisher", "network_images",
@@ -155,8 +155,6 @@ def finisher(mode: str, content):
     ``deprocess``, or for "luminance" ``recombine`` with the chroma of ``content`` (a PIL image) preprocessed at x's
     size (smaller edge min(h, w), as the output was made; cached per shape, so pictures of every scale of a
     coarse-to-fine run work)."""
-    from .imageio import deprocess, preprocess
-
     if mode != "luminance":
         return deprocess
     chromas: dict = {}
@@ -182,8 +180,6 @@ def network_images(mode: str, content, styles):
         return content, list(styles)
     if content is None:
         raise NSTError(f"original colors {mode!r} needs a content image")
-    from .imageio import to_array
-
     c = to_array(content)
     if mode == "luminance":
         return grey(c), [match_luminance(to_array(s), c) for s in styles]

@@ -5,7 +5,7 @@
     summary["results"]["lbfgs"].history                    # optim.Result of each run, one Record per evaluation
 
 Fairness
-    The problem (images, network, targets, loss weights) is prepared ONCE (``transfer.prepare``) and every optimizer
+    The problem (images, network, targets, loss weights) is prepared ONCE (``api.prepare``'s single-scale problem) and every optimizer
     minimises that same objective from the same start image ``x0`` with the same budget, counted in OBJECTIVE
     EVALUATIONS (forward + backward passes), not iterations: an L-BFGS iteration can take several evaluations in
     its line search, an Adam or gradient-descent step exactly one. Every optimizer spends the whole budget (the
@@ -70,6 +70,7 @@ Ctrl-C, SIGTERM, SIGHUP
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -80,13 +81,20 @@ import time
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import scipy
 
-from . import model as _model
-from . import blend, interrupts, optim, transfer
-from .errors import NSTError
-from .imageio import deprocess, save_image, write_bytes
-from .objective import single_threaded_blas
-from .presets import DEFAULT_PRESET
+from ..network import model as _model
+from ..spec import blend
+from ..process import interrupts
+from .. import optim
+from .. import api
+from ..schedule import optimise, prepare, scale_jobs
+from ..schedule.problem import ADAM_CLAMP, ADAM_DECAY_FACTOR, adam_steps
+from ..spec.spec import ADAM_LR, LBFGS_HISTORY, Spec
+from ..errors import NSTError
+from ..inputs.images import deprocess
+from ..outputs.files import save_image, write_bytes
+from ..process.threads import single_threaded_blas
 
 __all__ = ["compare", "table", "default_gd_lr", "KINDS", "DEFAULT_OPTIMIZERS", "DEFAULT_CHECKPOINTS", "GD_LR",
            "PLOTS_HINT", "FILES"]
@@ -115,7 +123,7 @@ def default_gd_lr(style_scale: float) -> float:
     """Gradient descent's default step for a style scale (units: normalised pixels per unit of gradient).
 
     ``GD_LR`` (2e-3) up to style scale 1; above, ``GD_LR * style_scale ** -0.8``, the power law through the two
-    measured points: 2e-3 at scale 1 and ``transfer.GD_LR`` = 5e-5 at scale 100 (a larger style weight makes the
+    measured points: 2e-3 at scale 1 and ``spec.GD_LR`` = 5e-5 at scale 100 (a larger style weight makes the
     gradient larger, so the step must shrink). Give ``gd_lr`` to choose another step."""
     return GD_LR * max(float(style_scale), 1.0) ** -0.8
 
@@ -167,8 +175,9 @@ def _plan(optimizers, adam_lrs, gd_lr, lbfgs_history: int, budget: int, style_sc
                 "method": "SciPy L-BFGS-B", "history": lbfgs_history, "maxls": 20, "bounds": pixels}})
         elif name == "adam":
             runs.append({"label": "adam", "kind": "adam", "settings": {
-                "method": "Adam, CS231n recipe", "lr": transfer.ADAM_LR, "decay_at": round(0.9 * budget),
-                "decayed_lr": transfer.ADAM_LR / 30.0, "clamp": [-1.5, 1.5], "clamp_until": round(0.95 * budget),
+                "method": "Adam, CS231n recipe", "lr": ADAM_LR, "decay_at": adam_steps(budget)[0],
+                "decayed_lr": ADAM_LR / ADAM_DECAY_FACTOR, "clamp": list(ADAM_CLAMP),
+                "clamp_until": adam_steps(budget)[1],
                 "betas": [0.9, 0.999], "eps": 1e-8}})
         elif name == "adam-lr":
             for lr in adam_lrs:
@@ -186,9 +195,9 @@ def _optimise(run: dict, problem, budget: int, callback) -> optim.Result:
     kind, s = run["kind"], run["settings"]
     x0 = problem.x0
     if kind in ("lbfgs", "lbfgsb", "adam", "gd"):  # exactly as stylize runs them
-        opt = {"optimizer": kind, "iterations": budget, "callback": callback, "history": s.get("history"),
-               "lr": s["lr"] if kind == "gd" else None}
-        return transfer._optimise(problem.objective, x0, opt)
+        job = dataclasses.replace(problem.job, optimizer=kind, iterations=budget, history=s.get("history"),
+                                  lr=s.get("lr"))
+        return optimise(dataclasses.replace(problem, job=job), callback)
     return optim.adam(problem.objective, x0, budget, lr=s["lr"], decay_at=None, clamp=problem.bounds,
                       clamp_until=None, callback=callback)
 
@@ -454,20 +463,13 @@ def _machine() -> dict:
         load = [round(v, 2) for v in os.getloadavg()]
     except (OSError, AttributeError):
         load = None
-    import scipy
-
-    try:
-        import onnxruntime
-
-        ort_version = onnxruntime.__version__
-    except ImportError:  # pragma: no cover - the runtime needs it anyway
-        ort_version = None
+    ort_version = _model.ort_version()
     return {"cpu": cpu, "cpus": os.cpu_count(), "load_average": load, "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
             "onnxruntime": ort_version}
 
 
-def _summarise(done: list, problem, opt: dict, preset: str, content, style, budget: int, seed, seed_drawn: bool,
+def _summarise(done: list, problem, job: Spec, content, style, budget: int, seed, seed_drawn: bool,
                checkpoints, start_loss: float) -> dict:
     optimizers = {}
     for run in done:
@@ -495,13 +497,13 @@ def _summarise(done: list, problem, opt: dict, preset: str, content, style, budg
         within = {run["label"]: _first_reach(run["result"], best_loss + 0.01 * abs(best_loss))
                   for run in done}
     h, w = problem.x0.shape[2:]
-    problem_info = {k: opt[k] for k in _PROBLEM_OPTIONS if k in opt}
+    problem_info = {k: getattr(job, k) for k in _PROBLEM_OPTIONS if getattr(job, k) is not None}
     name = lambda s: os.fspath(s) if isinstance(s, (str, os.PathLike)) else "<image>"  # noqa: E731
     styles = blend.as_list(style)
-    problem_info.update(preset=preset, content=name(content),
+    problem_info.update(preset=job.preset, content=name(content),
                         style=name(styles[0]) if len(styles) == 1 else [name(s) for s in styles],
-                        height=int(h), width=int(w), style_scale=opt["style_scale"], start_loss=start_loss,
-                        model=os.fspath(opt["model_path"]))
+                        height=int(h), width=int(w), style_scale=job.style_scale, start_loss=start_loss,
+                        model=os.fspath(_model.find_model(job.model)))
     return {"budget": budget, "seed": seed, "seed_drawn": seed_drawn, "checkpoints": list(checkpoints),
             "problem": problem_info, "optimizers": optimizers,
             "best": {"optimizer": best_label, "loss": best_loss,
@@ -600,7 +602,7 @@ def _write_files(directory: str, done: list, summary: dict, marks: list, budget:
 
 
 def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = None, iterations: int = 200,
-            seed: Optional[int] = None, lbfgs_history: int = transfer.LBFGS_HISTORY,
+            seed: Optional[int] = None, lbfgs_history: int = LBFGS_HISTORY,
             adam_lrs: Sequence[float] = (), gd_lr: Optional[float] = None,
             checkpoints: Sequence[int] = DEFAULT_CHECKPOINTS, style_scale: float = 1.0,
             progress: Optional[Callable[[str], None]] = None, **problem_options) -> dict:
@@ -635,7 +637,7 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
     **problem_options
         ``preset``, ``size``, ``style_size``, ``content_layer``, ``content_weight``, ``style_layers``,
         ``style_weights``, ``tv_weight``, ``init``, ``device``, ``model``, ``original_colors``, ``style_blend``,
-        ``pooling``: as for ``transfer.stylize``.
+        ``pooling``: as for ``api.stylize``.
 
     Returns
     -------
@@ -664,12 +666,11 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
     if unknown:
         raise NSTError(f"compare: unknown option {unknown[0]!r}")
     options = {k: v for k, v in problem_options.items() if v is not None}
-    opt = transfer.validate_options("stylize", optimizer="lbfgs", iterations=iterations, seed=seed,
-                                    history=lbfgs_history, style_scale=style_scale, **options)
-    budget, history = opt["iterations"], opt["history"]
-    blend.blend_weights(opt["style_blend"], len(blend.as_list(style)))  # the count, before any image is decoded
+    job, images = api.job_of("stylize", content, style, optimizer="lbfgs", iterations=iterations, seed=seed,
+                             history=lbfgs_history, style_scale=style_scale, scales=1, **options)
+    budget = job.iterations
     marks = _marks(checkpoints, budget)
-    runs = _plan(optimizers, adam_lrs, gd_lr, history, budget, opt["style_scale"])
+    runs = _plan(optimizers, adam_lrs, gd_lr, job.history, budget, job.style_scale)
     directory = _check_out_dir(out_dir)
     names = list(FILES) + [f"final_{r['label']}.png" for r in runs]
     inputs = [p for p in [content] + blend.as_list(style) if isinstance(p, (str, bytes, os.PathLike))]
@@ -678,16 +679,13 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
             if _same_file(os.path.join(directory, name), inp):
                 raise NSTError(f"{os.path.join(directory, name)}: the comparison would overwrite the input image")
 
-    seed_drawn = False
-    if opt["init"] == "noise" and seed is None:
-        seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)  # recorded, so the run can be repeated
-        seed_drawn = True
+    seed, seed_drawn = job.seed, job.init == "noise" and seed is None  # a drawn seed is recorded, to repeat the run
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    machine = dict(_machine(), providers=_model.providers(opt["device"]))
+    machine = dict(_machine(), providers=_model.providers(job.device))
     t_start = time.perf_counter()
-    problem = transfer.prepare("stylize", content, style, optimizer="lbfgs", iterations=budget, seed=seed,
-                               history=history, style_scale=opt["style_scale"], **options)
-    opt = dict(problem.options, model_path=_model.find_model(opt["model"]))
+    _model.find_model(job.model)
+    content_img, style_imgs = api.open_inputs(job, images.get("content"), images.get("styles"))
+    problem = prepare(scale_jobs(job)[0], content_img, style_imgs)
     with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         start_loss = float(problem.objective(problem.x0)[0])  # warm-up: not counted, not timed
         h, w = problem.x0.shape[2:]
@@ -699,8 +697,7 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
     if interrupted is not None:
         left = [r["label"] for r in runs[len(done):]]
         notes.append(f"{interrupts.stopped_by()} during {interrupted}: {', '.join(left)} left out of this comparison")
-    preset = options.get("preset", DEFAULT_PRESET)
-    summary = _summarise(done, problem, opt, preset, content, style, budget, seed, seed_drawn, marks, start_loss)
+    summary = _summarise(done, problem, job, content, style, budget, seed, seed_drawn, marks, start_loss)
     summary.update(started=started, machine=machine, interrupted=interrupted, out_dir=directory)
     if not done:
         summary.update(files=[], notes=notes + ["nothing finished, nothing written"], results={}, plots=False,

@@ -30,11 +30,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from . import lossgraph
-from . import model as _model
-from .errors import NSTError
-from .imageio import MEAN, STD, pixel_bounds, preprocess, sha256_file
-from .interrupts import sigint_deferred
+from PIL import Image
+
+from ..network import lossgraph
+from ..network.shapes import min_side
+from ..objective import make_objective, targets
+from ..schedule.calibration import STYLE_SIZE_LIMIT, base_style_size
+from ..spec.spec import DEFAULT_ITERATIONS, LBFGS_HISTORY, Spec
+from ..network import model as _model
+from ..errors import NSTError
+from ..inputs.images import MEAN, STD, pixel_bounds, preprocess, sha256_file
+from ..process.interrupts import sigint_deferred
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "write_bundle", "check_bundle", "bundle_objective",
            "float64_tensors", "reference_case", "grad_checksums", "load_manifest"]
@@ -129,8 +135,6 @@ def reference_case(network, problem: dict, images: dict) -> dict:
 
     ``network``: a ``model.Network`` with the problem's taps; ``images``: uint8 [h, w, 3] "content", "style",
     "image". Returns the expected losses, gradient checksums (``grad_checksums``) and target L2 norms."""
-    from .objective import make_objective, targets
-
     content_x, style_x = preprocess(images["content"], None), preprocess(images["style"], None)
     layer = problem["content_layer"]
     style_layers = problem["style_layers"]
@@ -160,10 +164,12 @@ def reference_case(network, problem: dict, images: dict) -> dict:
 # Writing
 
 
-def _problem(opt: dict) -> dict:
-    """The manifest's problem section from validated stylize options (``transfer.validate_options``)."""
+def _problem(job: Spec) -> dict:
+    """The manifest's problem section from a resolved stylize job."""
+    opt = {"content_layer": job.content_layer, "content_weight": job.content_weight, "tv_weight": job.tv_weight,
+           "style_layers": job.style_layers, "style_weights": job.style_weights, "style_scale": job.style_scale}
     content_tap = _model.tap_name(opt["content_layer"]) if opt["content_weight"] else None
-    style = [(k, w) for k, w in zip(opt["style_layers"], opt["effective_style_weights"]) if w]
+    style = [(k, w) for k, w in zip(opt["style_layers"], job.effective_style_weights) if w]
     weights = []
     if content_tap:
         weights.append({"term": "content", "layer": opt["content_layer"], "input": lossgraph.CONTENT_WEIGHT,
@@ -172,20 +178,18 @@ def _problem(opt: dict) -> dict:
         weights.append({"term": "style", "layer": k, "input": lossgraph.style_weight_input(_model.tap_name(k)),
                         "value": w})
     weights.append({"term": "tv", "layer": None, "input": lossgraph.TV_WEIGHT, "value": opt["tv_weight"]})
-    return {"preset": opt.get("preset"), "content_layer": opt["content_layer"] if content_tap else None,
+    return {"preset": job.preset, "content_layer": opt["content_layer"] if content_tap else None,
             "content_tap": content_tap, "style_layers": [k for k, _ in style],
             "style_taps": [_model.tap_name(k) for k, _ in style], "style_scale": opt["style_scale"],
             "style_weights_unscaled": [w for k, w in zip(opt["style_layers"], opt["style_weights"])
                                        if w * opt["style_scale"]],
-            "weights": weights, "size": opt["size"], "style_size": opt["style_size"],
-            "style_size_given": bool(opt.get("style_size_given", True)),
-            "calibration_size": opt.get("calibration_size", 0)}
+            "weights": weights, "size": job.size, "style_size": base_style_size(job),
+            "style_size_given": job.style_size is not None, "calibration_size": job.calibration_size}
 
 
 def _calibration(problem: dict) -> dict:
     """The manifest's calibration section: how a host rescales the weights and the style size with the output size,
-    as ``transfer.calibration`` does for ``nst stylize`` (one scale; the coarse-to-fine schedule is Python's)."""
-    from .transfer import STYLE_SIZE_LIMIT
+    as ``schedule.calibration`` does for ``nst stylize`` (one scale; the coarse-to-fine schedule is Python's)."""
     return {
         "size": problem["calibration_size"],
         "weights_rule": "k = (h_c * w_c) / (h * w). (h, w) is the output's shape: the content image resized so that "
@@ -202,7 +206,7 @@ def _calibration(problem: dict) -> dict:
         "style_size_limit": STYLE_SIZE_LIMIT,
         "scales": "one: a host paints at the content size only, as nst stylize --scales 1 (nst's coarse-to-fine "
                   "schedule, used above 1.5 x calibration.size by default, is not part of the bundle)",
-        "computed_by": "nst_core.transfer.calibration (k: nst_core.losses.size_factor)",
+        "computed_by": "nst_core.schedule.calibration (k: nst_core.losses.size_factor)",
     }
 
 
@@ -210,7 +214,6 @@ def _manifest(problem: dict, features: onnx.ModelProto, models: dict, files: dic
               expected: dict) -> dict:
     meta = _model.metadata(features)
     lo, hi = pixel_bounds((1, 3, 1, 1))
-    from .transfer import LBFGS_HISTORY, DEFAULT_ITERATIONS
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "created_by": "nst bundle (nst_core.bundle)",
@@ -280,12 +283,10 @@ def _swap_in(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_bundle(directory, opt: dict, model_path=None, progress=None) -> dict:
-    """Write the bundle of the stylize problem `opt` (validated options, ``transfer.validate_options``) to
+def write_bundle(directory, job: Spec, model_path=None, progress=None) -> dict:
+    """Write the bundle of the resolved stylize job `job` to
     `directory`, replacing an existing bundle atomically. Returns the manifest. NSTError for a directory that
     exists and is not a bundle (it is never deleted), a parent that does not exist, or a missing model."""
-    from .transfer import min_side
-
     final = Path(directory).expanduser().absolute()
     if final.exists() and not final.is_dir():
         raise NSTError(f"{final}: exists and is not a directory")
@@ -295,13 +296,13 @@ def write_bundle(directory, opt: dict, model_path=None, progress=None) -> dict:
         raise NSTError(f"{final}: directory {final.parent} does not exist")
     if not os.access(final.parent, os.W_OK | os.X_OK):
         raise NSTError(f"{final}: directory {final.parent} is not writable")
-    problem = _problem(opt)
+    problem = _problem(job)
     taps = list(dict.fromkeys(([problem["content_tap"]] if problem["content_tap"] else []) + problem["style_taps"]))
     if not taps:
         raise NSTError("the bundle needs a content or style weight > 0")
-    features = _model.load_model(_model.find_model(model_path or opt.get("model")), taps)
+    features = _model.load_model(_model.find_model(model_path or job.model), taps)
     min_size = min_side(features, taps)
-    for what, side in (("size", opt["size"]), ("style size", opt["style_size"])):
+    for what, side in (("size", job.size), ("style size", base_style_size(job))):
         if side < min_size:
             raise NSTError(f"{what} of {side} px is too small: the network needs at least {min_size} px")
     models = {"targets": lossgraph.targets_model(features, problem["content_tap"], problem["style_taps"]),
@@ -324,7 +325,6 @@ def write_bundle(directory, opt: dict, model_path=None, progress=None) -> dict:
             files[name + "_path"] = tmp / files[name]
             onnx.save(m, str(files[name + "_path"]))
         (tmp / "reference").mkdir()
-        from PIL import Image
         for key, arr in images.items():
             Image.fromarray(arr).save(tmp / "reference" / f"{key}.png")
         manifest = _manifest(problem, features, models, files, min_size, expected)
@@ -376,8 +376,6 @@ def check_bundle(directory) -> dict:
     """Validate a bundle against its manifest: files present with their SHA-256, models load in ONNX Runtime
     with the declared inputs and outputs and no float64, and the reference case reproduces within the manifest's
     tolerances. Returns {"worst": {quantity: relative error}, ...}; NSTError (one line) on the first problem."""
-    from PIL import Image
-
     d, manifest = load_manifest(directory)
     sessions = {}
     for name in ("targets", "objective"):
@@ -441,7 +439,7 @@ def bundle_objective(directory, content_x: np.ndarray, style_x: np.ndarray, devi
     """``objective(x) -> (loss, grad, parts)`` over the bundle's objective.onnx, with the targets of
     ``content_x`` / ``style_x`` (float32 [1, 3, h, w] normalised, e.g. ``imageio.preprocess``) from its
     targets.onnx and the manifest's weights, the content and tv weights times ``size_factor`` (the calibration's k,
-    as a host applies it: ``transfer.calibration``): the optimizers of ``nst_core.optim`` can run it. x float64
+    as a host applies it: ``schedule.calibration``): the optimizers of ``nst_core.optim`` can run it. x float64
     [1, 3, H, W] (H, W those of content_x); grad float32 as the model returns it."""
     d, manifest = load_manifest(directory)
     targets = _model.session(onnx.load(str(d / manifest["models"]["targets"]["file"])), device)

@@ -18,61 +18,14 @@ Layers are torchvision's indices into SqueezeNet 1.1's ``features`` (0..12); the
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .losses import content_loss, gram, style_loss, tv_loss
-from .model import tap_name
+from ..losses import content_loss, gram, style_loss, tv_loss
+from ..network.model import tap_name
 
-__all__ = ["make_objective", "targets", "active_layers", "single_threaded_blas"]
-
-
-def single_threaded_blas():
-    """Context manager limiting NumPy's / SciPy's BLAS (OpenBLAS, MKL, ...) to one thread while it is active.
-
-    Measured on the 2-core development machine at 192 x 256 px: an evaluation took 360 ms with OpenBLAS's default
-    threads (its worker threads fight ONNX Runtime's for the cores; the style loss alone went from 9 ms to 270 ms)
-    and 51 ms with one BLAS thread. The Gram products are small, so one thread loses little. Uses threadpoolctl;
-    without it, a no-op."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def active_layers(content_layer: int, content_weight: float, style_layers: Sequence[int],
-                  style_weights: Sequence[float]) -> list[int]:
-    """The layers whose loss has a non-zero weight, sorted: the taps the network must compute and differentiate."""
-    layers = {int(layer) for layer, w in zip(style_layers, style_weights) if float(w) != 0.0}
-    if float(content_weight) != 0.0:
-        layers.add(int(content_layer))
-    return sorted(layers)
-
-
-def targets(network, content_x: Optional[np.ndarray], style_x: Optional[np.ndarray], content_layer: int,
-            style_layers: Sequence[int]) -> tuple[Optional[np.ndarray], dict]:
-    """Compute the loss targets once.
-
-    ``network``: a ``model.Network`` (its ``features`` method) whose taps include ``content_layer`` (if ``content_x`` is given) and every
-    layer of ``style_layers`` (if ``style_x`` is given). ``content_x`` / ``style_x``: float32 [1, 3, h, w]
-    normalised images (sizes may differ), or None to skip that target.
-    Returns ``(content_features, grams)``: the content image's feature map at ``content_layer``
-    (float32 [1, C, h', w'], a copy) or None, and ``{layer: G}`` with G = gram(F_layer of the style image),
-    float32 [C_l, C_l] (empty if ``style_x`` is None or ``style_layers`` is empty).
-    """
-    content_features = None
-    if content_x is not None:
-        feats = network.features(content_x)
-        content_features = np.array(feats[tap_name(content_layer)], dtype=np.float32, copy=True)
-    grams = {}
-    if style_x is not None and len(style_layers):
-        feats = network.features(style_x)
-        for layer in style_layers:
-            grams[int(layer)] = gram(feats[tap_name(layer)])
-    return content_features, grams
+__all__ = ["make_objective"]
 
 
 def make_objective(network, *, content_target: Optional[np.ndarray], content_layer: int, content_weight: float,

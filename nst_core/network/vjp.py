@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import NSTError
+from ..errors import NSTError
 
 MIN_OPSET = 13  # Slice/Pad/Split/ReduceSum with tensor inputs
 

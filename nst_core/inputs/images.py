@@ -1,4 +1,4 @@
-"""Image input and output for neural style transfer: decode, preprocess (CS231n), deprocess, atomic save.
+"""Images in: decode, preprocess (CS231n), deprocess, the pixel box, hashes of input files.
 
 Reading
     ``open_image(path)``  -> ``PIL.Image.Image``, mode "RGB", 8 bits per channel, fully decoded, EXIF orientation
@@ -14,9 +14,10 @@ Network input / output (the CS231n exercise, i.e. torchvision's ``Resize(size)``
     ``deprocess(x)``             -> uint8 [h, w, 3]: un-normalise, clip to [0, 1], round.
     ``pixel_bounds(shape)``      -> per-element bounds of the normalised [0, 1] pixel range (for L-BFGS-B).
 
-Writing
-    ``check_output_path(path)`` validates an output path before any work is done; ``save_image(path, rgb)`` writes
-    atomically (temporary file in the same directory, fsync, ``os.replace``) and never overwrites an input.
+Hashing
+    ``sha256_file(path)`` -> hex SHA-256 of a file's bytes (the recipe of a picture records its inputs' hashes).
+
+Writing is ``nst_core.outputs.files``.
 
 Transparency: an alpha channel (RGBA, LA, PA, premultiplied modes, or a palette / grey / RGB image with a
 ``transparency`` entry) is composited over WHITE, which is what a painting or a logo on a transparent background
@@ -35,8 +36,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import NSTError
-from .interrupts import sigint_deferred
+from ..errors import NSTError
 
 __all__ = [
     "MEAN",
@@ -47,8 +47,9 @@ __all__ = [
     "preprocess",
     "deprocess",
     "pixel_bounds",
-    "check_output_path",
-    "save_image",
+    "resized_shape",
+    "sha256_file",
+    "one_line",
 ]
 
 #: ImageNet channel means (R, G, B) of [0, 1] pixel values, as used by torchvision and CS231n.
@@ -63,14 +64,7 @@ _STD32 = np.asarray(STD, dtype=np.float32)
 _INT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _HIGH_MODES = _INT16_MODES + ("I", "F")
 
-# Extra keyword arguments for Image.save, by Pillow format name.
-_SAVE_OPTIONS = {
-    "JPEG": {"quality": 95},
-    "WEBP": {"quality": 95},
-}
-
-
-def _one_line(text: object) -> str:
+def one_line(text: object) -> str:
     """``str(text)`` with whitespace runs (including newlines) collapsed to single spaces."""
     return " ".join(str(text).split())
 
@@ -92,7 +86,7 @@ def _decode(path) -> Image.Image:
         if os.path.getsize(name) == 0:
             raise NSTError(f"{name}: empty file")
     except OSError as exc:
-        raise NSTError(f"{name}: cannot read file ({_one_line(exc.strerror or exc)})") from None
+        raise NSTError(f"{name}: cannot read file ({one_line(exc.strerror or exc)})") from None
 
     try:
         with warnings.catch_warnings():
@@ -116,13 +110,13 @@ def _decode(path) -> Image.Image:
     except MemoryError:
         raise NSTError(f"{name}: not enough memory to decode the image") from None
     except OSError as exc:
-        text = _one_line(exc.strerror if exc.strerror else exc)
+        text = one_line(exc.strerror if exc.strerror else exc)
         if "truncated" in text.lower():
             raise NSTError(f"{name}: truncated or incomplete image file (Pillow: {text})") from None
         raise NSTError(f"{name}: cannot read image ({text})") from None
     except (SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError) as exc:
         # Pillow's plugins report corrupt headers and streams with a variety of exception types.
-        raise NSTError(f"{name}: corrupt or unsupported image ({type(exc).__name__}: {_one_line(exc)})") from None
+        raise NSTError(f"{name}: corrupt or unsupported image ({type(exc).__name__}: {one_line(exc)})") from None
 
 
 def _high_depth_to_float(im: Image.Image, name: str) -> np.ndarray:
@@ -157,7 +151,7 @@ def _to_rgb8(im: Image.Image, name: str) -> Image.Image:
             return im
         return im.convert("RGB")  # L, 1, P, CMYK (Pillow's plain conversion, no ICC), YCbCr, RGBX, ...
     except (ValueError, OSError) as exc:
-        raise NSTError(f"{name}: cannot convert image mode {im.mode} to RGB ({_one_line(exc)})") from None
+        raise NSTError(f"{name}: cannot convert image mode {im.mode} to RGB ({one_line(exc)})") from None
 
 
 def open_image(path) -> Image.Image:
@@ -305,105 +299,6 @@ def pixel_bounds(shape) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(lo).ravel(), np.ascontiguousarray(hi).ravel()
 
 
-# ----------------------------------------------------------------------------------------------------- writing
-
-
-def _writable_formats() -> dict[str, str]:
-    """Map lower-case extension (with dot) -> Pillow format name, for formats Pillow can save."""
-    return {ext.lower(): fmt for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
-
-
-def check_output_path(path) -> str:
-    """Validate an output image path before any work is done; return the Pillow format name (e.g. "PNG").
-
-    NSTError("<path>: <problem>") if: the path is an existing directory; its directory does not exist, is not a
-    directory, or is not writable; an existing file there is read-only; the extension is missing, unknown, or
-    names a format Pillow cannot write, or cannot write in RGB (checked by encoding a 2x2 image in memory).
-    """
-    name = os.fspath(path)
-    if name == "" or name.endswith(os.sep) or os.path.isdir(name):
-        raise NSTError(f"{name}: is a directory; give an output file name such as out.png")
-    directory = os.path.dirname(os.path.abspath(name))
-    if not os.path.exists(directory):
-        raise NSTError(f"{name}: directory {directory} does not exist")
-    if not os.path.isdir(directory):
-        raise NSTError(f"{name}: {directory} is not a directory")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise NSTError(f"{name}: directory {directory} is not writable")
-    if os.path.exists(name) and not os.access(name, os.W_OK):
-        raise NSTError(f"{name}: file exists and is read-only")
-    ext = os.path.splitext(name)[1].lower()
-    if not ext:
-        raise NSTError(f"{name}: no file extension; use e.g. .png or .jpg to choose the image format")
-    known = Image.registered_extensions()
-    if ext not in {e.lower() for e in known}:
-        raise NSTError(f"{name}: unknown image extension '{ext}'; use e.g. .png or .jpg")
-    formats = _writable_formats()
-    if ext not in formats:
-        fmt = {e.lower(): f for e, f in known.items()}[ext]
-        raise NSTError(f"{name}: Pillow cannot write {fmt} files ('{ext}'); use e.g. .png or .jpg")
-    fmt = formats[ext]
-    # Some registered writers cannot encode an RGB image (XBM, MSP, Palm: 1-bit; BLP) or have no handler
-    # installed (BUFR, GRIB, HDF5, WMF): find out now with a tiny image, not after the optimisation.
-    try:
-        Image.new("RGB", (2, 2)).save(io.BytesIO(), format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
-    except Exception as exc:
-        raise NSTError(f"{name}: Pillow cannot write RGB images as {fmt} ({_one_line(exc)}); "
-                       "use e.g. .png or .jpg") from None
-    return fmt
-
-
-def _same_file(a: str, b) -> bool:
-    """True if paths ``a`` and ``b`` name the same file (symlinks and hard links included)."""
-    try:
-        b = os.fspath(b)
-    except TypeError:
-        return False
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _new_file_mode(name: str) -> int:
-    """Permission bits for the output: those of the file being replaced, else 0o666 minus the umask."""
-    try:
-        return os.stat(name).st_mode & 0o7777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def save_image(path, rgb_uint8: np.ndarray, forbid=()) -> None:
-    """Write an RGB image atomically; the format follows the extension (JPEG quality 95).
-
-    ``rgb_uint8``: uint8 ndarray [h, w, 3]. ``forbid``: paths (e.g. the input images) that must never be
-    overwritten; NSTError if ``path`` resolves to one of them. The image is written to a temporary file in the
-    destination directory, flushed and fsynced, then moved onto ``path`` with ``os.replace``, so ``path`` holds
-    either its old content or the complete new image. The temporary file is removed on any failure, including
-    KeyboardInterrupt. Problems with the path or the write raise NSTError("<path>: <problem>").
-    """
-    name = os.fspath(path)
-    arr = np.asarray(rgb_uint8)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"save_image: expected a uint8 [h, w, 3] array, got {arr.dtype} {arr.shape}")
-    for other in forbid:
-        if _same_file(name, other):
-            raise NSTError(f"{name}: refusing to overwrite the input image {os.fspath(other)}")
-    fmt = check_output_path(name)
-    image = Image.fromarray(np.ascontiguousarray(arr))
-    buffer = io.BytesIO()
-    try:  # encode in memory first: an encoder failure never touches the file system
-        image.save(buffer, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise NSTError(f"{name}: cannot write {fmt} image ({_one_line(text)})") from None
-    write_bytes(name, buffer.getvalue())
-
-
 def sha256_file(path) -> str:
     """The SHA-256 of a file's bytes, hex, read in 1 MiB blocks (weights files, bundle models)."""
     h = hashlib.sha256()
@@ -411,47 +306,3 @@ def sha256_file(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same directory (same extension), fsync,
-    ``os.replace``, then fsync of the directory. ``path`` holds either its old content or all of ``data``; the
-    temporary file is removed on any failure, KeyboardInterrupt included, and a Ctrl-C during the write is held
-    until the file is complete (or removed). A replaced file keeps its permission bits.
-    Problems raise NSTError("<path>: <problem>")."""
-    path = os.fspath(path)
-    with sigint_deferred():
-        _write_bytes(path, data)
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    mode = _new_file_mode(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                                   suffix=os.path.splitext(path)[1] or ".tmp")
-    except OSError as exc:
-        raise NSTError(f"{path}: cannot create a file in {directory} ({_one_line(exc.strerror or exc)})") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-            os.fchmod(handle.fileno(), mode)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise NSTError(f"{path}: cannot write ({_one_line(exc.strerror or exc)})") from None
-        raise
-    try:  # make the rename durable; not possible on every platform / file system
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass

@@ -22,13 +22,13 @@ import json
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from . import presets
+from ..spec import presets
 from .bundle import load_manifest
-from .errors import NSTError
+from ..errors import NSTError
 
 __all__ = ["WEB_ROOT", "DEFAULT_PORT", "routes", "presets_json", "make_server"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WEB_ROOT = REPO / "hosts" / "web"
 ORT_DIST = WEB_ROOT / "node_modules" / "onnxruntime-web" / "dist"
 NODE_LIB = REPO / "hosts" / "node" / "lib"

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import memory, vjp
-from .errors import NSTError
+from ..process import memory
+from . import lossgraph, vjp
+from ..errors import NSTError
 
 MODEL_FILE = "features.onnx"
 INPUT = "image"
@@ -89,12 +90,21 @@ def metadata(model: onnx.ModelProto) -> dict:
 # ONNX Runtime
 
 
+try:  # an optional dependency: the [cpu] or the [gpu] extra installs it
+    import onnxruntime as _onnxruntime
+except ImportError:  # pragma: no cover - reported when a session is needed
+    _onnxruntime = None
+
+
 def _ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise NSTError("onnxruntime is not installed: pip install 'nst-onnx[cpu]' (or [gpu] for CUDA)") from None
-    return onnxruntime
+    if _onnxruntime is None:
+        raise NSTError("onnxruntime is not installed: pip install 'nst-onnx[cpu]' (or [gpu] for CUDA)")
+    return _onnxruntime
+
+
+def ort_version():
+    """The installed onnxruntime's version, or None."""
+    return None if _onnxruntime is None else _onnxruntime.__version__
 
 
 def providers(device: str = "auto") -> list[str]:
@@ -262,8 +272,6 @@ class Network:
         content_tap: a tap or None; content_target float32 of that tap's shape; grams {tap: float32 [C, C]};
         style_weights {tap: w} (same keys). x float32 [1,3,H,W]; the losses are floats (float64 sums), dL/dx is
         float32 [1,3,H,W] (a new array)."""
-        from . import lossgraph
-
         style_taps = tuple(style_weights)
         key = (content_tap, style_taps)
         if key not in self._objectives:

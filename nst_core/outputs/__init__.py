@@ -1,0 +1,1 @@
+"""Outputs: files written atomically (``files``) and the recipe every picture carries (``recipe``)."""
