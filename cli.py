@@ -1,11 +1,12 @@
 """The ``nst`` command line: a thin layer over ``nst_core.api`` (and ``export`` for ``nst export``).
 
     nst stylize [CONTENT STYLE [STYLE ...]] [-o OUT] [--preset NAME] [problem and optimizer options]
+    nst stylize --spec PICTURE.png|JOB.json [options]   the job a picture records (invert / texture likewise)
     nst invert  [CONTENT] [-o OUT] ...          feature inversion (content only, from noise)
     nst texture [STYLE] [-o OUT] ...            texture synthesis (style only, from noise)
     nst export  [--weights FILE] [--out DIR]    write features.onnx (needs torch: pip install 'nst-onnx[export]')
     nst export-vjp --taps 1,3,4,6,7 [--height H --width W] [--out vjp.onnx]   self-contained VJP model
-    nst info    [--model PATH]                  the model's path, taps and metadata
+    nst info    [PICTURE] [--model PATH]        the model's path, taps and metadata; or a picture's recipe
     nst bundle  DIR [--preset NAME ...] | --check DIR   float32 models + manifest for other hosts
     nst serve-web [--bundle DIR] [--port P]     the browser host (hosts/web) and a bundle on http://127.0.0.1:P/
 
@@ -16,13 +17,14 @@ SIGHUP (during the optimisation the best image so far is saved first, at the out
 Every option is checked before any model or image is loaded; images and logs are written atomically (temporary
 file + rename), so OUT never holds a partial file, and an input image is never overwritten.
 
-The runtime commands (stylize, invert, texture, export-vjp, info) never import torch.
+The runtime commands (stylize, invert, texture, export-vjp, info) never import torch. Each command builds a
+``nst_core.spec.Spec`` (or the call of another stage) from the arguments, calls nst_core and prints: this module
+holds no logic of its own beyond the arguments.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -121,6 +123,13 @@ def _fmt(values) -> str:
 def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare: bool = False) -> None:
     """Options shared by stylize / invert / texture; the help of each names its default. ``compare``: the problem
     options of stylize for ``nst compare`` (-o is a directory; no --optimizer, --lr, --save-every, --log)."""
+    _add_sizes(p, task, default_out, compare)
+    _add_weights(p, task, compare)
+    _add_run(p, task, default_out, compare)
+
+
+def _add_sizes(p: argparse.ArgumentParser, task: str, default_out: str, compare: bool) -> None:
+    """-o, --preset, --spec, the sizes and the schedule."""
     sn = presets.PRESETS[presets.DEFAULT_PRESET]
     inv, tex = presets.INVERSION, presets.TEXTURE
     if compare:
@@ -168,6 +177,12 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
         p.add_argument("--style-size", type=_int, metavar="PX",
                        help=f"smaller edge of the style image when its Gram matrices are computed, at --size; the "
                             f"earlier scales of a coarse-to-fine run scale it down (default: {default})")
+
+
+def _add_weights(p: argparse.ArgumentParser, task: str, compare: bool) -> None:
+    """The layers and weights of the losses."""
+    sn = presets.PRESETS[presets.DEFAULT_PRESET]
+    inv, tex = presets.INVERSION, presets.TEXTURE
     if task != "texture":
         cl = sn["content_layer"] if task == "stylize" else inv["content_layer"]
         cw = sn["content_weight"] if task == "stylize" else inv["content_weight"]
@@ -195,6 +210,10 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
           "texture": f"{tex['tv_weight']:g}"}[task]
     p.add_argument("--tv-weight", type=_float, metavar="W", help=f"weight of the total-variation loss, >= 0 "
                                                                   f"(default: {tv})")
+
+
+def _add_run(p: argparse.ArgumentParser, task: str, default_out: str, compare: bool) -> None:
+    """The start, the optimizer and its budget, the artist controls, the files of the run, the runtime."""
     inits = {"stylize": ("content", "noise", "style"), "invert": ("noise", "content"),
              "texture": ("noise", "style")}[task]
     p.add_argument("--init", choices=inits, default=None,
@@ -279,14 +298,8 @@ def _add_bundle_options(p: argparse.ArgumentParser) -> None:
     _add_runtime(p, device=False)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nst", description="Optimization-based neural style transfer on ONNX Runtime "
-                                             "(SqueezeNet 1.1 features, CS231n losses).",
-                     epilog="Exit status: 0 ok, 2 bad input, 3 diverged (best finite image saved), "
-                            "130 interrupted (best image saved).")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
+def _add_transfer_commands(sub) -> None:
+    """stylize, invert, texture."""
     p = sub.add_parser("stylize", help="paint CONTENT in the style of STYLE",
                        description="Style transfer (Gatys et al.; CS231n's losses). Without CONTENT and STYLE, "
                                    f"paints {DEFAULT_CONTENT.name} in the style of {DEFAULT_STYLE.name} from "
@@ -316,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, "texture", "texture.png")
     p.set_defaults(func=_cmd_transfer, task="texture", content=None)
 
+
+def _add_compare_command(sub) -> None:
+    """compare."""
     p = sub.add_parser("compare", help="run several optimizers on the same problem and compare them",
                        description="Run L-BFGS, Adam (the CS231n recipe, and plain Adam at given rates) and gradient "
                                    "descent on the same style-transfer objective, start image and budget of objective "
@@ -343,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "one (default: 10,50)")
     p.set_defaults(func=_cmd_compare)
 
+
+def _add_model_commands(sub) -> None:
+    """export, export-vjp, info."""
     p = sub.add_parser("export", help="export SqueezeNet 1.1's feature taps to ONNX (needs torch)",
                        description="Write features.onnx (SqueezeNet 1.1, 13 taps) atomically. Needs torch: "
                                    "pip install 'nst-onnx[export]'.")
@@ -363,6 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p, device=False)
     p.set_defaults(func=_cmd_export_vjp)
 
+    p = sub.add_parser("info", help="show the feature model's path, taps and metadata, or a picture's recipe",
+                       description="Show the feature model's path, taps and metadata; with PICTURE, the recipe "
+                                   "(the job, nst's version, the weights' and inputs' SHA-256) a picture made by nst "
+                                   "carries.")
+    p.add_argument("picture", nargs="?", metavar="PICTURE", help="a PNG written by nst, or a JSON spec "
+                                                                 "(default: none, the model)")
+    _add_runtime(p, device=False)
+    p.set_defaults(func=_cmd_info)
+
+
+def _add_host_commands(sub) -> None:
+    """bundle, serve-web."""
     p = sub.add_parser("bundle", help="write a host bundle (targets.onnx, objective.onnx, manifest.json)",
                        description="Write DIR: float32-only ONNX models of the loss targets and of the whole "
                                    "objective (losses, TV and dL/dimage), a manifest.json describing them, and a "
@@ -390,14 +421,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="log every request on stderr (default: off)")
     p.set_defaults(func=_cmd_serve_web)
 
-    p = sub.add_parser("info", help="show the feature model's path, taps and metadata, or a picture's recipe",
-                       description="Show the feature model's path, taps and metadata; with PICTURE, the recipe "
-                                   "(the job, nst's version, the weights' and inputs' SHA-256) a picture made by nst "
-                                   "carries.")
-    p.add_argument("picture", nargs="?", metavar="PICTURE", help="a PNG written by nst, or a JSON spec "
-                                                                 "(default: none, the model)")
-    _add_runtime(p, device=False)
-    p.set_defaults(func=_cmd_info)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nst", description="Optimization-based neural style transfer on ONNX Runtime "
+                                             "(SqueezeNet 1.1 features, CS231n losses).",
+                     epilog="Exit status: 0 ok, 2 bad input, 3 diverged (best finite image saved), "
+                            "130 interrupted (best image saved).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_transfer_commands(sub)
+    _add_compare_command(sub)
+    _add_model_commands(sub)
+    _add_host_commands(sub)
     return parser
 
 

@@ -4,6 +4,7 @@
 #   NST=.venv/bin/nst docs/make_readme_picture.sh      (run from the repository root; ../shared/images must exist)
 set -euo pipefail
 NST=${NST:-nst}
+PY=${PY:-.venv/bin/python}   # with Pillow
 IMG=../shared/images
 OUT=out/pictures
 mkdir -p "$OUT"
@@ -11,7 +12,7 @@ mkdir -p "$OUT"
 "$NST" stylize $IMG/tubingen.jpg $IMG/the_scream.jpg --preset scream -o "$OUT/readme_scream.png"
 "$NST" stylize $IMG/tubingen.jpg $IMG/composition_vii.jpg --preset composition_vii -o "$OUT/readme_kandinsky.png"
 "$NST" invert $IMG/tubingen.jpg --seed 0 -o "$OUT/readme_inversion.png"
-python3 - "$IMG/tubingen.jpg" "$OUT"/readme_{starry,scream,kandinsky,inversion}.png <<'PY'
+"$PY" - "$IMG/tubingen.jpg" "$OUT"/readme_{starry,scream,kandinsky,inversion}.png <<'PY'
 import sys
 from PIL import Image
 ims = [Image.open(n).convert("RGB") for n in sys.argv[1:]]

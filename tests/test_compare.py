@@ -14,6 +14,9 @@ import pytest
 from PIL import Image
 
 from nst_core import compare as compare_module
+from nst_core.compare import comparison
+from nst_core.compare import runs as compare_runs
+from nst_core.inputs.images import deprocess
 from nst_core import api as transfer
 from nst_core.compare import FILES, PLOTS_HINT, compare
 from nst_core.errors import NSTError
@@ -120,7 +123,7 @@ def test_every_file_is_written_and_consistent(runs):
     with Image.open(directory / "final_lbfgs.png") as im:
         assert im.size == (85, 64)
         best = summary["results"]["lbfgs"].x
-        assert np.array_equal(np.asarray(im), compare_module.deprocess(best))
+        assert np.array_equal(np.asarray(im), deprocess(best))
 
 
 def test_rerun_with_the_same_seed_reproduces_the_losses(runs):
@@ -140,7 +143,7 @@ def test_rerun_with_the_same_seed_reproduces_the_losses(runs):
 def test_the_budget_is_counted_exactly(features_model, paths, tmp_path, monkeypatch):
     """Every call of the objective is counted: one warm-up at x0 plus exactly the budget per optimizer."""
     calls = []
-    real_prepare = transfer.prepare
+    real_prepare = comparison.prepare
 
     def counting_prepare(*args, **kwargs):
         problem = real_prepare(*args, **kwargs)
@@ -150,7 +153,7 @@ def test_the_budget_is_counted_exactly(features_model, paths, tmp_path, monkeypa
             return problem.objective(x)
         return dataclasses.replace(problem, objective=objective)
 
-    monkeypatch.setattr(transfer, "prepare", counting_prepare)
+    monkeypatch.setattr(comparison, "prepare", counting_prepare)
     summary = compare(*paths, tmp_path / "c", model=features_model, iterations=7, checkpoints=(), adam_lrs=(0.1, 1.0),
                       size=64, style_size=64, device="cpu")
     assert list(summary["optimizers"]) == ["lbfgs", "adam", "gd", "adam-lr=0.1", "adam-lr=1"]
@@ -160,7 +163,7 @@ def test_the_budget_is_counted_exactly(features_model, paths, tmp_path, monkeypa
 
 
 def test_ctrl_c_writes_the_finished_optimizers(features_model, paths, tmp_path, monkeypatch):
-    real = compare_module._optimise
+    real = compare_runs.optimise_run
 
     def interrupt_gd(run, problem, budget, callback):
         if run["label"] != "gd":
@@ -172,7 +175,7 @@ def test_ctrl_c_writes_the_finished_optimizers(features_model, paths, tmp_path, 
                 raise KeyboardInterrupt
         return real(run, problem, budget, cb)
 
-    monkeypatch.setattr(compare_module, "_optimise", interrupt_gd)
+    monkeypatch.setattr(compare_runs, "optimise_run", interrupt_gd)
     summary = compare(*paths, tmp_path / "c", model=features_model, iterations=6, size=64, style_size=64,
                       device="cpu")
     assert summary["interrupted"] == "gd" and list(summary["optimizers"]) == ["lbfgs", "adam"]

@@ -26,11 +26,9 @@ looks like to a person. Transparent pixels therefore become white, half-transpar
 from __future__ import annotations
 
 import hashlib
-import io
 import numbers
 import os
 import re
-import tempfile
 import warnings
 
 import numpy as np

@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..losses import content_loss, gram, style_loss, tv_loss
+from ..losses import content_loss, style_loss, tv_loss
 from ..network.model import tap_name
 
 __all__ = ["make_objective"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from typing import Sequence
 
 
 from ..errors import NSTError
