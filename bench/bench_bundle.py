@@ -47,15 +47,17 @@ NODE_HOST = REPO / "hosts" / "node"
 
 def _problem(size: int, style_scale: float = 100.0, content=IMAGES / "tubingen.jpg",
              style=IMAGES / "starry_night.jpg"):
-    from nst_core import api
+    from nst_core import api as transfer
+    from nst_core.spec import make, resolve
     return transfer.prepare("stylize", str(content), str(style), size=size, style_size=size, style_scale=style_scale,
                             model=str(features_model(CACHE)), device="cpu")
 
 
 def _bundle(directory: Path, size: int, style_scale: float) -> Path:
     from nst_core.hosts import bundle
-    from nst_core import api
-    opt = transfer.validate_options("stylize", optimizer="lbfgs", size=size, style_size=size, style_scale=style_scale)
+    from nst_core import api as transfer
+    from nst_core.spec import make, resolve
+    opt = resolve(make("stylize", optimizer="lbfgs", size=size, style_size=size, style_scale=style_scale))
     bundle.write_bundle(directory, opt, model_path=features_model(CACHE))
     return directory
 
@@ -101,14 +103,15 @@ def _median_seconds(fn, x, repeats: int) -> float:
 
 
 def precision(sizes, repeats: int) -> list:
-    from nst_core.objective import make_objective, single_threaded_blas
+    from nst_core.objective import make_objective
+    from nst_core.process.threads import single_threaded_blas
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_bundle_"))
     try:
         for size in sizes:
             p = _problem(size)
-            opt = p.options
-            b = _bundle(tmp / f"b{size}", size, opt["style_scale"])
+            opt = p.job
+            b = _bundle(tmp / f"b{size}", size, opt.style_scale)
             lo, hi = p.bounds
             rng = np.random.default_rng(0)
             x = np.clip(p.x0 + 0.3 * rng.standard_normal(p.x0.shape), lo, hi)
@@ -116,17 +119,17 @@ def precision(sizes, repeats: int) -> list:
             from nst_core.network.model import Network, load_model, tap_name
             from nst_core.objective import targets
             from nst_core.inputs.images import open_image, preprocess
-            taps = [tap_name(k) for k in sorted({opt["content_layer"], *opt["style_layers"]})]
+            taps = [tap_name(k) for k in sorted({opt.content_layer, *opt.style_layers})]
             net = Network(load_model(features_model(CACHE), taps), taps, device="cpu")
             ct, grams = targets(net, preprocess(open_image(IMAGES / "tubingen.jpg"), size),
-                                preprocess(open_image(IMAGES / "starry_night.jpg"), size), opt["content_layer"],
-                                opt["style_layers"])
-            cal = opt["calibration"]  # the weights at this size, as nst stylize (and a host) uses them
-            split = make_objective(net, content_target=ct, content_layer=opt["content_layer"],
-                                   content_weight=cal["content_weight"], style_targets=grams,
-                                   style_layers=opt["style_layers"], style_weights=opt["effective_style_weights"],
-                                   tv_weight=cal["tv_weight"], fused=False)
-            f32 = _bundle_objective(b, size, expected_k=cal["size_factor"])
+                                preprocess(open_image(IMAGES / "starry_night.jpg"), size), opt.content_layer,
+                                opt.style_layers)
+            cal = p.calibration  # the weights at this size, as nst stylize (and a host) uses them
+            split = make_objective(net, content_target=ct, content_layer=opt.content_layer,
+                                   content_weight=cal.content_weight, style_targets=grams,
+                                   style_layers=opt.style_layers, style_weights=opt.effective_style_weights,
+                                   tv_weight=cal.tv_weight, fused=False)
+            f32 = _bundle_objective(b, size, expected_k=cal.size_factor)
             with single_threaded_blas():
                 ref = split(x)
                 out = {"fused (float64 sums)": fused(x), "objective.onnx (float32)": f32(x)}
@@ -151,7 +154,7 @@ def precision(sizes, repeats: int) -> list:
 
 def _history(objective, x0, bounds, evals, memory_dtype="float32"):
     from nst_core import optim
-    from nst_core.objective import single_threaded_blas
+    from nst_core.process.threads import single_threaded_blas
     with single_threaded_blas():
         r = optim.lbfgs(objective, x0, evals, bounds=bounds, history=20, memory_dtype=memory_dtype)
     return np.array([h.loss for h in r.history])
@@ -199,7 +202,7 @@ def sensitivity(size: int = 128, evals: int = 50) -> list:
                 return l, g * (1 + 1e-7 * rng.standard_normal(g.shape)), parts
 
             base = _history(p.objective, p.x0, p.bounds, evals)
-            f32 = _bundle_objective(b, size, content, style, expected_k=p.options["calibration"]["size_factor"])
+            f32 = _bundle_objective(b, size, content, style, expected_k=p.calibration.size_factor)
             runs = {"loss x (1 + 1e-7)": _history(loss_up, p.x0, p.bounds, evals),
                     "gradient x (1 + 1e-7 N(0,1))": _history(grad_noise, p.x0, p.bounds, evals),
                     "float64 pairs": _history(p.objective, p.x0, p.bounds, evals, "float64"),
@@ -227,11 +230,11 @@ def _python_time_split(bundle_dir: Path, size: int = 192, evals: int = 200) -> d
     """The Python side of node_time_split.mjs: median ms of one call of nst stylize's objective and of the
     bundle's objective.onnx (20 calls after a warm-up), and optim.lbfgs's own ms per evaluation over one run."""
     from nst_core import optim
-    from nst_core.objective import single_threaded_blas
+    from nst_core.process.threads import single_threaded_blas
     p = _problem(size)
     out = {}
     with single_threaded_blas():
-        bundle_f32 = _bundle_objective(bundle_dir, size, expected_k=p.options["calibration"]["size_factor"])
+        bundle_f32 = _bundle_objective(bundle_dir, size, expected_k=p.calibration.size_factor)
         for name, fn in (("fused_objective_ms", p.objective), ("bundle_objective_ms", bundle_f32)):
             fn(p.x0)
             times = []

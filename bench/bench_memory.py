@@ -258,7 +258,8 @@ def section_fit(schedule_rows: dict) -> dict:
     largest relative error."""
     from nst_core.process import memory
     from nst_core import schedule
-    from nst_core import api
+    from nst_core import api as transfer
+    from nst_core.spec import make, resolve
     from nst_core.inputs.images import open_image, resized_shape
     points = []
     for size, evaluations in FIT_RUNS:
@@ -274,7 +275,7 @@ def section_fit(schedule_rows: dict) -> dict:
         content, size = content_for(name)
         im = open_image(content)
         h, w = resized_shape(im.width, im.height, size)
-        opt = transfer.validate_options("stylize", size=size)
+        opt = resolve(make("stylize", size=size))
         points.append(dict(run=f"{name}: default schedule", peak_rss_mb=row["after"]["peak_rss_mb"], pixels=h * w,
                            pairs=schedule.histories(opt)[-1]))
     best = None

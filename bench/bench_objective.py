@@ -109,8 +109,8 @@ def section_quality(sizes, evaluations=200, engines=("lbfgs", "lbfgsb")):
     (``optim.OPTIMIZERS[name]`` as ``stylize`` runs it: pixel bounds, LBFGS_HISTORY pairs) from the same start."""
     from nst_core import optim
     from nst_core.inputs.images import pixel_bounds
-    from nst_core.objective import single_threaded_blas
-    from nst_core.api import LBFGS_HISTORY
+    from nst_core.process.threads import single_threaded_blas
+    from nst_core.spec import LBFGS_HISTORY
     rows = []
     for size in sizes:
         ref, loss_fn, cx = torch_objective(size)

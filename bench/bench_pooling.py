@@ -95,12 +95,13 @@ def section_balance(model, scales):
 
 def section_runs(scales, evaluations):
     from nst_core.network import pooling
-    from nst_core import api
+    from nst_core import api as transfer
+    from nst_core.network import cache
     rows = []
     default = pooling.AVG_SCALE
     try:
         for label, scale in _variants(scales):
-            transfer.clear_cache()
+            cache.clear_cache()
             if scale is not None:
                 pooling.AVG_SCALE = scale  # the factor stylize(pooling="avg") applies
             _, res = transfer.stylize(IMAGES / "tubingen.jpg", IMAGES / "starry_night.jpg", preset="starry_night",
@@ -111,7 +112,7 @@ def section_runs(scales, evaluations):
                   + " ".join(f"{k} {v:9.4g}" for k, v in res.parts.items()), flush=True)
     finally:
         pooling.AVG_SCALE = default
-        transfer.clear_cache()
+        cache.clear_cache()
     return rows
 
 
@@ -119,7 +120,8 @@ def section_time(model, sizes, repeats):
     from nst_core.network import pooling
     from nst_core.inputs.images import open_image, preprocess
     from nst_core.network.model import tap_name
-    from nst_core.objective import make_objective, single_threaded_blas, targets
+    from nst_core.objective import make_objective, targets
+    from nst_core.process.threads import single_threaded_blas
     from nst_core.spec.presets import PRESETS
     p = PRESETS["starry_night"]
     layers = sorted(set(p["style_layers"]) | {p["content_layer"]})

@@ -98,29 +98,30 @@ def run_torch(content: Path, size: int, out: Path, threads: int = 2) -> dict:
     import torch
     from torch_reference import lbfgs_run, load_net, make_loss
     from nst_core import schedule
-    from nst_core import api
+    from nst_core import api as transfer
+    from nst_core.spec import make, resolve
     from nst_core.inputs.images import deprocess, open_image, preprocess
     from nst_core.outputs.files import save_image
 
     torch.set_num_threads(threads)
     net = load_net(WEIGHTS)
     content_pil, style_pil = open_image(content), open_image(STYLE)
-    opt = transfer.validate_options("stylize", size=size)
+    opt = resolve(make("stylize", size=size))
     x, per_scale, whole = None, [], None
     for (side, budget), pairs in zip(schedule.plan(opt), schedule.histories(opt)):
-        o = transfer.validate_options("stylize", size=side)
-        cal = transfer.calibration(o, content_pil, style_pil)
+        o = resolve(make("stylize", size=side))
+        cal = schedule.calibration(o, content_pil, style_pil)
         content_x = preprocess(content_pil, side)
-        style_x = preprocess(style_pil, cal["style_size"])
-        loss_fn = make_loss(net, content_x, style_x, content_layer=o["content_layer"],
-                            content_weight=cal["content_weight"], style_layers=o["style_layers"],
-                            style_weights=o["effective_style_weights"], tv_weight=cal["tv_weight"])
+        style_x = preprocess(style_pil, cal.style_size)
+        loss_fn = make_loss(net, content_x, style_x, content_layer=o.content_layer,
+                            content_weight=cal.content_weight, style_layers=o.style_layers,
+                            style_weights=o.effective_style_weights, tv_weight=cal.tv_weight)
         if whole is None:  # the first scale's style term, kept on the picture downsampled to it (nst_core.objective.pyramid)
-            whole = (make_loss(net, None, style_x, content_layer=o["content_layer"], content_weight=0.0,
-                               style_layers=o["style_layers"], style_weights=o["effective_style_weights"],
+            whole = (make_loss(net, None, style_x, content_layer=o.content_layer, content_weight=0.0,
+                               style_layers=o.style_layers, style_weights=o.effective_style_weights,
                                tv_weight=0.0), content_x.shape[2:])
         else:
-            loss_fn = _with_whole(loss_fn, *whole, content_x.shape[2:], opt["whole_weight"])
+            loss_fn = _with_whole(loss_fn, *whole, content_x.shape[2:], opt.whole_weight)
         x0 = content_x.astype(np.float64) if x is None else schedule.upsample(x, content_x.shape)
         run = lbfgs_run(loss_fn, x0, evaluations=budget, history=pairs)
         x = run["x_best"]

@@ -36,13 +36,14 @@ def one_run(optimizer: str, rule: float, size: int, style: Path, model: Path) ->
     from PIL import Image
 
     from nst_core import schedule
-    from nst_core import api
+    from nst_core import api as transfer
+    from nst_core.spec import make, resolve
 
     name = "ADAM_LATER" if optimizer == "adam" else "GD_POWER"
     saved = getattr(schedule, name)
     setattr(schedule, name, rule)
     try:
-        opt = transfer.validate_options("stylize", size=size, optimizer=optimizer, model=model, device="cpu")
+        opt = resolve(make("stylize", size=size, optimizer=optimizer, model=model, device="cpu"))
         rates = schedule.learning_rates(opt)
         t0 = time.perf_counter()
         image, result = transfer.stylize(IMAGES / "tubingen.jpg", style, size=size, optimizer=optimizer,
@@ -72,9 +73,10 @@ def gradient_scale(size: int, style: Path, model: Path) -> list[dict]:
     import numpy as np
 
     from nst_core import schedule
-    from nst_core import api
+    from nst_core import api as transfer
+    from nst_core.spec import make, resolve
 
-    opt = transfer.validate_options("stylize", size=size, optimizer="gd", model=model, device="cpu")
+    opt = resolve(make("stylize", size=size, optimizer="gd", model=model, device="cpu"))
     sides = schedule.sides(opt)
     common = dict(optimizer="gd", model=model, device="cpu")
     _, first = transfer.stylize(IMAGES / "tubingen.jpg", style, size=sides[0], **common)

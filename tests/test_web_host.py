@@ -237,12 +237,12 @@ def test_serve_web_headers_and_tree(server, bundle_dir):
                                                                                 "composition_vii"}
     assert get("node_modules/onnxruntime-web/package.json")[0] == 404
     assert get("bundle/")[0] == 404  # no listings
-    assert get("../cli.py")[0] == 404 and get("..%2f..%2fcli.py")[0] == 404 and get("%2e%2e/nst_core/serve.py")[0] == 404
+    assert get("../cli.py")[0] == 404 and get("..%2f..%2fcli.py")[0] == 404 and get("%2e%2e/nst_core/hosts/web.py")[0] == 404
 
 
 def test_make_server_refuses_without_npm_install(bundle_dir, monkeypatch, tmp_path):
     """Without hosts/web's node_modules (npm ci), and for a port out of range: NSTError, one line."""
-    from nst_core.hosts import web
+    from nst_core.hosts import web as serve
     from nst_core.errors import NSTError
 
     monkeypatch.setattr(serve, "ORT_DIST", tmp_path / "node_modules" / "onnxruntime-web" / "dist")

@@ -1,4 +1,4 @@
-// The size calibration of nst stylize (nst_core.transfer.calibration), for hosts: at an output size other than the
+// The size calibration of nst stylize (nst_core.schedule.calibration), for hosts: at an output size other than the
 // bundle's calibration size the content and TV weights are multiplied by k = (h_c * w_c) / (h * w), and (unless the
 // style size is given) the style size follows the output size. Plain JavaScript (the browser host uses it too).
 // One scale only: nst's coarse-to-fine schedule is not in the hosts.

@@ -1,5 +1,5 @@
 // The size calibration (lib/calibration.mjs) against hand-computed cases of nst's rule
-// (nst_core.transfer.calibration, nst_core.imageio.resized_shape).
+// (nst_core.schedule.calibration, nst_core.inputs.images.resized_shape).
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import { calibrate, calibratedWeights, followingStyleSize, resizedShape, sizeFactor } from '../lib/calibration.mjs';
