@@ -166,23 +166,21 @@ def reference_case(network, problem: dict, images: dict) -> dict:
 
 def _problem(job: Spec) -> dict:
     """The manifest's problem section from a resolved stylize job."""
-    opt = {"content_layer": job.content_layer, "content_weight": job.content_weight, "tv_weight": job.tv_weight,
-           "style_layers": job.style_layers, "style_weights": job.style_weights, "style_scale": job.style_scale}
-    content_tap = _model.tap_name(opt["content_layer"]) if opt["content_weight"] else None
-    style = [(k, w) for k, w in zip(opt["style_layers"], job.effective_style_weights) if w]
+    content_tap = _model.tap_name(job.content_layer) if job.content_weight else None
+    style = [(k, w) for k, w in zip(job.style_layers, job.effective_style_weights) if w]
     weights = []
     if content_tap:
-        weights.append({"term": "content", "layer": opt["content_layer"], "input": lossgraph.CONTENT_WEIGHT,
-                        "value": opt["content_weight"]})
+        weights.append({"term": "content", "layer": job.content_layer, "input": lossgraph.CONTENT_WEIGHT,
+                        "value": job.content_weight})
     for k, w in style:
         weights.append({"term": "style", "layer": k, "input": lossgraph.style_weight_input(_model.tap_name(k)),
                         "value": w})
-    weights.append({"term": "tv", "layer": None, "input": lossgraph.TV_WEIGHT, "value": opt["tv_weight"]})
-    return {"preset": job.preset, "content_layer": opt["content_layer"] if content_tap else None,
+    weights.append({"term": "tv", "layer": None, "input": lossgraph.TV_WEIGHT, "value": job.tv_weight})
+    return {"preset": job.preset, "content_layer": job.content_layer if content_tap else None,
             "content_tap": content_tap, "style_layers": [k for k, _ in style],
-            "style_taps": [_model.tap_name(k) for k, _ in style], "style_scale": opt["style_scale"],
-            "style_weights_unscaled": [w for k, w in zip(opt["style_layers"], opt["style_weights"])
-                                       if w * opt["style_scale"]],
+            "style_taps": [_model.tap_name(k) for k, _ in style], "style_scale": job.style_scale,
+            "style_weights_unscaled": [w for k, w in zip(job.style_layers, job.style_weights)
+                                       if w * job.style_scale],
             "weights": weights, "size": job.size, "style_size": base_style_size(job),
             "style_size_given": job.style_size is not None, "calibration_size": job.calibration_size}
 

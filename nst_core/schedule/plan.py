@@ -79,12 +79,7 @@ Style size per scale
     earlier scales get it times side_k / size.
 
 Results
-    ``run`` returns ``(image, ScheduleResult)``: an ``optim.Result`` for the whole schedule whose ``x`` / ``loss`` /
-    ``parts`` are the last scale's best, ``history`` holds every evaluation of every scale as ``ScaleRecord`` (one
-    evaluation count and one clock over the schedule, plus ``scale`` 1-based and ``side`` px), and ``scales`` the
-    per-scale ``optim.Result``s (each with its own history, numbered from 1). Ctrl-C or a non-finite loss ends the
-    schedule at the current scale with its best image (status "interrupted" / "nonfinite"). The callback gets the
-    ``ScaleRecord``s.
+    ``schedule.runner`` runs the plan; its docstring tells what ``run`` returns.
 """
 from __future__ import annotations
 
