@@ -20,6 +20,11 @@ file + rename), so OUT never holds a partial file, and an input image is never o
 The runtime commands (stylize, invert, texture, export-vjp, info) never import torch. Each command builds a
 ``nst_core.spec.Spec`` (or the call of another stage) from the arguments, calls nst_core and prints: this module
 holds no logic of its own beyond the arguments.
+
+Imports: at module level only the light stages (errors, process, spec: the standard library and ~30 ms). The
+heavy ones (NumPy, SciPy, Pillow, onnx, ONNX Runtime, about 0.5 s) are imported inside the functions that use them,
+after ``main`` has re-executed for huge pages (so they are not loaded twice) and taken the stop signals (so a
+Ctrl-C while they load is one line and exit status 130: tests/test_robustness.py).
 """
 from __future__ import annotations
 
@@ -31,21 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-import tqdm
-
-from nst_core import api, compare
 from nst_core.errors import NSTError
-from nst_core.hosts import bundle, web
-from nst_core.hosts.vjp_model import write_vjp_model
-from nst_core.inputs.colour import finisher
-from nst_core.inputs.images import open_image
-from nst_core.network import model
-from nst_core.outputs import recipe
-from nst_core.outputs.files import check_output_path, save_image
-from nst_core.outputs.runfiles import Progress, check_log_path, check_not_input, write_log
 from nst_core.process import interrupts, memory
-from nst_core.schedule import plan
-from nst_core.schedule.plan import MIN_STEP, RATIO
 from nst_core.spec import presets
 from nst_core.spec.spec import (ADAM_LR, DEFAULT_ITERATIONS, GD_LR, LBFGS_HISTORY, WHOLE_WEIGHT, Spec, override,
                                 resolve, to_dict)
@@ -130,6 +122,8 @@ def _add_common(p: argparse.ArgumentParser, task: str, default_out: str, compare
 
 def _add_sizes(p: argparse.ArgumentParser, task: str, default_out: str, compare: bool) -> None:
     """-o, --preset, --spec, the sizes and the schedule."""
+    from nst_core.schedule.plan import MIN_STEP, RATIO  # heavy: see the module docstring
+
     sn = presets.PRESETS[presets.DEFAULT_PRESET]
     inv, tex = presets.INVERSION, presets.TEXTURE
     if compare:
@@ -461,6 +455,8 @@ def _given_options(args) -> dict:
 def _job(args) -> tuple[Spec, dict]:
     """The resolved job of stylize / invert / texture: the command line's options, over a --spec file's job when one
     is given; the default images when none is given anywhere. Returns it and the file's provenance ({})."""
+    from nst_core.outputs import recipe
+
     task, options, provenance = args.task, _given_options(args), {}
     content = getattr(args, "content", None)
     styles = [args.style] if isinstance(args.style, str) else list(args.style or [])
@@ -481,6 +477,9 @@ def _job(args) -> tuple[Spec, dict]:
 
 def _check_paths(args, inputs: list) -> None:
     """Every output path, before any work: the picture, the log, --save-every."""
+    from nst_core.outputs.files import check_output_path
+    from nst_core.outputs.runfiles import check_log_path, check_not_input
+
     if args.save_every < 0:
         raise NSTError(f"--save-every must be >= 0, got {args.save_every}")
     check_output_path(args.output)
@@ -491,7 +490,14 @@ def _check_paths(args, inputs: list) -> None:
             raise NSTError(f"{args.log}: the log and the output image are the same file")
 
 
-def _progress(args, job: Spec, steps, inputs: list, text: dict) -> Progress:
+def _progress(args, job: Spec, steps, inputs: list, text: dict):
+    """The callback of a run: progress bar (on a terminal), best image, intermediates every --save-every."""
+    import tqdm
+
+    from nst_core.inputs.colour import finisher
+    from nst_core.inputs.images import open_image
+    from nst_core.outputs.runfiles import Progress
+
     bar = None
     if not args.quiet and sys.stderr.isatty():
         bar = tqdm.tqdm(total=sum(b for _, b in steps), file=sys.stderr, unit="eval", dynamic_ncols=True,
@@ -505,6 +511,9 @@ def _progress(args, job: Spec, steps, inputs: list, text: dict) -> Progress:
 
 def _finish_transfer(args, image, result, inputs: list, text: dict, seconds: float) -> int:
     """Save the picture (with its recipe) and say how the run ended; the exit status."""
+    from nst_core.outputs.files import save_image
+    from nst_core.outputs.runfiles import write_log
+
     out = args.output
     if args.log:
         write_log(args.log, result, min(image.shape[:2]))
@@ -536,6 +545,10 @@ def _finish_transfer(args, image, result, inputs: list, text: dict, seconds: flo
 
 
 def _cmd_transfer(args) -> int:
+    from nst_core import api
+    from nst_core.outputs import recipe
+    from nst_core.schedule import plan
+
     job, provenance = _job(args)  # every option, before any file is touched
     inputs = [p for p in [job.content, *job.styles] if p is not None]
     _check_paths(args, inputs)
@@ -553,6 +566,8 @@ def _cmd_transfer(args) -> int:
 
 
 def _cmd_compare(args) -> int:
+    from nst_core import compare
+
     content = _default_image(args.content, DEFAULT_CONTENT, "content")
     style = args.style or [_default_image(None, DEFAULT_STYLE, "style")]
     style = style[0] if len(style) == 1 else style
@@ -588,6 +603,8 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_export(args) -> int:
+    from nst_core.network import model
+
     try:  # torch is needed only here
         from export.onnx_export import export_features
     except ImportError as exc:
@@ -605,6 +622,8 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_export_vjp(args) -> int:
+    from nst_core.hosts.vjp_model import write_vjp_model
+
     names = write_vjp_model(args.out, args.taps, args.height, args.width, args.model)
     shape = f"{args.height}x{args.width}" if args.height is not None else "dynamic H x W"
     print(f"wrote {args.out}: inputs image [1,3,{shape}] + {', '.join('grad_' + n for n in names)}; "
@@ -613,6 +632,8 @@ def _cmd_export_vjp(args) -> int:
 
 
 def _cmd_bundle(args) -> int:
+    from nst_core.hosts import bundle
+
     if args.check:
         report = bundle.check_bundle(args.directory)
         worst = max(report["worst"].items(), key=lambda kv: kv[1] / report["limits"][kv[0]])
@@ -629,6 +650,8 @@ def _cmd_bundle(args) -> int:
 
 
 def _cmd_serve_web(args) -> int:
+    from nst_core.hosts import web
+
     port = web.DEFAULT_PORT if args.port is None else args.port
     server = web.make_server(args.bundle, port=port, host=args.host, verbose=args.verbose)
     host, port = server.server_address[:2]
@@ -641,6 +664,9 @@ def _cmd_serve_web(args) -> int:
 
 
 def _cmd_info(args) -> int:
+    from nst_core.network import model
+    from nst_core.outputs import recipe
+
     if args.picture is not None:
         job, provenance = recipe.read_recipe(args.picture)
         print(f"recipe of {args.picture}: nst {job.task} --spec {args.picture}")

@@ -10,6 +10,7 @@ import pytest
 
 from nst_core.spec import make, resolve
 from nst_core.spec import blend
+from nst_core.objective import blended_grams
 from nst_core import api as transfer
 from nst_core.errors import NSTError
 from nst_core.inputs.images import open_image, preprocess
@@ -58,7 +59,7 @@ def test_blended_grams_are_the_weighted_sum(paths):
     net = Network(load_model(paths["model"], [tap_name(k) for k in layers]), [tap_name(k) for k in layers],
                   device="cpu")
     xs = [preprocess(open_image(paths[k]), 40) for k in ("starry", "scream")]  # different shapes
-    got = blend.blended_grams(net, xs, (0.25, 0.75), layers)
+    got = blended_grams(net, xs, (0.25, 0.75), layers)
     for k in layers:
         grams = []
         for x in xs:
