@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nst_core.outputs.recipe import read_recipe
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(REPO / "cli.py")]
 FAST = ["--size", "64", "--iterations", "3", "--device", "cpu"]
@@ -46,6 +48,7 @@ def test_stylize_png_log_and_intermediates(env, images, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("out_*.png")) == ["out_0002.png", "out_0004.png"]
     with Image.open(tmp_path / "out_0004.png") as im:
         assert im.size == (85, 64)
+    assert read_recipe(tmp_path / "out_0004.png")[0] == read_recipe(out)[0]  # intermediates carry the recipe
     assert r.stdout.startswith(f"wrote {out} (85x64): loss ") and "5 evaluations (lbfgs)" in r.stdout
     assert r.stderr == ""  # no progress bar when stderr is not a terminal
     assert leftovers(tmp_path) == []
@@ -191,6 +194,8 @@ def test_stop_signal_saves_the_best_image_and_exits_128_plus_signal(env, images,
     with Image.open(out) as im:
         im.load()
         assert im.size == (85, 64)
+    job, _ = read_recipe(out)  # the picture saved on the signal carries its recipe too
+    assert job.task == "stylize" and job.size == 64 and job.iterations == 100000
     rows = list(csv.reader((tmp_path / "run.csv").open()))
     assert len(rows) >= 2 and rows[0][0] == "evaluation"
     assert leftovers(tmp_path) == []

@@ -314,3 +314,20 @@ def test_cli_sigterm_writes_the_finished_optimizers_and_exits_143(env, paths, tm
     assert json.loads((out / "summary.json").read_text())["interrupted"] == "gd"
     assert "terminated (SIGTERM) during gd: gd left out" in (out / "summary.md").read_text()
     assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("label", ["lbfgs", "adam", "gd"])
+def test_final_pictures_carry_a_recipe_that_stylize_reproduces(runs, label):
+    """Each final picture records the compared problem with its optimizer; run as a stylize job, that recipe gives
+    the same picture, pixel for pixel (compare's runs are stylize's single-scale runs). Plain Adam says so."""
+    from nst_core.outputs.recipe import read_recipe
+
+    summary, directory = runs[0]
+    job, provenance = read_recipe(directory / f"final_{label}.png")
+    assert job.optimizer == label and job.scales == 1 and job.iterations == BUDGET and job.seed == 7
+    assert job.style_scale == 1.0 and provenance["note"] == f"nst compare: the {label} run"
+    image, _ = transfer.run(job)
+    with Image.open(directory / f"final_{label}.png") as im:
+        assert np.array_equal(np.asarray(im), image)
+    plain, note = read_recipe(directory / "final_adam-lr=0.1.png")
+    assert plain.optimizer == "lbfgs" and "plain Adam at lr 0.1" in note["note"]
