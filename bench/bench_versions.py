@@ -71,7 +71,7 @@ def main() -> None:
                       f" (medians of {args.rounds}; load {load_avg()})", flush=True)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], capture_output=True)
-    save_json("versions.json", {"old": args.old, "rows": rows})
+    save_json("versions", {"old": args.old, "rows": rows})
 
 
 if __name__ == "__main__":
