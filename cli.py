@@ -547,14 +547,16 @@ def _finish_transfer(args, image, result, inputs: list, text: dict, seconds: flo
 def _cmd_transfer(args) -> int:
     from nst_core import api
     from nst_core.outputs import recipe
-    from nst_core.schedule import plan
+    from nst_core.inputs.images import upright_size
+    from nst_core.schedule import plan, scale_table
 
     job, provenance = _job(args)  # every option, before any file is touched
     inputs = [p for p in [job.content, *job.styles] if p is not None]
     _check_paths(args, inputs)
     for line in recipe.changed_inputs(job, provenance):
         print(f"nst: warning: {line}", file=sys.stderr)
-    text = recipe.recipe(job, recipe.weights_sha256(job))
+    sizes = upright_size(job.content) if job.content else None, [upright_size(p) for p in job.styles]
+    text = recipe.recipe(job, recipe.weights_sha256(job), scales=scale_table(job, *sizes))
     progress = _progress(args, job, plan(job), inputs, text)
     start = time.perf_counter()
     try:
@@ -676,6 +678,10 @@ def _cmd_info(args) -> int:
                 print(f"{entry.get('role')}: {entry.get('path')} (SHA-256 {entry.get('sha256')})")
         if provenance.get("note"):
             print(f"note: {provenance['note']}")
+        for k, row in enumerate(provenance.get("scales") or [], 1):
+            if isinstance(row, dict):
+                print(f"scale {k}: " + ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+                                                  for key, value in row.items() if value is not None))
         print(json.dumps(to_dict(job), indent=1))
         return 0
     path = model.find_model(args.model)

@@ -189,3 +189,21 @@ def test_png_text_reader_is_bounded(tmp_path):
     Image.new("RGB", (2, 2)).save(plain)
     with pytest.raises(NSTError, match="has no nst recipe"):
         recipe.read_recipe(plain)
+
+
+def test_the_recipe_records_what_the_size_rules_decided(env, images_dir, tmp_path):
+    """Tübingen (1024x768) in Starry Night (1280x1014) at --size 300: two scales, 192 and 300 px. By hand: the
+    style image at 192 and round(192 * 300 / 192) = 300 px; the content and TV weights times
+    k = (192 * 256) / (300 * 400) = 0.4096 at the second scale; the later budget max(min(8, 20), round(8 * 192 /
+    300)) = 8; 20 pairs, then max(5, 8 // 4) = 5."""
+    out = tmp_path / "a.png"
+    run = nst(["stylize", images_dir / "tubingen.jpg", images_dir / "starry_night.jpg", "--size", "300",
+               "--iterations", "8", "--device", "cpu", "-o", out], env)
+    assert run.returncode == 0, run.stderr
+    scales = recipe.read_recipe(out)[1]["scales"]
+    assert [(s["side"], s["evaluations"], s["pairs"], s["style_size"]) for s in scales] == [(192, 8, 20, 192),
+                                                                                           (300, 8, 5, 300)]
+    assert scales[0]["content_weight"] == 6e-2 and scales[1]["content_weight"] == pytest.approx(6e-2 * 0.4096)
+    assert scales[1]["tv_weight"] == pytest.approx(2e-2 * 0.4096)
+    info = nst(["info", out], env)
+    assert "scale 2: side 300, evaluations 8, pairs 5, style_size 300" in info.stdout

@@ -47,6 +47,7 @@ __all__ = [
     "pixel_bounds",
     "resized_shape",
     "sha256_file",
+    "upright_size",
     "one_line",
 ]
 
@@ -162,6 +163,18 @@ def open_image(path) -> Image.Image:
     """
     name = os.fspath(path)
     return _to_rgb8(_decode(name), name)
+
+
+def upright_size(path):
+    """(width, height) of an image file as ``open_image`` turns it (EXIF orientation applied), from its header,
+    without decoding the pixels; None when it cannot be read as an image."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # any unreadable file: the run itself reports it in one line
+        return None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def to_array(image: Image.Image) -> np.ndarray:

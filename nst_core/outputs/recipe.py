@@ -3,7 +3,9 @@
 Two iTXt chunks (compressed UTF-8 JSON):
     nst-spec         the resolved ``spec.Spec`` (``spec.to_json``)
     nst-provenance   ``{"nst": version, "weights_sha256": hex or null, "inputs": [{"role": "content" | "style",
-                     "path": str, "sha256": hex}, ...], "note": optional str}``
+                     "path": str, "sha256": hex}, ...], "scales": [{"side", "evaluations", "pairs", "lr",
+                     "style_size", "content_weight", "tv_weight"}, ...] (what the size rules decided, from
+                     ``schedule.scale_table``), "note": optional str}``
 
 ``read_recipe(path)`` takes such a PNG or a JSON file (a Spec's JSON, or ``{"spec": ..., "provenance": ...}``) and
 returns ``(Spec, provenance dict)``. It reads the PNG's chunks itself, without decoding the image, and at most
@@ -57,10 +59,13 @@ def _inputs(job: Spec) -> list:
     return out
 
 
-def recipe(job: Spec, weights: str | None = None, note: str | None = None) -> dict:
+def recipe(job: Spec, weights: str | None = None, note: str | None = None, scales=None) -> dict:
     """The text chunks of a picture made by ``job``: ``{SPEC_KEY: spec JSON, PROVENANCE_KEY: provenance JSON}``.
-    ``weights``: the model's weights SHA-256 (``weights_sha256``); ``note``: what else to say (``nst compare``)."""
+    ``weights``: the model's weights SHA-256 (``weights_sha256``); ``note``: what else to say (``nst compare``);
+    ``scales``: the size rules' numbers per scale (``schedule.scale_table``)."""
     provenance = {"nst": nst_version(), "weights_sha256": weights, "inputs": _inputs(job)}
+    if scales:
+        provenance["scales"] = scales
     if note:
         provenance["note"] = note
     return {SPEC_KEY: to_json(job), PROVENANCE_KEY: json.dumps(provenance)}

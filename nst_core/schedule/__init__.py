@@ -3,11 +3,11 @@ size (``calibration``), one scale's problem and its optimisation (``problem``), 
 (``runner``)."""
 from .calibration import STYLE_SIZE_LIMIT, Calibration, base_style_size, calibration
 from .plan import (ADAM_LATER, BUDGET_POWER, GD_POWER, MIN_BUDGET, MIN_PAIRS, MIN_STEP, PAIRS_DIVISOR, RATIO,
-                   budgets, histories, learning_rates, plan, scale_jobs, sides)
+                   budgets, histories, learning_rates, plan, scale_jobs, scale_table, sides)
 from .problem import Problem, adam_steps, optimise, prepare
 from .runner import ScaleRecord, ScheduleResult, check_memory, run, upsample
 
 __all__ = ["STYLE_SIZE_LIMIT", "Calibration", "base_style_size", "calibration", "ADAM_LATER", "BUDGET_POWER",
            "GD_POWER", "MIN_BUDGET", "MIN_PAIRS", "MIN_STEP", "PAIRS_DIVISOR", "RATIO", "budgets", "histories",
-           "learning_rates", "plan", "scale_jobs", "sides", "Problem", "adam_steps", "optimise", "prepare",
+           "learning_rates", "plan", "scale_jobs", "scale_table", "sides", "Problem", "adam_steps", "optimise", "prepare",
            "ScaleRecord", "ScheduleResult", "check_memory", "run", "upsample"]

@@ -56,9 +56,10 @@ def calibration(job: Spec, image: Image.Image, style_image: Image.Image | None =
     or equals size). The style size, unless given (stylize only), keeps the preset's proportion to the output:
     ``round(style_size * size / calibration_size)``; when that enlarges it, never beyond ``STYLE_SIZE_LIMIT`` or
     the style file's smaller edge, whichever is smaller, nor below the preset's own value."""
-    h, w = resized_shape(image.width, image.height, job.size)
+    width, height = image.size  # any object with a PIL-like ``size`` (w, h): a header is enough
+    h, w = resized_shape(width, height, job.size)
     cal = job.calibration_size
-    cal_pixels = math.prod(resized_shape(image.width, image.height, cal)) if cal else 0
+    cal_pixels = math.prod(resized_shape(width, height, cal)) if cal else 0
     k = size_factor(h * w, cal_pixels)
     style_size = base_style_size(job)
     if cal and job.task == "stylize" and job.style_size is None and job.size != cal:

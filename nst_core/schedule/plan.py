@@ -88,9 +88,10 @@ import math
 
 from ..spec.presets import INVERSION, PRESETS, TEXTURE
 from ..spec.spec import LBFGS_HISTORY, Spec
+from .calibration import calibration
 
 __all__ = ["RATIO", "MIN_STEP", "BUDGET_POWER", "MIN_BUDGET", "PAIRS_DIVISOR", "MIN_PAIRS", "ADAM_LATER", "GD_POWER",
-           "sides", "budgets", "plan", "histories", "learning_rates", "scale_jobs"]
+           "sides", "budgets", "plan", "histories", "learning_rates", "scale_jobs", "scale_table"]
 
 #: Largest step between two scales (edge ratio). See the module docstring for how it was chosen.
 RATIO = 2.0
@@ -190,3 +191,26 @@ def scale_jobs(job: Spec) -> list[Spec]:
         out.append(dataclasses.replace(job, size=side, iterations=budget, history=pairs, lr=lr,
                                        style_size=style_size, scales=1))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sized:
+    size: tuple
+
+
+def scale_table(job: Spec, content_size=None, style_sizes=()) -> list[dict]:
+    """Every number of every scale of a resolved job, for images of these (width, height): side (px), evaluations,
+    pairs, lr, and, when the sizes are known, the style size (px) and the calibrated content and TV weights. The
+    recipe of a picture records it, so that a reader sees what the size rules decided."""
+    image = content_size if job.task != "texture" else (style_sizes[0] if style_sizes else None)
+    known = [s for s in style_sizes if s is not None]
+    smallest = _Sized(min(known, key=min)) if known else None
+    rows = []
+    for scale in scale_jobs(job):
+        row = {"side": scale.size, "evaluations": scale.iterations, "pairs": scale.history, "lr": scale.lr}
+        if image is not None:
+            cal = calibration(scale, _Sized(tuple(image)), smallest)
+            row.update(style_size=cal.style_size if job.task != "invert" else None,
+                       content_weight=cal.content_weight, tv_weight=cal.tv_weight)
+        rows.append(row)
+    return rows
