@@ -262,6 +262,7 @@ def test_exif_orientation_is_applied(tmp_path, orientation, shape, red_corner):
     Image.fromarray(stored).save(path, exif=exif, quality=95)
     out = imageio.load_image(str(path))
     assert out.shape == shape + (3,)
+    assert imageio.upright_size(path) == (shape[1], shape[0])  # the header alone says the same (the recipe's sizes)
     r, c = red_corner
     np.testing.assert_allclose(out[r, c], [1.0, 0.0, 0.0], atol=0.06)
     for other in [(0, 0), (0, -1), (-1, 0), (-1, -1)]:
@@ -602,3 +603,13 @@ def test_save_path_errors(tmp_path):
     with pytest.raises(ValueError):
         files.save_image(str(tmp_path / "o.png"), rgb.astype(np.float32))
     assert os.listdir(tmp_path) == []
+
+
+def test_upright_size_of_a_bomb_or_junk_is_none_without_a_warning(tmp_path, recwarn):
+    """The recipe reads sizes from headers; a decompression bomb or a non-image is open_image's to report."""
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (10000, 10000)).save(bomb)  # 100 MP: over Pillow's warning limit, tiny on disk
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    assert imageio.upright_size(bomb) is None and imageio.upright_size(junk) is None
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]

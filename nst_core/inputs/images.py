@@ -169,9 +169,11 @@ def upright_size(path):
     """(width, height) of an image file as ``open_image`` turns it (EXIF orientation applied), from its header,
     without decoding the pixels; None when it cannot be read as an image."""
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-            orientation = im.getexif().get(0x0112, 1)
+        with warnings.catch_warnings():  # a decompression-bomb warning is open_image's to report, in one line
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                orientation = im.getexif().get(0x0112, 1)
     except Exception:  # any unreadable file: the run itself reports it in one line
         return None
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
