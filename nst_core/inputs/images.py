@@ -167,7 +167,10 @@ def open_image(path) -> Image.Image:
 
 def upright_size(path):
     """(width, height) of an image file as ``open_image`` turns it (EXIF orientation applied), from its header,
-    without decoding the pixels; None when it cannot be read as an image."""
+    without decoding the pixels; None when it cannot be read as an image or is not a regular file (a FIFO read here
+    would leave nothing for ``open_image``)."""
+    if not os.path.isfile(path):
+        return None
     try:
         with warnings.catch_warnings():  # a decompression-bomb warning is open_image's to report, in one line
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -51,8 +51,8 @@ def _inputs(job: Spec) -> list:
     paths = ([("content", job.content)] if job.content else []) + [("style", s) for s in job.styles]
     out = []
     for role, path in paths:
-        try:
-            digest = sha256_file(path)
+        try:  # regular files only: reading a FIFO here would leave nothing for the run
+            digest = sha256_file(path) if os.path.isfile(path) else None
         except OSError:
             digest = None
         out.append({"role": role, "path": path, "sha256": digest})
