@@ -464,8 +464,7 @@ def _job(args) -> tuple[Spec, dict]:
         base, provenance = recipe.read_recipe(args.spec)
         if base.task != task:
             raise NSTError(f"{args.spec}: the recipe is a {base.task} job; run it with nst {base.task} --spec")
-        images = {"content": content, "styles": tuple(styles) or None}
-        job = override(resolve(base), **options, **{k: v for k, v in images.items() if v})
+        job = override(resolve(base), **options, content=content, styles=tuple(styles) or None)  # None: the file's
     else:
         job = resolve(Spec(task=task, content=content, styles=tuple(styles), **options))
     if task != "texture" and job.content is None:

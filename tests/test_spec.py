@@ -1,5 +1,6 @@
 """The job description (nst_core.spec) and the recipe every picture carries (nst_core.outputs.recipe): validation,
 defaults, the JSON round trip, --spec reruns that are pixel-identical, overrides, changed inputs, nst info."""
+import hashlib
 import json
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from nst_core.inputs.colour import ORIGINAL_COLORS
 from nst_core.network.pooling import POOLINGS
 from nst_core.outputs import recipe
 from nst_core.spec import spec as spec_module
-from nst_core.spec.spec import (Spec, defaults, from_dict, from_json, make, override, resolve, to_dict, to_json)
+from nst_core.spec.spec import (defaults, from_dict, from_json, make, override, resolve, to_dict, to_json)
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(REPO / "cli.py")]
@@ -120,7 +121,6 @@ def test_spec_rerun_is_pixel_identical(env, images_dir, tmp_path, task, inputs, 
     assert job_a == job_b and job_a.task == task and job_a.size == 128 and job_a.iterations == 20
     assert from_json(to_json(job_a)) == job_a  # a Spec written by nst round-trips
     assert [e["path"] for e in prov_a["inputs"]] == [str(images_dir / n) for n in inputs]
-    import hashlib
     for entry in prov_a["inputs"]:
         assert entry["sha256"] == hashlib.sha256(Path(entry["path"]).read_bytes()).hexdigest()
     assert len(prov_a["weights_sha256"]) == 64

@@ -30,20 +30,14 @@ def _model_key(path) -> tuple:
 
 
 def network(path, layers, device, pooling: str = "max"):
-    """The cached ``Network`` for (model file, layers, device, pooling), and the minimum input side for those
-    layers (the same for both poolings: kernel, strides, pads and ceil_mode are kept)."""
+    """The cached ``Network`` for (model file, layers, device, pooling); check the sizes first with ``min_size``
+    (the same for both poolings: kernel, strides, pads and ceil_mode are kept)."""
     taps = tuple(_model.tap_name(k) for k in layers)
     key = (_model_key(path), taps, device) + (() if pooling == "max" else (pooling, _pooling.AVG_SCALE))
-    net = _NETWORKS.get(key)
-    min_key = (key[0], taps)
-    if net is None or min_key not in _MIN_SIZES:
-        onnx_model = _model.load_model(path, taps)
-        if min_key not in _MIN_SIZES:
-            _MIN_SIZES[min_key] = min_side(onnx_model, taps)
-        if net is None:
-            net = _model.Network(_pooling.with_pooling(onnx_model, pooling), taps, device=device)
-            _NETWORKS[key] = net
-    return net, _MIN_SIZES[min_key]
+    if key not in _NETWORKS:
+        onnx_model = _pooling.with_pooling(_model.load_model(path, taps), pooling)
+        _NETWORKS[key] = _model.Network(onnx_model, taps, device=device)
+    return _NETWORKS[key]
 
 
 def min_size(path, layers) -> int:

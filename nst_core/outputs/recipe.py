@@ -22,7 +22,7 @@ import zlib
 from ..errors import NSTError
 from ..inputs.images import sha256_file
 from ..network import model as _model
-from ..spec.spec import Spec, from_dict, from_json, to_json
+from ..spec.spec import Spec, from_dict, from_json, parse_json, to_json
 
 __all__ = ["SPEC_KEY", "PROVENANCE_KEY", "recipe", "png_text", "read_recipe", "changed_inputs", "nst_version",
            "weights_sha256", "MAX_TEXT"]
@@ -141,7 +141,9 @@ def read_recipe(path) -> tuple[Spec, dict]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise NSTError(f"{name}: neither a PNG written by nst nor a JSON spec") from None
-    data = _json_object(text, name)
+    data = parse_json(text, name)
+    if not isinstance(data, dict):
+        raise NSTError(f"{name}: not a JSON object")
     if "spec" in data and isinstance(data.get("spec"), dict):
         extra = sorted(set(data) - {"spec", "provenance"})
         if extra:
@@ -149,17 +151,6 @@ def read_recipe(path) -> tuple[Spec, dict]:
         provenance = data.get("provenance") or {}
         return from_dict(data["spec"], where=name), provenance if isinstance(provenance, dict) else {}
     return from_dict(data, where=name), {}
-
-
-def _json_object(text: str, name: str) -> dict:
-    try:
-        return json.loads(text, parse_constant=_refuse)
-    except (ValueError, RecursionError) as exc:
-        raise NSTError(f"{name}: not valid JSON ({' '.join(str(exc).split())})") from None
-
-
-def _refuse(name: str):
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def changed_inputs(job: Spec, provenance: dict) -> list[str]:

@@ -102,7 +102,7 @@ def _network_for(job: Spec, cal: Calibration, layers):
     _check_size(job.size, minimum, "size", layers)
     if any(job.effective_style_weights):  # the style image goes through every active layer too
         _check_size(cal.style_size, minimum, "style size", layers)
-    return cache.network(model_path, layers, job.device, job.pooling)[0]
+    return cache.network(model_path, layers, job.device, job.pooling)
 
 
 def prepare(job: Spec, content: Optional[Image.Image] = None, styles: Sequence[Image.Image] = ()) -> Problem:

@@ -52,7 +52,7 @@ from ..errors import NSTError
 from . import blend
 from .presets import DEFAULT_PRESET, INVERSION, PRESETS, TEXTURE, default_style_scale
 
-__all__ = ["Spec", "make", "resolve", "override", "to_dict", "from_dict", "to_json", "from_json", "check_layer",
+__all__ = ["Spec", "make", "resolve", "override", "to_dict", "from_dict", "to_json", "from_json", "parse_json", "check_layer",
            "TASKS", "OPTIMIZERS", "INITS", "DEVICES", "POOLINGS", "NUM_LAYERS", "LBFGS_HISTORY", "ADAM_LR", "GD_LR",
            "DEFAULT_ITERATIONS", "WHOLE_WEIGHT", "FORMAT", "FORMAT_VERSION"]
 
@@ -385,13 +385,17 @@ def to_json(spec: Spec) -> str:
     return json.dumps(to_dict(spec), allow_nan=False)
 
 
-def from_json(text, where: str = "spec") -> Spec:
-    """A Spec from JSON text; NSTError (one line, naming ``where``) for text that is not JSON or not a Spec."""
+def parse_json(text, where: str = "spec"):
+    """JSON text -> Python data, NaN and Infinity refused; NSTError (one line, naming ``where``) otherwise."""
     try:
-        data = json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         raise NSTError(f"{where}: not valid JSON ({' '.join(str(exc).split())})") from None
-    return from_dict(data, where)
+
+
+def from_json(text, where: str = "spec") -> Spec:
+    """A Spec from JSON text; NSTError (one line, naming ``where``) for text that is not JSON or not a Spec."""
+    return from_dict(parse_json(text, where), where)
 
 
 def _no_constant(name: str):
