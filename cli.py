@@ -392,7 +392,8 @@ def _add_host_commands(sub) -> None:
                        description="Write DIR: float32-only ONNX models of the loss targets and of the whole "
                                    "objective (losses, TV and dL/dimage), a manifest.json describing them, and a "
                                    "reference case, for hosts in other languages (docs/hosts.md). An existing "
-                                   "bundle in DIR is replaced atomically. With --check, validate DIR instead.",
+                                   "bundle in DIR is replaced atomically; files in it that nst bundle did not write "
+                                   "(notes, say) are kept. With --check, validate DIR instead.",
                        epilog="Exit status: 0 ok, 2 bad input or a bundle that fails its check.")
     p.add_argument("directory", metavar="DIR", help="bundle directory (created; an old bundle there is replaced)")
     p.add_argument("--check", action="store_true",
@@ -644,9 +645,12 @@ def _cmd_bundle(args) -> int:
     names = ("preset", "size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights",
              "style_scale", "tv_weight", "model", "calibration_size")
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    kept = bundle.foreign_files(args.directory)  # kept by write_bundle (it refuses a directory not a bundle)
     manifest = bundle.write_bundle(args.directory, resolve(Spec(task="stylize", optimizer="lbfgs", **options)))
     w = ", ".join(f"{x['input']}={x['value']:g}" for x in manifest["weights"])
     print(f"wrote {args.directory}: targets.onnx, objective.onnx, manifest.json, reference/ ({w})")
+    if kept:
+        print(f"kept what nst bundle did not write: {', '.join(kept[:5])}{' ...' if len(kept) > 5 else ''}")
     return 0
 
 

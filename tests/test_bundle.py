@@ -1,6 +1,7 @@
 """The host bundle (nst_core.hosts.bundle, lossgraph.objective_model_f32 / targets_model): float32 only, its losses, TV and
 gradient against the NumPy reference (float64 sums), the tree sum against float64, the manifest against the models,
 atomic replacement, and `nst bundle --check` catching a changed bundle."""
+import hashlib
 import json
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from PIL import Image
 
 from nst_core.hosts import bundle
 from nst_core.network import lossgraph
@@ -209,11 +211,20 @@ def test_rewrite_replaces_atomically_and_never_a_foreign_directory(features_mode
     r = subprocess.run(CLI + ["bundle", str(d), "--size", "64", "--style-size", "64"], env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    (d / "stale.txt").write_text("from the old bundle")
+    # the user's files in the bundle are kept where they are, said on stdout; the bundle's own files are replaced
+    (d / "notes.txt").write_text("my notes")
+    (d / "reference" / "mine.png").write_bytes(b"not nst's")
+    (d / "drafts").mkdir()
+    (d / "drafts" / "a.txt").write_text("draft")
+    old_manifest = (d / "manifest.json").read_text()
     r = subprocess.run(CLI + ["bundle", str(d), "--preset", "scream", "--size", "64", "--calibration-size", "0"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert not (d / "stale.txt").exists()
+    assert (d / "notes.txt").read_text() == "my notes" and (d / "drafts" / "a.txt").read_text() == "draft"
+    assert (d / "reference" / "mine.png").read_bytes() == b"not nst's"
+    assert "kept what nst bundle did not write: drafts/a.txt, notes.txt, reference/mine.png" in r.stdout
+    assert (d / "manifest.json").read_text() != old_manifest
+    assert bundle.foreign_files(d) == ["drafts/a.txt", "notes.txt", "reference/mine.png"]
     manifest = json.loads((d / "manifest.json").read_text())
     assert manifest["problem"]["preset"] == "scream"
     assert manifest["calibration"]["size"] == 0 and manifest["calibration"]["style_size_follows_size"] is False
@@ -231,3 +242,58 @@ def test_rewrite_replaces_atomically_and_never_a_foreign_directory(features_mode
         r = subprocess.run(CLI + ["bundle", *args], env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert (foreign / "keep.jpg").read_text() == "x"
+
+
+def test_reference_images_are_hashed(small_bundle, tmp_path):
+    """A reference image replaced by one of another size fails --check with one line, by its SHA-256 in the manifest
+    and, for a bundle without the hashes (older ones), by its size."""
+    d, manifest = small_bundle
+    for key, name in bundle.REFERENCE_FILES.items():
+        assert manifest["reference"][key] == name
+        assert manifest["reference"]["sha256"][key] == hashlib.sha256((d / name).read_bytes()).hexdigest()
+    bad = tmp_path / "bad"
+    shutil.copytree(d, bad)
+    Image.new("RGB", (30, 20), (9, 9, 9)).save(bad / "reference" / "image.png")
+    with pytest.raises(NSTError, match=r"image.png: SHA-256 differs from the manifest's reference.sha256.image"):
+        bundle.check_bundle(bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    del m["reference"]["sha256"]
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(NSTError, match=r"image.png: 30x20 px, but the content image is 64x48"):
+        bundle.check_bundle(bad)
+
+
+def test_manifest_schema_names_the_field(small_bundle):
+    """Every field of a real manifest passes; a wrong type or range anywhere is caught and named."""
+    from nst_core.hosts.manifest import validate
+
+    _, manifest = small_bundle
+    assert validate(manifest) is None
+
+    def root(path, value):
+        m = json.loads(json.dumps(manifest))
+        node = m
+        for key in path[:-1]:
+            node = node[key]
+        if value is KeyError:
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value
+        return m
+
+    for path, value, field in (
+            (["models", "targets", "sha256"], "abc", "models.targets.sha256"),
+            (["models", "objective", "inputs", 0, "shape"], "1,3", "models.objective.inputs[0].shape"),
+            (["weights", 1, "value"], -1.0, "weights[1].value"),
+            (["weights", 1, "value"], True, "weights[1].value"),
+            (["preprocessing", "std"], [0.2, 0.2], "preprocessing.std"),
+            (["preprocessing", "std", 0], 0, "preprocessing.std[0]"),
+            (["problem", "size"], 64.5, "problem.size"),
+            (["problem", "style_layers", 0], 13, "problem.style_layers[0]"),
+            (["optimizer"], KeyError, "optimizer"),
+            (["reference", "tolerance", "grad_rtol"], 0, "reference.tolerance.grad_rtol"),
+            (["reference", "content_image"], "/etc/passwd", "reference.content_image"),
+            (["pixel_box", "lo"], [3.0, 3.0, 3.0], "pixel_box"),
+            (["weights", 0, "input"], "nope", "weights[0].input")):
+        found = validate(root(path, value))
+        assert found is not None and found[0] == field, (path, value, found)

@@ -668,11 +668,11 @@ def bad_models(features_model, tmp_path_factory):
 
 MODEL_CASES = [
     ("missing.onnx", "no model at"),
-    ("truncated.onnx", "is not a readable ONNX model"),
-    ("random.onnx", "is not a readable ONNX model"),
+    ("truncated.onnx", "not an ONNX model"),
+    ("random.onnx", "not an ONNX model"),
     ("empty.onnx", "not"),
-    ("cut_after_graph.onnx", "is not a valid ONNX model"),
-    ("no_weights.onnx", "is not a valid ONNX model"),
+    ("cut_after_graph.onnx", "not a valid ONNX model"),
+    ("no_weights.onnx", "not a valid ONNX model"),
     ("stripped.onnx", "lacks the tap features.4"),
     ("tiny.onnx", "lacks the tap features.1"),
 ]
@@ -701,9 +701,9 @@ def test_bad_models_in_the_other_commands(env, cases, bad_models, tmp_path):
     for args, problem in (
         (["texture", cases / "style.png", "-o", tmp_path / "t.png", *TINY, "--model", bad_models / "tiny.onnx"],
          "lacks the tap features.1"),
-        (["info", "--model", bad_models / "cut_after_graph.onnx"], "is not a valid ONNX model"),
+        (["info", "--model", bad_models / "cut_after_graph.onnx"], "not a valid ONNX model"),
         (["export-vjp", "--taps", "3", "--out", tmp_path / "v.onnx", "--model", bad_models / "truncated.onnx"],
-         "is not a readable ONNX model"),
+         "not an ONNX model"),
     ):
         r = nst(args, env)
         assert_one_line_error(r.returncode, r.stderr, problem, "nst export")

@@ -14,7 +14,10 @@ builds have no double kernels). The expected values of the reference case come f
 not from the bundle's models, so ``check_bundle`` tests the models against an independent computation.
 
 ``write_bundle`` builds into a temporary directory beside DIR and then swaps it in (``renameat2`` with
-RENAME_EXCHANGE where the kernel has it, else two renames), so DIR is never a half-written bundle.
+RENAME_EXCHANGE where the kernel has it, else two renames), so DIR is never a half-written bundle. Files in an old
+bundle that nst did not write (a user's notes.txt) are hard-linked into the new one before the swap, so they stay
+where the user put them and are never only in the directory being deleted (``foreign_files``, ``_keep``).
+The manifest's fields are checked against one schema (``hosts.manifest``) whenever a bundle is read.
 docs/hosts.md describes the contract for hosts.
 """
 from __future__ import annotations
@@ -41,9 +44,11 @@ from ..network import model as _model
 from ..errors import NSTError
 from ..inputs.images import MEAN, STD, pixel_bounds, preprocess, sha256_file
 from ..process.interrupts import sigint_deferred
+from . import manifest as _schema
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "write_bundle", "check_bundle", "bundle_objective",
-           "float64_tensors", "reference_case", "grad_checksums", "load_manifest"]
+           "float64_tensors", "reference_case", "grad_checksums", "load_manifest",
+           "foreign_files", "BUNDLE_FILES"]
 
 FORMAT = "nst-bundle"
 FORMAT_VERSION = 1
@@ -55,6 +60,11 @@ REFERENCE_SIZE = (48, 64)
 REFERENCE_STYLE_SIZE = (40, 40)
 #: Tolerances a host's reference run is held to (relative; the signed gradient sums relative to sum |grad|).
 REFERENCE_TOLERANCE = {"loss_rtol": 1e-5, "grad_rtol": 1e-4, "targets_rtol": 1e-5}
+#: The reference images: manifest key -> file in the bundle.
+REFERENCE_FILES = {"content_image": "reference/content.png", "style_image": "reference/style.png",
+                   "image": "reference/image.png"}
+#: Every file ``write_bundle`` writes (relative paths); anything else in a bundle directory is the user's and is kept.
+BUNDLE_FILES = frozenset({MANIFEST, TARGETS, OBJECTIVE, *REFERENCE_FILES.values()})
 #: The weighting of the signed gradient checksum: w_i = ((i mod 13) - 6) / 6 over the flat NCHW order.
 CHECKSUM_PERIOD = 13
 
@@ -209,7 +219,7 @@ def _calibration(problem: dict) -> dict:
 
 
 def _manifest(problem: dict, features: onnx.ModelProto, models: dict, files: dict, min_size: int,
-              expected: dict) -> dict:
+              expected: dict, reference_sha256: dict) -> dict:
     meta = _model.metadata(features)
     lo, hi = pixel_bounds((1, 3, 1, 1))
     return {
@@ -238,8 +248,7 @@ def _manifest(problem: dict, features: onnx.ModelProto, models: dict, files: dic
         "optimizer": {"name": "lbfgs", "history": LBFGS_HISTORY, "step": "armijo", "lr": 1.0, "c1": 1e-4,
                       "max_backtracks": 10, "iterations": DEFAULT_ITERATIONS, "init": "content",
                       "reference": "nst_core.optim.lbfgs"},
-        "reference": {"content_image": "reference/content.png", "style_image": "reference/style.png",
-                      "image": "reference/image.png",
+        "reference": {**REFERENCE_FILES, "sha256": reference_sha256,
                       "how": "decode each PNG (RGB, no resize), normalise as preprocessing says; run targets on "
                              "content_image / style_image, then objective at image with the weights above",
                       "expected": expected, "tolerance": dict(REFERENCE_TOLERANCE),
@@ -266,25 +275,76 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
+def foreign_files(directory) -> list[str]:
+    """The files in a bundle directory that ``write_bundle`` did not write (relative paths, sorted): a user's notes,
+    say. ``write_bundle`` keeps them. Empty for a directory that does not exist."""
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        return []
+    found = []
+    for base, dirs, files in os.walk(root):
+        rel = Path(base).relative_to(root)
+        for name in files + [n for n in dirs if os.path.islink(os.path.join(base, n))]:
+            if (rel / name).as_posix() not in BUNDLE_FILES:
+                found.append((rel / name).as_posix())
+        dirs[:] = [n for n in dirs if not os.path.islink(os.path.join(base, n))]
+        if rel != Path(".") and not files and not dirs:
+            found.append(rel.as_posix() + "/")  # an empty directory of the user's
+    return sorted(found)
+
+
+def _keep(old: Path, new: Path, names: list[str]) -> None:
+    """Hard-link (copy, where links fail) the user's files `names` of the old bundle `old` into the new one `new`,
+    before the swap: whatever happens next, each is in one of the two directories, never only in one being deleted."""
+    for name in names:
+        src, dst = old / name, new / name
+        try:
+            if name.endswith("/"):
+                dst.mkdir(parents=True, exist_ok=True)
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst, follow_symlinks=False)
+            except OSError:  # another file system (a mount point), or one without hard links
+                shutil.copy2(src, dst, follow_symlinks=False)
+        except OSError as e:
+            raise NSTError(f"{old}: cannot keep {name}, which nst bundle did not write ({e.strerror or e}); nothing "
+                           f"was changed: move it out of the bundle and run again") from None
+
+
 def _swap_in(tmp: Path, final: Path) -> None:
-    """Put the finished bundle `tmp` at `final`, replacing an old bundle there; removes what is left over."""
+    """Put the finished bundle `tmp` at `final`, replacing an old bundle there and keeping the files in it that
+    are not the bundle's (``foreign_files``); removes the old bundle's own files."""
     with sigint_deferred():
         if not final.exists():
             os.rename(tmp, final)
             return
+        _keep(final, tmp, foreign_files(final))
         if _exchange(tmp, final):
-            shutil.rmtree(tmp, ignore_errors=True)   # tmp now holds the old bundle
+            _remove_old(tmp, final)   # tmp now holds the old bundle
             return
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
         os.rename(final, old / final.name)
         os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_old(old / final.name, final)
+        os.rmdir(old)
+
+
+def _remove_old(old: Path, final: Path) -> None:
+    """Delete the old bundle `old` after the swap. A file that appeared in it after the user's files were linked
+    into the new bundle (written meanwhile) is moved into `final` rather than deleted."""
+    late = [n for n in foreign_files(old) if not os.path.lexists(final / n.rstrip("/"))]
+    for name in late:
+        (final / name).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(old / name.rstrip("/"), final / name.rstrip("/"))
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bundle(directory, job: Spec, model_path=None, progress=None) -> dict:
     """Write the bundle of the resolved stylize job `job` to
     `directory`, replacing an existing bundle atomically. Returns the manifest. NSTError for a directory that
-    exists and is not a bundle (it is never deleted), a parent that does not exist, or a missing model."""
+    exists and is not a bundle (it is never deleted), a parent that does not exist, or a missing model.
+    Files in an old bundle that nst bundle did not write (``foreign_files``: a user's notes) are kept in place."""
     final = Path(directory).expanduser().absolute()
     if final.exists() and not final.is_dir():
         raise NSTError(f"{final}: exists and is not a directory")
@@ -325,7 +385,8 @@ def write_bundle(directory, job: Spec, model_path=None, progress=None) -> dict:
         (tmp / "reference").mkdir()
         for key, arr in images.items():
             Image.fromarray(arr).save(tmp / "reference" / f"{key}.png")
-        manifest = _manifest(problem, features, models, files, min_size, expected)
+        ref_sha = {k: sha256_file(tmp / f) for k, f in REFERENCE_FILES.items()}
+        manifest = _manifest(problem, features, models, files, min_size, expected, ref_sha)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         os.chmod(tmp, 0o777 & ~_umask())
         _swap_in(tmp, final)
@@ -363,11 +424,57 @@ def load_manifest(directory) -> tuple[Path, dict]:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise NSTError(f"{path}: format version {manifest.get('format_version')!r}, this nst reads "
                        f"{FORMAT_VERSION}")
+    bad = _schema.validate(manifest)
+    if bad:
+        raise NSTError(f"{path}: field {bad[0]} {bad[1]}; remake the bundle: nst bundle {d} [options]")
     return d, manifest
 
 
 def _rel_err(got: float, want: float, scale: float | None = None) -> float:
     return abs(got - want) / max(abs(scale if scale is not None else want), 1e-30)
+
+
+def _reference_inputs(d: Path, ref: dict) -> dict:
+    """The reference images, normalised: {manifest key: float32 [1, 3, h, w]}, after their SHA-256 (when the
+    manifest has them: bundles from before it do not) and their sizes are checked."""
+    x = {}
+    for key in REFERENCE_FILES:
+        p = d / ref[key]
+        if not p.is_file():
+            raise NSTError(f"{p}: missing (the reference case's {key})")
+        if "sha256" in ref and sha256_file(p) != ref["sha256"][key]:
+            raise NSTError(f"{p}: SHA-256 differs from the manifest's reference.sha256.{key} (the image was changed); "
+                           f"remake the bundle: nst bundle {d} [options]")
+        try:
+            with Image.open(p) as im:
+                x[key] = preprocess(np.asarray(im.convert("RGB")), None)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise NSTError(f"{p}: cannot read the reference image ({' '.join(str(e).split())})") from None
+    if x["image"].shape != x["content_image"].shape:
+        raise NSTError(f"{d / ref['image']}: {x['image'].shape[3]}x{x['image'].shape[2]} px, but the content image is "
+                       f"{x['content_image'].shape[3]}x{x['content_image'].shape[2]}: they must be the same size")
+    return x
+
+
+def _run_reference(d: Path, manifest: dict, sessions: dict, x: dict) -> tuple[dict, dict]:
+    """({target name: array}, {objective output: array}) of the reference case; NSTError when a model refuses it."""
+    t_names = [o["name"] for o in manifest["models"]["targets"]["outputs"]]
+    t_feeds = {i["name"]: x[i["name"]] for i in manifest["models"]["targets"]["inputs"]}  # names: the schema's
+    try:
+        targets = dict(zip(t_names, sessions["targets"].run(t_names, t_feeds)))
+        feeds = dict(targets, image=x["image"])
+        for w in manifest["weights"]:
+            feeds[w["input"]] = np.array(w["value"], dtype=np.float32)
+        o_names = [o["name"] for o in manifest["models"]["objective"]["outputs"]]
+        got = dict(zip(o_names, sessions["objective"].run(o_names, feeds)))
+    except Exception as e:  # ONNX Runtime's errors (shapes, names) come as several exception types
+        raise NSTError(f"{d}: the reference case does not run ({type(e).__name__}: "
+                       f"{' '.join(str(e).split())[:200]})") from None
+    missing = [k for k in lossgraph.OUTPUTS_F32 if k not in got] + [k for k in manifest["reference"]["expected"][
+        "targets_l2"] if k not in targets]
+    if missing:
+        raise NSTError(f"{d}: the models do not output {missing[0]}; remake the bundle: nst bundle {d} [options]")
+    return targets, got
 
 
 def check_bundle(directory) -> dict:
@@ -393,24 +500,9 @@ def check_bundle(directory) -> dict:
         if bad:
             raise NSTError(f"{path}: has float64 tensors ({', '.join(bad[:3])})")
         sessions[name] = _model.session(m, "cpu")
-    ref = manifest["reference"]
-    x = {}
-    for key in ("content_image", "style_image", "image"):
-        p = d / ref[key]
-        try:
-            with Image.open(p) as im:
-                x[key] = preprocess(np.asarray(im.convert("RGB")), None)
-        except OSError as e:
-            raise NSTError(f"{p}: cannot read the reference image ({e})") from None
-    t_names = [o["name"] for o in manifest["models"]["targets"]["outputs"]]
-    t_feeds = {i["name"]: x[i["name"]] for i in manifest["models"]["targets"]["inputs"]}
-    targets = dict(zip(t_names, sessions["targets"].run(t_names, t_feeds)))
-    feeds = dict(targets, image=x["image"])
-    for w in manifest["weights"]:
-        feeds[w["input"]] = np.array(w["value"], dtype=np.float32)
-    o_names = [o["name"] for o in manifest["models"]["objective"]["outputs"]]
-    got = dict(zip(o_names, sessions["objective"].run(o_names, feeds)))
-    exp, tol = ref["expected"], ref["tolerance"]
+    x = _reference_inputs(d, manifest["reference"])
+    targets, got = _run_reference(d, manifest, sessions, x)
+    exp, tol = manifest["reference"]["expected"], manifest["reference"]["tolerance"]
     worst = {}
     for k in ("loss", "content_loss", "style_loss", "tv_loss"):
         worst[k] = _rel_err(float(got[k]), exp[k])

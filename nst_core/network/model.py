@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,11 @@ def cache_dir() -> Path:
 
 
 def _how_to_make(path: Path) -> str:
+    """What to do about a missing or wrong model at `path`: remake it where nst export writes, or point --model at
+    one (nst export writes DIR/features.onnx, so it never replaces a file of another name)."""
+    if path.name != MODEL_FILE:
+        return (f"--model takes the {MODEL_FILE} that `nst export [--out DIR]` writes (default: "
+                f"{cache_dir() / MODEL_FILE})")
     out = "" if path.parent == cache_dir() else f" --out {path.parent}"
     return f"make it with: nst export --weights FILE{out}  (or without --weights to download torchvision's)"
 
@@ -49,21 +55,90 @@ def find_model(path: str | os.PathLike | None = None) -> Path:
     return p
 
 
+#: Leading bytes of files people point --model at by mistake: (signature, what the file is).
+_NOT_ONNX = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+             (b"RIFF", "a RIFF file (WebP, WAV, AVI)"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+             (b"BM", "a BMP image"), (b"PK\x03\x04", "a zip archive (a .pth or .npz file?)"),
+             (b"\x93NUMPY", "a NumPy array"), (b"\x80", "a Python pickle (a .pth file?)"), (b"{", "a JSON or text file"))
+
+#: ONNX element types by number, for messages.
+_DTYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 6: "int32", 7: "int64", 2: "uint8"}
+
+
+def _what_file(p: Path) -> str:
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return ""
+    return next((f" (it is {what})" for sig, what in _NOT_ONNX if head.startswith(sig)), "")
+
+
+def _dims(vi) -> list:
+    """The dims of a value_info: ints where fixed, None where dynamic (a dim_param or nothing)."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+
+
+def _input_problem(vi) -> str | None:
+    """What is wrong with the model's input `image` for nst, or None: float32 [1 or N, 3, H, W] with H, W dynamic."""
+    t = vi.type.tensor_type
+    if t.elem_type != onnx.TensorProto.FLOAT:
+        return f"its input {INPUT} is {_DTYPES.get(t.elem_type, f'element type {t.elem_type}')}, not float32"
+    if not t.HasField("shape"):
+        return None  # no shape declared: ONNX Runtime takes any; the first Conv's weights fix the channels
+    dims = _dims(vi)
+    if len(dims) != 4:
+        return f"its input {INPUT} has rank {len(dims)}, not 4 (expected [1, 3, H, W])"
+    if dims[0] not in (None, 1):
+        return f"its input {INPUT} has a fixed batch of {dims[0]}, not 1"
+    if dims[1] != 3 and dims[1] is not None:
+        return f"its input {INPUT} has {dims[1]} channels, not 3 (RGB)"
+    if dims[2] is not None or dims[3] is not None:
+        fixed = "x".join("H" if d is None else str(d) for d in dims[2:])
+        return f"its input {INPUT} has a fixed size {fixed} (nst needs dynamic H and W: every picture has its own)"
+    return None
+
+
+def _outputs_problem(model: onnx.ModelProto) -> str | None:
+    """What is wrong with the model's outputs, or None: every one named features.K, float32, rank 4 when declared."""
+    names = [o.name for o in model.graph.output]
+    wrong = [n for n in names if not re.fullmatch(r"features\.(\d|1[0-2])", n)]
+    if not names or wrong:
+        return (f"its outputs are {', '.join(names[:3]) or 'none'}{'...' if len(names) > 3 else ''}, not the "
+                f"taps {tap_name(0)} .. {tap_name(12)}")
+    for o in model.graph.output:
+        t = o.type.tensor_type
+        if t.elem_type != onnx.TensorProto.FLOAT:
+            return f"its output {o.name} is {_DTYPES.get(t.elem_type, f'element type {t.elem_type}')}, not float32"
+        if t.HasField("shape") and len(t.shape.dim) != 4:
+            return f"its output {o.name} has rank {len(t.shape.dim)}, not 4"
+    return None
+
+
 def load_model(path: str | os.PathLike | None = None, taps=()) -> onnx.ModelProto:
-    """Load and check the feature model: it must parse as ONNX, take `image` and output every tap in `taps`
-    (names like 'features.3'). NSTError (one line, with how to make a correct one) otherwise."""
+    """Load and check the feature model: it must parse as ONNX, take one input `image` float32 [1, 3, H, W] with H
+    and W dynamic, output float32 taps named features.K and every tap in `taps` (names like 'features.3'), and pass
+    onnx.checker. NSTError (one line naming the file, what is wrong, and how to get a correct one) otherwise."""
     p = find_model(path)
     try:
         model = onnx.load(str(p))
     except Exception as e:
-        raise NSTError(f"{p} is not a readable ONNX model ({type(e).__name__}); {_how_to_make(p)}") from None
-    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    if inputs != [INPUT] or not model.graph.node:
-        raise NSTError(f"{p} is not an nst feature model (inputs {inputs}, expected ['{INPUT}']); {_how_to_make(p)}")
+        raise NSTError(f"{p}: not an ONNX model{_what_file(p) or f' ({type(e).__name__})'}; "
+                       f"{_how_to_make(p)}") from None
+    if not model.ir_version or not model.graph.node:  # random bytes can parse as an empty protobuf message
+        raise NSTError(f"{p}: not an ONNX model{_what_file(p)}; {_how_to_make(p)}")
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if [i.name for i in inputs] != [INPUT]:
+        raise NSTError(f"{p}: not an nst feature model (inputs {[i.name for i in inputs]}, expected ['{INPUT}']); "
+                       f"{_how_to_make(p)}")
+    problem = _input_problem(inputs[0]) or _outputs_problem(model)
+    if problem:
+        raise NSTError(f"{p}: not an nst feature model: {problem}; {_how_to_make(p)}")
     outputs = {o.name for o in model.graph.output}
     missing = [t for t in taps if t not in outputs]
     if missing:
-        raise NSTError(f"{p} lacks the tap {missing[0]} (it has {len(outputs)} outputs); {_how_to_make(p)}")
+        raise NSTError(f"{p}: lacks the tap {missing[0]} (it has {len(outputs)} outputs); {_how_to_make(p)}")
     # A file cut at a top-level field boundary still parses (e.g. without its opset_import), and a damaged one can
     # reference missing weights: ONNX Runtime would then fail with a traceback. The checker takes a few ms.
     try:
@@ -71,7 +146,7 @@ def load_model(path: str | os.PathLike | None = None, taps=()) -> onnx.ModelProt
     except Exception as e:
         detail = " ".join(str(e).split())
         detail = detail if len(detail) <= 200 else detail[:197] + "..."
-        raise NSTError(f"{p} is not a valid ONNX model (onnx.checker: {detail}); {_how_to_make(p)}") from None
+        raise NSTError(f"{p}: not a valid ONNX model (onnx.checker: {detail}); {_how_to_make(p)}") from None
     return model
 
 
