@@ -238,14 +238,14 @@ BAD_STYLE = [("truncated.png", "truncated"), ("bomb.png", "image too large"), ("
 # too small for the layers asked for: the message names the minimum (computed from the graph)
 TOO_SMALL = {
     "stylize --size 4": (["stylize", "rgb.png", "style.png", *TINY, "--size", "4"],
-                         ["size of 4 px is too small for layer 7", "at least 9 px"]),
+                         ["--size 4 is too small for layer 7", "at least 9 px"]),
     "stylize --style-size 4 --style-layers 7": (
         ["stylize", "rgb.png", "style.png", *TINY, "--style-size", "4", "--style-layers", "7",
-         "--style-weights", "1"], ["style size of 4 px is too small for layer 7", "at least 9 px"]),
+         "--style-weights", "1"], ["the style size 4 px is too small for layer 7", "use --style-size >= 9", "at least 9 px"]),
     # the style image goes through the content layer too (one network): minimum of layer 3, no SIGFPE
     "stylize --style-size 4 --style-layers 1": (
         ["stylize", "rgb.png", "style.png", *TINY, "--style-size", "4", "--style-layers", "1",
-         "--style-weights", "1"], ["style size of 4 px is too small for layer 3", "at least 5 px"]),
+         "--style-weights", "1"], ["the style size 4 px is too small for layer 3", "at least 5 px"]),
     "stylize --size 16 layer 12": (
         ["stylize", "rgb.png", "style.png", *TINY, "--size", "16", "--content-layer", "12"],
         ["too small for layer 12", "at least 17 px"]),

@@ -161,9 +161,9 @@ def test_texture_and_invert_shapes(features_model, paths):
 
 
 def test_too_small_names_the_minimum(features_model, paths):
-    with pytest.raises(NSTError, match=r"size of 8 px is too small for layer 7: .* at least 9 px"):
+    with pytest.raises(NSTError, match=r"--size 8 is too small for layer 7: .* at least 9 px there; use --size >= 9"):
         stylize(paths["content"], paths["style"], model=features_model, size=8, device="cpu")
-    with pytest.raises(NSTError, match=r"style size of 4 px is too small .* at least 9 px"):
+    with pytest.raises(NSTError, match=r"style size 4 px is too small .* at least 9 px"):
         stylize(paths["content"], paths["style"], model=features_model, size=64, style_size=4, device="cpu")
     # shallow layers need less: 4 px is enough for layer 1 alone
     image, _ = texture(paths["style"], model=features_model, size=4, style_layers=(1,), style_weights=(1.0,),

@@ -8,6 +8,9 @@ Reading
                              full precision of 16-bit and floating-point sources.
     Every problem with the file (missing, a directory, empty, not an image, truncated, a decompression bomb,
     unreadable) raises ``NSTError("<path>: <problem>")`` with a one-line message.
+    A path that is not a regular file (a FIFO, ``<(cat img)``'s /dev/fd/N, a character device) is a stream: it is
+    read once, up to ``MAX_STREAM_BYTES``, and its bytes kept for the process, so that every later reader (the
+    recipe's hash and header, the run's decode, --original-colors) sees the same image (``input_bytes``).
 
 Network input / output (the CS231n exercise, i.e. torchvision's ``Resize(size)``, ``ToTensor``, ``Normalize``)
     ``preprocess(image, size)``  -> float32 [1, 3, h, w], normalised with ``MEAN`` / ``STD``.
@@ -26,6 +29,7 @@ looks like to a person. Transparent pixels therefore become white, half-transpar
 from __future__ import annotations
 
 import hashlib
+import io
 import numbers
 import os
 import re
@@ -47,6 +51,7 @@ __all__ = [
     "pixel_bounds",
     "resized_shape",
     "sha256_file",
+    "input_sha256",
     "upright_size",
     "one_line",
 ]
@@ -63,6 +68,11 @@ _STD32 = np.asarray(STD, dtype=np.float32)
 _INT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _HIGH_MODES = _INT16_MODES + ("I", "F")
 
+#: The most bytes read from a stream input (a pipe or FIFO): 1 GiB, above any photo Pillow decodes by default.
+MAX_STREAM_BYTES = 1 << 30
+_STREAMS: dict[str, bytes] = {}  # stream path -> its bytes, read once per process
+
+
 def one_line(text: object) -> str:
     """``str(text)`` with whitespace runs (including newlines) collapsed to single spaces."""
     return " ".join(str(text).split())
@@ -71,28 +81,69 @@ def one_line(text: object) -> str:
 # ----------------------------------------------------------------------------------------------------- reading
 
 
+def input_bytes(path) -> bytes | None:
+    """The bytes of a stream input (not a regular file: a FIFO, /dev/fd/N of a pipe, a device), read once per process
+    and kept; None for a regular file, a directory or a missing path. NSTError when it cannot be read or is larger
+    than ``MAX_STREAM_BYTES``. A FIFO with no writer blocks here, as it would for any reader."""
+    name = os.fspath(path)
+    if name in _STREAMS:
+        return _STREAMS[name]
+    if not os.path.exists(name) or os.path.isfile(name) or os.path.isdir(name):
+        return None
+    try:
+        with open(name, "rb") as f:
+            data = f.read(MAX_STREAM_BYTES + 1)
+    except OSError as exc:
+        raise NSTError(f"{name}: cannot read it ({one_line(exc.strerror or exc)})") from None
+    if len(data) > MAX_STREAM_BYTES:
+        raise NSTError(f"{name}: a stream of more than {MAX_STREAM_BYTES >> 20} MiB; give the image as a file")
+    _STREAMS[name] = data
+    return data
+
+
+def input_sha256(path) -> str | None:
+    """SHA-256 (hex) of an input image: a regular file's, or a stream's bytes (``input_bytes``); None when it
+    cannot be read."""
+    try:
+        data = input_bytes(path)
+        return sha256_file(path) if data is None else hashlib.sha256(data).hexdigest()
+    except (OSError, NSTError):
+        return None
+
+
+def _source(name: str):
+    """What Pillow should open for ``name``: the path of a regular file, or a stream's bytes as a file object.
+    NSTError for a missing path, a directory or an empty file / stream."""
+    if not os.path.exists(name):
+        raise NSTError(f"{name}: no such file")
+    if os.path.isdir(name):
+        raise NSTError(f"{name}: is a directory, not an image file")
+    data = input_bytes(name)
+    if data is not None:
+        if not data:
+            raise NSTError(f"{name}: empty stream (nothing was written to it before it was closed)")
+        return io.BytesIO(data)
+    try:
+        if os.path.getsize(name) == 0:
+            raise NSTError(f"{name}: empty file")
+    except OSError as exc:
+        raise NSTError(f"{name}: cannot read file ({one_line(exc.strerror or exc)})") from None
+    return name
+
+
 def _decode(path) -> Image.Image:
     """Open and fully decode ``path``; return a detached PIL image with EXIF orientation applied.
 
     The first frame is used for animated files. Raises NSTError with a one-line message on any problem.
     """
     name = os.fspath(path)
-    if not os.path.exists(name):
-        raise NSTError(f"{name}: no such file")
-    if os.path.isdir(name):
-        raise NSTError(f"{name}: is a directory, not an image file")
-    try:
-        if os.path.getsize(name) == 0:
-            raise NSTError(f"{name}: empty file")
-    except OSError as exc:
-        raise NSTError(f"{name}: cannot read file ({one_line(exc.strerror or exc)})") from None
-
+    source = _source(name)
     try:
         with warnings.catch_warnings():
             # The warning is raised as an error so that images between the limit and twice the limit
             # are refused too, not decoded with a warning printed to stderr.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(name) as im:
+            with Image.open(source) as im:
                 im.load()  # full decode: a truncated file raises here (LOAD_TRUNCATED_IMAGES stays False)
                 return ImageOps.exif_transpose(im)  # a new image (a copy when there is no orientation tag)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -167,14 +218,16 @@ def open_image(path) -> Image.Image:
 
 def upright_size(path):
     """(width, height) of an image file as ``open_image`` turns it (EXIF orientation applied), from its header,
-    without decoding the pixels; None when it cannot be read as an image or is not a regular file (a FIFO read here
-    would leave nothing for ``open_image``)."""
-    if not os.path.isfile(path):
-        return None
+    without decoding the pixels; None when it cannot be read as an image. A stream is read once (``input_bytes``),
+    so ``open_image`` decodes the same bytes later."""
     try:
+        data = input_bytes(path)
+        source = path if data is None else io.BytesIO(data)
+        if data is None and not os.path.isfile(path):
+            return None
         with warnings.catch_warnings():  # a decompression-bomb warning is open_image's to report, in one line
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 width, height = im.size
                 orientation = im.getexif().get(0x0112, 1)
     except Exception:  # any unreadable file: the run itself reports it in one line

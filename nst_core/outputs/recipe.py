@@ -20,7 +20,7 @@ import struct
 import zlib
 
 from ..errors import NSTError
-from ..inputs.images import sha256_file
+from ..inputs.images import input_sha256
 from ..network import model as _model
 from ..spec.spec import Spec, from_dict, from_json, parse_json, to_json
 
@@ -51,11 +51,8 @@ def _inputs(job: Spec) -> list:
     paths = ([("content", job.content)] if job.content else []) + [("style", s) for s in job.styles]
     out = []
     for role, path in paths:
-        try:  # regular files only: reading a FIFO here would leave nothing for the run
-            digest = sha256_file(path) if os.path.isfile(path) else None
-        except OSError:
-            digest = None
-        out.append({"role": role, "path": path, "sha256": digest})
+        # a stream (FIFO, <(cat img)) is read once and kept for the run: images.input_bytes
+        out.append({"role": role, "path": path, "sha256": input_sha256(path)})
     return out
 
 

@@ -78,10 +78,11 @@ def _resized(image, width: int, height: int):
                                 .resize((width, height), Image.Resampling.BILINEAR)) for c in range(3)], axis=2)
 
 
-def _check_size(side: int, minimum: int, what: str, layers) -> None:
+def _check_size(side: int, minimum: int, option: str, layers) -> None:
     if side < minimum:
-        raise NSTError(f"{what} of {side} px is too small for layer {max(layers)}: the network needs at least "
-                       f"{minimum} px there (use a size >= {minimum})")
+        what = f"--size {side}" if option == "--size" else f"the style size {side} px"
+        raise NSTError(f"{what} is too small for layer {max(layers)}: the network needs at least "
+                       f"{minimum} px there; use {option} >= {minimum}")
 
 
 def _start(job: Spec, base_x: np.ndarray, has_content: bool, style_imgs, weights) -> np.ndarray:
@@ -99,9 +100,9 @@ def _network_for(job: Spec, cal: Calibration, layers):
     """The cached network of the job's active layers, after the sizes are checked against what they need."""
     model_path = _model.find_model(job.model)
     minimum = cache.min_size(model_path, layers)  # graph arithmetic only, before any session is built
-    _check_size(job.size, minimum, "size", layers)
+    _check_size(job.size, minimum, "--size", layers)
     if any(job.effective_style_weights):  # the style image goes through every active layer too
-        _check_size(cal.style_size, minimum, "style size", layers)
+        _check_size(cal.style_size, minimum, "--style-size", layers)
     return cache.network(model_path, layers, job.device, job.pooling)
 
 

@@ -32,7 +32,11 @@ from ..inputs.images import MEAN, STD, resized_shape
 from ..objective import pyramid
 from ..process import interrupts, memory
 from ..spec.spec import Spec
-from .plan import histories, plan, scale_jobs
+from ..network import cache
+from ..network import model as _model
+from ..objective import active_layers
+from .calibration import calibration
+from .plan import histories, plan, scale_jobs, sides
 from .problem import Problem, optimise, prepare
 
 __all__ = ["run", "upsample", "check_memory", "ScaleRecord", "ScheduleResult"]
@@ -137,10 +141,35 @@ def _scale_callback(records: list, user_callback, k: int, side: int, start: floa
     return callback
 
 
+def check_first_scale(job: Spec, content: Optional[Image.Image], styles: Sequence[Image.Image]) -> None:
+    """NSTError, naming the options, when the first scale of a coarse-to-fine ``job`` (and so its style image
+    there) is smaller than the network's layers need: the later scales are larger. Before any work."""
+    first = scale_jobs(job)[0]
+    layers = active_layers(*job.content_terms, job.style_layers or (), job.effective_style_weights)
+    if not layers:
+        return
+    minimum = cache.min_size(_model.find_model(job.model), layers)
+    need = f"below the {minimum} px that layer {max(layers)} needs"
+    if first.size < minimum:
+        if job.scales == "auto":
+            raise NSTError(f"--calibration-size {job.calibration_size}: coarse-to-fine starts at that size, {need}; "
+                           f"use --calibration-size >= {minimum} (or --scales 1)")
+        fits = [n for n in range(1, job.scales) if sides(dataclasses.replace(job, scales=n))[0] >= minimum]
+        raise NSTError(f"--scales {job.scales} with --size {job.size}: the first scale would be {first.size} px, "
+                       f"{need}; use --scales {max(fits, default=1)} or fewer, or a larger --size")
+    if any(job.effective_style_weights):
+        smallest = min(styles, key=lambda im: min(im.size))
+        style_size = calibration(first, content if content is not None else smallest, smallest).style_size
+        if style_size < minimum:
+            raise NSTError(f"the style size at the first scale ({first.size} px) would be {style_size} px, {need}; "
+                           f"use a larger --style-size or fewer --scales")
+
+
 def run(job: Spec, content: Optional[Image.Image] = None, styles: Sequence[Image.Image] = (), callback=None):
     """Run the schedule of a resolved ``job`` on its decoded images; returns ``(image uint8 [h, w, 3],
     ScheduleResult)``. ``callback(record, x)`` gets every evaluation's ``ScaleRecord``."""
     jobs = scale_jobs(job)
+    check_first_scale(job, content, styles)
     results, history, records, interrupted = [], [], [], None
     x, t0, done, whole, finish = None, time.perf_counter(), 0, None, None
     for k, scale_job in enumerate(jobs):

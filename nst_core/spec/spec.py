@@ -323,6 +323,10 @@ def _check_whole(job: Spec) -> None:
         raise NSTError("every loss weight is zero: nothing to optimise")
     if job.task == "invert" and content_weight == 0.0:
         raise NSTError("invert needs a content weight > 0")
+    if job.task != "invert" and not layers:  # --style-layers '' --style-weights '': no style loss at all
+        zero = "; to paint without style on purpose give zero weights (--style-weights 0,0,0,0), or use nst invert"
+        raise NSTError(f"{job.task} needs at least one style layer, and --style-layers is empty"
+                       f"{zero if job.task == 'stylize' else ''}")
     if job.task == "texture" and not any(effective):
         raise NSTError("texture needs a style weight > 0")
 
