@@ -424,9 +424,10 @@ def test_two_processes_export_to_same_dir(tmp_path, weights_path, state_dict):
     assert f12.shape == tap_shapes(40, 56)[12]
 
 
-@pytest.mark.skipif(os.environ.get("NST_SLOW_TESTS") != "1", reason="dynamo export takes ~20 s; set NST_SLOW_TESTS=1")
 def test_dynamo_exporter_gives_same_model(features_model, features_session, weights_path, tmp_path):
-    """The fallback exporter (torch.onnx dynamo=True) yields the same graph facts and outputs as the default."""
+    """The fallback exporter (torch.onnx dynamo=True) yields the same graph facts and outputs as the default.
+    It runs in CI: 15.4 s on the shared 2-core machine (it was behind NST_SLOW_TESTS, so it never ran)."""
+    pytest.importorskip("onnxscript")  # torch.onnx's dynamo exporter needs it
     path = export_features(tmp_path, weights=weights_path, exporter="dynamo")
     m, ref = onnx.load(str(path)), onnx.load(str(features_model))
     assert Counter(n.op_type for n in m.graph.node) == Counter(n.op_type for n in ref.graph.node)

@@ -3,8 +3,12 @@ CS231n preprocessing rule against an independent PIL + NumPy (+ torch tensor ops
 pixel bounds, output-path checks and the atomic, input-protecting save."""
 import io
 import os
+import shutil
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +21,8 @@ from nst_core.errors import NSTError
 
 MEAN32 = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD32 = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+_SCRIPT = Path(sys.executable).parent / "nst"
+NST = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, str(Path(__file__).resolve().parents[1] / "cli.py")]
 
 
 def noise_rgb(h, w, seed=0):
@@ -116,15 +122,35 @@ def test_permission_and_os_errors(tmp_path, monkeypatch):
     expect_error(str(path), "Input/output error")
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file(tmp_path):
-    path = tmp_path / "secret.png"
-    Image.new("RGB", (2, 2)).save(path)
+#: Run a command without the capabilities that let root ignore file modes (dropped from the bounding set, so gone
+#: after exec): a root process then meets file modes as their owner does, while what it owns (the Python under
+#: /root, the model) stays readable. So the permission tests run in root's CI too.
+AS_OWNER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+
+
+def nst_as_owner(args, env):
+    """A real ``nst`` process that file modes bind, also when the tests run as root (CI)."""
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv (util-linux) is needed to drop root's CAP_DAC_OVERRIDE")
+        prefix = AS_OWNER
+    return subprocess.run(prefix + NST + [str(a) for a in args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_unreadable_file(tmp_path, env):
+    path, style = tmp_path / "secret.png", tmp_path / "style.png"
+    Image.new("RGB", (40, 40)).save(path)
+    Image.new("RGB", (40, 40)).save(style)
     path.chmod(0)
     try:
-        expect_error(str(path), "permission denied")
+        r = nst_as_owner(["stylize", path, style, "-o", tmp_path / "out.png", "--size", "32", "--iterations", "1"],
+                         env)
     finally:
         path.chmod(0o600)
+    assert (r.returncode, r.stderr) == (2, f"nst: error: {path}: permission denied\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.png", "style.png"]
 
 
 # ------------------------------------------------------------------------------------------------ good inputs
@@ -451,15 +477,19 @@ def test_check_output_path_unwritable_directory(tmp_path, monkeypatch):
     expect_path_error(str(tmp_path / "out.png"), "not writable")
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")
-def test_check_output_path_read_only_directory(tmp_path):
-    locked = tmp_path / "locked"
+def test_read_only_output_directory(tmp_path, env):
+    """-o into a directory the user cannot write: one line before any work, nothing written (as root too)."""
+    locked, content = tmp_path / "locked", tmp_path / "c.png"
+    Image.new("RGB", (40, 40)).save(content)
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        expect_path_error(str(locked / "out.png"), "not writable")
+        r = nst_as_owner(["stylize", content, content, "-o", locked / "out.png", "--size", "32",
+                          "--iterations", "1"], env)
+        assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o700)
+    assert (r.returncode, r.stderr) == (2, f"nst: error: {locked / 'out.png'}: directory {locked} is not writable\n")
 
 
 # ------------------------------------------------------------------------------------------------------- save
