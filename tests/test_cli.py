@@ -107,7 +107,7 @@ ERRORS = [
     (["stylize", "{content}", "{style}", "-o", "{tmp}/nodir/out.png"], "does not exist"),
     (["stylize", "{content}", "{style}", "-o", "{content}"], "would overwrite the input image"),
     (["stylize", "{content}", "{style}", "--model", "{tmp}/none.onnx"], "no model at"),
-    (["stylize", "{content}", "{style}", "--model", "{tmp}/notonnx.onnx"], "not a readable ONNX model"),
+    (["stylize", "{content}", "{style}", "--model", "{tmp}/notonnx.onnx"], "not an ONNX model"),
     (["stylize", "{content}", "{style}", "--log", "{tmp}/nodir/run.csv"], "does not exist"),
     (["stylize", "{content}", "{style}", "--size", "abc"], "not a whole number: 'abc'"),
     (["stylize", "{content}", "{style}", "--optimizer", "sgd"], "invalid choice: 'sgd'"),
