@@ -22,6 +22,7 @@ from nst_core.losses import gram, tv_loss
 from nst_core.network.model import Network, session
 from nst_core.objective import make_objective, targets
 from nst_core.spec import Spec, make, resolve
+from test_checks import _set as set_field
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(REPO / "cli.py")]
@@ -272,13 +273,7 @@ def test_manifest_schema_names_the_field(small_bundle):
 
     def root(path, value):
         m = json.loads(json.dumps(manifest))
-        node = m
-        for key in path[:-1]:
-            node = node[key]
-        if value is KeyError:
-            del node[path[-1]]
-        else:
-            node[path[-1]] = value
+        set_field(path, value)(m)
         return m
 
     for path, value, field in (

@@ -90,15 +90,21 @@ def input_bytes(path) -> bytes | None:
         return _STREAMS[name]
     if not os.path.exists(name) or os.path.isfile(name) or os.path.isdir(name):
         return None
+    blocks, size = [], 0
     try:
-        with open(name, "rb") as f:
-            data = f.read(MAX_STREAM_BYTES + 1)
+        with open(name, "rb", buffering=0) as f:  # in blocks: read(1 GiB) would reserve 1 GiB at once
+            while size <= MAX_STREAM_BYTES:
+                block = f.read(1 << 20)
+                if not block:
+                    break
+                blocks.append(block)
+                size += len(block)
     except OSError as exc:
         raise NSTError(f"{name}: cannot read it ({one_line(exc.strerror or exc)})") from None
-    if len(data) > MAX_STREAM_BYTES:
+    if size > MAX_STREAM_BYTES:
         raise NSTError(f"{name}: a stream of more than {MAX_STREAM_BYTES >> 20} MiB; give the image as a file")
-    _STREAMS[name] = data
-    return data
+    _STREAMS[name] = b"".join(blocks)
+    return _STREAMS[name]
 
 
 def input_sha256(path) -> str | None:
