@@ -292,3 +292,28 @@ def test_manifest_schema_names_the_field(small_bundle):
             (["weights", 0, "input"], "nope", "weights[0].input")):
         found = validate(root(path, value))
         assert found is not None and found[0] == field, (path, value, found)
+
+
+def test_user_files_survive_both_swaps_and_a_late_write(small_bundle, tmp_path, monkeypatch, features_model):
+    """The user's files are kept with renameat2's exchange and with the two-rename fallback; a file written into
+    the old bundle after the links were made (between them and the swap) is moved into the new one, not deleted."""
+    job = resolve(make("stylize", optimizer="lbfgs", size=64, style_size=64))
+    d = tmp_path / "b"
+    shutil.copytree(small_bundle[0], d)
+    (d / "notes.txt").write_text("mine")
+    monkeypatch.setattr(bundle, "_exchange", lambda a, b: False)  # the fallback: two renames
+    bundle.write_bundle(d, job, model_path=features_model)
+    assert (d / "notes.txt").read_text() == "mine"
+    monkeypatch.undo()
+    real_keep = bundle._keep
+
+    def keep_then_write(old, new, names):
+        real_keep(old, new, names)
+        (old / "late.txt").write_text("written during the swap")
+
+    monkeypatch.setattr(bundle, "_keep", keep_then_write)
+    bundle.write_bundle(d, job, model_path=features_model)
+    assert (d / "notes.txt").read_text() == "mine"
+    assert (d / "late.txt").read_text() == "written during the swap"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary directory left
+    assert bundle.check_bundle(d)["worst"]
