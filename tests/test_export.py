@@ -426,7 +426,7 @@ def test_two_processes_export_to_same_dir(tmp_path, weights_path, state_dict):
 
 def test_dynamo_exporter_gives_same_model(features_model, features_session, weights_path, tmp_path):
     """The fallback exporter (torch.onnx dynamo=True) yields the same graph facts and outputs as the default.
-    It runs in CI: 9.6-15.4 s (two runs) on the shared 2-core machine (it was behind NST_SLOW_TESTS, so it never ran)."""
+    It runs in CI: 9.6-15.4 s (two runs) on the shared 2-core machine (it was behind NST_SLOW_TESTS: never run)."""
     pytest.importorskip("onnxscript")  # torch.onnx's dynamo exporter needs it
     path = export_features(tmp_path, weights=weights_path, exporter="dynamo")
     m, ref = onnx.load(str(path)), onnx.load(str(features_model))

@@ -56,7 +56,8 @@ def find_model(path: str | os.PathLike | None = None) -> Path:
 
 
 #: Leading bytes of files people point --model at by mistake: (signature, what the file is).
-_NOT_ONNX = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+_NOT_ONNX = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"),
+             (b"GIF8", "a GIF image"),
              (b"RIFF", "a RIFF file (WebP, WAV, AVI)"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
              (b"BM", "a BMP image"), (b"PK\x03\x04", "a zip archive (a .pth or .npz file?)"),
              (b"\x93NUMPY", "a NumPy array"), (b"\x80", "a Python pickle (a .pth file?)"), (b"{", "a JSON or text file"))
