@@ -56,11 +56,11 @@ def find_model(path: str | os.PathLike | None = None) -> Path:
 
 
 #: Leading bytes of files people point --model at by mistake: (signature, what the file is).
-_NOT_ONNX = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"),
-             (b"GIF8", "a GIF image"),
+_NOT_ONNX = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
              (b"RIFF", "a RIFF file (WebP, WAV, AVI)"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
              (b"BM", "a BMP image"), (b"PK\x03\x04", "a zip archive (a .pth or .npz file?)"),
-             (b"\x93NUMPY", "a NumPy array"), (b"\x80", "a Python pickle (a .pth file?)"), (b"{", "a JSON or text file"))
+             (b"\x93NUMPY", "a NumPy array"), (b"\x80", "a Python pickle (a .pth file?)"),
+             (b"{", "a JSON or text file"))
 
 #: ONNX element types by number, for messages.
 _DTYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 6: "int32", 7: "int64", 2: "uint8"}
