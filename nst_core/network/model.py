@@ -59,8 +59,8 @@ def find_model(path: str | os.PathLike | None = None) -> Path:
 _NOT_ONNX = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
              (b"RIFF", "a RIFF file (WebP, WAV, AVI)"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
              (b"BM", "a BMP image"), (b"PK\x03\x04", "a zip archive (a .pth or .npz file?)"),
-             (b"\x93NUMPY", "a NumPy array"), (b"\x80", "a Python pickle (a .pth file?)"),
-             (b"{", "a JSON or text file"))
+             (b"\x93NUMPY", "a NumPy array"), (b"{", "a JSON or text file"),
+             *((b"\x80" + bytes([v]), "a Python pickle (a .pth file?)") for v in (2, 3, 4, 5)))
 
 #: ONNX element types by number, for messages.
 _DTYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 6: "int32", 7: "int64", 2: "uint8"}
