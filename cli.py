@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from nst_core.errors import NSTError
-from nst_core.process import interrupts, memory
+from nst_core.process import interrupts, memory, streams
 from nst_core.spec import presets
 from nst_core.spec.spec import (ADAM_LR, DEFAULT_ITERATIONS, GD_LR, LBFGS_HISTORY, WHOLE_WEIGHT, Spec, override,
                                 resolve, to_dict)
@@ -706,38 +706,60 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _run_command(argv) -> int:
+    """Parse ``argv`` and run its command; every way it can end becomes an exit status and at most one line on
+    stderr (see the module docstring)."""
+    try:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            return args.func(args)
+        except Exception as exc:
+            if interrupts.received():
+                raise KeyboardInterrupt from None
+            if memory.is_allocation_failure(exc):  # ONNX Runtime's std::bad_alloc, as a RuntimeException
+                raise MemoryError from None
+            raise
+    except NSTError as exc:
+        print(f"nst: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print(f"nst: {interrupts.stopped_by()}", file=sys.stderr)
+        return interrupts.exit_status()
+    except MemoryError:
+        print(f"nst: error: {memory.OUT_OF_MEMORY}", file=sys.stderr)
+        return EXIT_INPUT
+
+
 def main(argv=None) -> int:
     """Run the ``nst`` command line; returns the exit status (see the module docstring).
 
     With ``argv`` None (the real command line) the process first re-executes itself once, when that lets glibc's
     malloc back ONNX Runtime's buffers with transparent huge pages (``nst_core.process.memory``: half the peak memory of
-    ORT's arena at about its speed)."""
+    ORT's arena at about its speed).
+
+    Streams (``nst_core.process.streams``): a closed stdin / stdout / stderr is reopened on /dev/null first; a
+    write to stdout or stderr that fails (a broken pipe, /dev/full) never raises. Such a failure changes the exit
+    status only for ``nst info``, whose output is its work: 141 for a broken pipe, 2 otherwise; the other commands'
+    work is their files, and 0 stays 0."""
+    streams.reopen_closed()
     if argv is None:
         memory.reexec_with_huge_pages()
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if not str(a).startswith("-")), None)
 
     # A stop signal (Ctrl-C, SIGTERM, SIGHUP) raises KeyboardInterrupt: the optimizers return the best point so far,
     # the commands save it and exit with 128 + the signal's number. One during an import (NumPy, SciPy and ONNX
     # while the parser is built, about a second; onnxruntime later) can surface as an ImportError, or as the
     # NSTError made from one ("onnxruntime is not installed"), instead: interrupts.received() tells them apart.
-    with interrupts.stop_signals():
-        try:
-            try:
-                parser = build_parser()
-                args = parser.parse_args(argv)
-                return args.func(args)
-            except Exception:
-                if interrupts.received():
-                    raise KeyboardInterrupt from None
-                raise
-        except NSTError as exc:
-            print(f"nst: error: {_one_line(exc)}", file=sys.stderr)
-            return EXIT_INPUT
-        except KeyboardInterrupt:
-            print(f"nst: {interrupts.stopped_by()}", file=sys.stderr)
-            return interrupts.exit_status()
-        except MemoryError:
-            print("nst: error: out of memory; try a smaller --size or --style-size", file=sys.stderr)
-            return EXIT_INPUT
+    # Only the first signal raises; the exit status is the first one's (nst_core.process.interrupts).
+    with interrupts.stop_signals(exiting=True), streams.guarded() as (out, _):
+        status = _run_command(argv)
+        out.flush()
+        if out.error is not None and command == "info" and not out.broken_pipe and status == 0:
+            print(f"nst: error: cannot write to stdout ({_one_line(getattr(out.error, 'strerror', None) or out.error)})",
+                  file=sys.stderr)
+    return streams.exit_status(status, out, output_is_the_work=command == "info")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,10 +7,19 @@ the main thread (where the optimizers catch it and return the best point) and is
 can say which signal stopped it and exit with 128 + its number (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP).
 A signal that the process was started with ignored stays ignored (``nohup`` keeps SIGHUP away; a background job of
 a non-interactive shell has SIGINT ignored).
+
+Several signals close together (two Ctrl-C's, or a wrapper forwarding SIGTERM on top of the terminal's SIGINT) stop
+the run once: only the first raises KeyboardInterrupt, the later ones are only recorded, so none can escape from
+the saving of the picture; the exit status is the first one's. "First" is the order of arrival: Python runs the
+handlers of signals pending together in the order of their numbers (SIGHUP 1, SIGINT 2, SIGTERM 15), so the C-level
+handler's wake-up byte (``signal.set_wakeup_fd``, written at delivery) is what tells the order. With
+``exiting=True`` (the command line, which ends with the block) the three signals stay ignored after a stop instead
+of getting their default action back: a late one would kill the exiting process with another status.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -18,12 +27,27 @@ __all__ = ["STOP_SIGNALS", "stop_signals", "received", "exit_status", "stopped_b
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 _RECEIVED: list[int] = []
+_WAKEUP: list[int] = []  # the read end of the wake-up pipe while stop_signals() has one, else empty
 _WHAT = {"SIGINT": "interrupted", "SIGTERM": "terminated (SIGTERM)", "SIGHUP": "hung up (SIGHUP)"}
 
 
+def _arrived() -> list[int]:
+    """The stop signals the wake-up pipe holds, in the order they were delivered (drained)."""
+    if not _WAKEUP:
+        return []
+    try:
+        data = os.read(_WAKEUP[0], 4096)
+    except (BlockingIOError, InterruptedError, OSError):
+        return []
+    return [b for b in data if b in STOP_SIGNALS]
+
+
 def _on_stop(signum, frame):
-    _RECEIVED.append(signum)
-    raise KeyboardInterrupt
+    first = not _RECEIVED
+    arrived = _arrived()
+    _RECEIVED.extend(arrived or [signum])
+    if first:
+        raise KeyboardInterrupt
 
 
 def _ours_to_take(signum: int) -> bool:
@@ -34,20 +58,51 @@ def _ours_to_take(signum: int) -> bool:
 
 
 @contextlib.contextmanager
-def stop_signals():
-    """Within the block, SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt (main thread only; elsewhere a no-op)
-    and are remembered for ``received()``. The previous handlers come back when the block ends."""
-    installed = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in STOP_SIGNALS:
-            if _ours_to_take(signum):
-                installed[signum] = signal.signal(signum, _on_stop)
-    _RECEIVED.clear()
+def _wakeup_pipe():
+    """A non-blocking pipe whose write end is the process's wake-up fd for the block (when no one else has one:
+    asyncio's loop keeps its own, and then the handlers' calling order stands in for the order of arrival)."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    try:
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except (ValueError, OSError):
+        previous = None
+    if previous not in (None, -1):
+        signal.set_wakeup_fd(previous)
+        previous = None
+    if previous is not None:
+        _WAKEUP.append(read_fd)
     try:
         yield
     finally:
-        for signum, previous in installed.items():
-            signal.signal(signum, previous)
+        if previous is not None:
+            signal.set_wakeup_fd(-1)
+            _WAKEUP.clear()
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+@contextlib.contextmanager
+def stop_signals(exiting: bool = False):
+    """Within the block, the first of SIGINT, SIGTERM and SIGHUP raises KeyboardInterrupt (main thread only;
+    elsewhere a no-op) and every one is remembered for ``received()``. The previous handlers come back when the block
+    ends; with ``exiting`` (the process ends with the block) the signals stay ignored after a stop instead."""
+    installed = {}
+    main = threading.current_thread() is threading.main_thread()
+    with contextlib.ExitStack() as stack:
+        if main:
+            stack.enter_context(_wakeup_pipe())
+            for signum in STOP_SIGNALS:
+                if _ours_to_take(signum):
+                    installed[signum] = signal.signal(signum, _on_stop)
+        _RECEIVED.clear()
+        try:
+            yield
+        finally:
+            stopping = exiting and bool(_RECEIVED)
+            for signum, previous in installed.items():
+                signal.signal(signum, signal.SIG_IGN if stopping else previous)
 
 
 def received() -> int | None:

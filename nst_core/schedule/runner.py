@@ -26,16 +26,15 @@ import numpy as np
 from PIL import Image
 
 from .. import optim
-from ..errors import NSTError
 from ..inputs import colour
-from ..inputs.images import MEAN, STD, resized_shape
+from ..inputs.images import MEAN, STD
 from ..objective import pyramid
-from ..process import interrupts, memory
+from ..process import interrupts
 from ..spec.spec import Spec
-from .plan import histories, plan, scale_jobs
+from .plan import scale_jobs
 from .problem import Problem, optimise, prepare
 
-__all__ = ["run", "upsample", "check_memory", "ScaleRecord", "ScheduleResult"]
+__all__ = ["run", "upsample", "ScaleRecord", "ScheduleResult"]
 
 
 def upsample(x: np.ndarray, shape) -> np.ndarray:
@@ -89,17 +88,6 @@ class ScheduleResult(optim.Result):
             return None
         best = self.scales[-1].best_evaluation
         return None if best is None else sum(r.n_evals for r in self.scales[:-1]) + best
-
-
-def check_memory(job: Spec, image: Image.Image) -> None:
-    """NSTError (one line) when the largest scale (``job.size``) would not fit in the memory available now
-    (``memory.estimate_peak_mb``); nothing when it fits or the available memory is unknown."""
-    height, width = resized_shape(image.width, image.height, job.size)
-    need = memory.estimate_peak_mb(height * width, job.optimizer, histories(job)[-1], plan(job)[-1][1])
-    have = memory.available_mb()
-    if have is not None and need > have:
-        raise NSTError(f"--size {job.size} ({width}x{height}) needs about {need / 1024:.1f} GB of memory, "
-                       f"{have / 1024:.1f} GB are available; use a smaller --size")
 
 
 def _whole_term(first: Spec, content, styles):
