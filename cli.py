@@ -241,6 +241,10 @@ def _add_run(p: argparse.ArgumentParser, task: str, default_out: str, compare: b
                        help="write the history as CSV: evaluation,seconds,loss,content,style,tv,scale (the "
                             "scale's smaller edge, px), one row per evaluation (default: none)")
     _add_runtime(p)
+    p.add_argument("--max-pixels", type=_int, metavar="N",
+                   help="largest input image to decode, in pixels (width x height), for files you trust: 100 MP "
+                        "phone pictures exceed the default; 0: no limit (default: Pillow's decompression-bomb limit, "
+                        "89478485)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress lines and no summary table (default: off)" if compare else
                    "no progress bar and no summary line (default: off; the bar is shown only on a terminal)")
@@ -508,6 +512,21 @@ def _progress(args, job: Spec, steps, inputs: list, text: dict):
                     **({"picture": picture} if picture else {}))
 
 
+def _kept(result) -> str:
+    """Which picture an interrupted run saves, for its message: the best so far, or Adam's latest point
+    (``optim.Result.kept``)."""
+    at = f"evaluation {result.evaluation}, loss {result.loss:.6g}"
+    if result.kept != "latest":
+        return f"the best image so far ({at})"
+    scales = getattr(result, "scales", None) or [result]
+    decay = result.info.get("decay_at")
+    why = "gradient descent has not yet gone below the start's loss"
+    if result.optimizer == "adam":
+        until = f" until evaluation {result.n_evals - scales[-1].n_evals + decay}" if decay else ""
+        why = f"Adam's recipe keeps its large first learning rate{until}, where its loss is highest by design"
+    return f"the latest image ({at}), not the best (evaluation {result.best_evaluation}): {why}"
+
+
 def _finish_transfer(args, image, result, inputs: list, text: dict, seconds: float) -> int:
     """Save the picture (with its recipe) and say how the run ended; the exit status."""
     from nst_core.outputs.files import save_image
@@ -517,12 +536,12 @@ def _finish_transfer(args, image, result, inputs: list, text: dict, seconds: flo
     if args.log:
         write_log(args.log, result, min(image.shape[:2]))
     if result.status == "interrupted":
-        if result.best_evaluation is None:
+        if result.evaluation is None:
             print(f"nst: {interrupts.stopped_by()} before the first evaluation; nothing saved", file=sys.stderr)
         else:
             save_image(out, image, forbid=inputs, text=text)
-            print(f"nst: {interrupts.stopped_by()} after {result.n_evals} evaluations; saved the best image so far "
-                  f"(evaluation {result.best_evaluation}, loss {result.loss:.6g}) to {out}", file=sys.stderr)
+            print(f"nst: {interrupts.stopped_by()} after {result.n_evals} evaluations; saved {_kept(result)} to {out}",
+                  file=sys.stderr)
         return interrupts.exit_status()
     if result.status == "nonfinite":
         detail = result.message.split(";")[0]
@@ -546,8 +565,11 @@ def _finish_transfer(args, image, result, inputs: list, text: dict, seconds: flo
 def _cmd_transfer(args) -> int:
     from nst_core import api
     from nst_core.outputs import recipe
-    from nst_core.inputs.images import upright_size
+    from nst_core.inputs.images import set_max_pixels, upright_size
     from nst_core.schedule import plan, scale_table
+
+    if args.max_pixels is not None:  # the host's decode limit, not the job's: no Spec field, not in the recipe
+        set_max_pixels(args.max_pixels)
 
     job, provenance = _job(args)  # every option, before any file is touched
     inputs = [p for p in [job.content, *job.styles] if p is not None]
@@ -563,11 +585,16 @@ def _cmd_transfer(args) -> int:
     finally:
         if progress.bar is not None:
             progress.bar.close()
-    return _finish_transfer(args, image, result, inputs, text, time.perf_counter() - start)
+    with interrupts.sigint_deferred():  # a first signal now waits for the picture and the log to be written
+        return _finish_transfer(args, image, result, inputs, text, time.perf_counter() - start)
 
 
 def _cmd_compare(args) -> int:
     from nst_core import compare
+    from nst_core.inputs.images import set_max_pixels
+
+    if args.max_pixels is not None:
+        set_max_pixels(args.max_pixels)
 
     content = _default_image(args.content, DEFAULT_CONTENT, "content")
     style = args.style or [_default_image(None, DEFAULT_STYLE, "style")]

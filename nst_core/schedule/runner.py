@@ -89,6 +89,14 @@ class ScheduleResult(optim.Result):
         best = self.scales[-1].best_evaluation
         return None if best is None else sum(r.n_evals for r in self.scales[:-1]) + best
 
+    @property
+    def evaluation(self) -> Optional[int]:
+        """The schedule-wide number of the evaluation that produced ``x`` (``optim.Result.evaluation``), or None."""
+        if not self.scales:
+            return None
+        at = self.scales[-1].evaluation
+        return None if at is None else sum(r.n_evals for r in self.scales[:-1]) + at
+
 
 def _whole_term(first: Spec, content, styles):
     """The first scale's style-only objective and its shape, for ``pyramid.with_whole_term``; None when the task
@@ -157,6 +165,6 @@ def run(job: Spec, content: Optional[Image.Image] = None, styles: Sequence[Image
     message = f"scale {len(results)}/{len(jobs)} ({jobs[len(results) - 1].size} px): {interrupted or last.message}"
     final = ScheduleResult(x=last.x, loss=last.loss, parts=dict(last.parts), n_evals=done,
                            status="interrupted" if interrupted else last.status, message=message, history=history,
-                           optimizer=last.optimizer, info=dict(last.info), scales=results,
+                           optimizer=last.optimizer, info=dict(last.info), kept=last.kept, scales=results,
                            sides=[j.size for j in jobs[:len(results)]])
     return finish(final.x), final
