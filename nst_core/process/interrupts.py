@@ -12,7 +12,11 @@ Several signals close together (two Ctrl-C's, or a wrapper forwarding SIGTERM on
 the run once: only the first raises KeyboardInterrupt, the later ones are only recorded, so none can escape from
 the saving of the picture; the exit status is the first one's. "First" is the order of arrival: Python runs the
 handlers of signals pending together in the order of their numbers (SIGHUP 1, SIGINT 2, SIGTERM 15), so the C-level
-handler's wake-up byte (``signal.set_wakeup_fd``, written at delivery) is what tells the order. With
+handler's wake-up byte (``signal.set_wakeup_fd``, written at delivery) is what tells the order. The kernel gives
+a signal sent to the process to its main thread unless that thread has one pending already; seen: SIGHUP aimed at a
+main thread inside fsync (an uninterruptible wait) ran after a SIGINT sent 2 ms later, which an idle ORT thread
+took at once. So within the block the main thread blocks the three, and a thread of their own, always waiting,
+takes them in the order they come (Python then runs their handlers in the main thread, as ever). With
 ``exiting=True`` (the command line, which ends with the block) the three signals stay ignored after a stop instead
 of getting their default action back: a late one would kill the exiting process with another status.
 """
@@ -84,6 +88,25 @@ def _wakeup_pipe():
 
 
 @contextlib.contextmanager
+def _taken_by_a_watcher(signums):
+    """Within the block the main thread blocks ``signums``, and a daemon thread started before (so without them
+    blocked) receives them: it waits on an event, an interruptible sleep, so each signal is taken as it comes.
+    Threads started within the block (ONNX Runtime's) inherit the block. Nothing on a platform without
+    pthread_sigmask."""
+    if not signums or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    done = threading.Event()
+    threading.Thread(target=done.wait, name="nst-stop-signals", daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)
+        done.set()
+
+
+@contextlib.contextmanager
 def stop_signals(exiting: bool = False):
     """Within the block, the first of SIGINT, SIGTERM and SIGHUP raises KeyboardInterrupt (main thread only;
     elsewhere a no-op) and every one is remembered for ``received()``. The previous handlers come back when the block
@@ -96,6 +119,7 @@ def stop_signals(exiting: bool = False):
             for signum in STOP_SIGNALS:
                 if _ours_to_take(signum):
                     installed[signum] = signal.signal(signum, _on_stop)
+            stack.enter_context(_taken_by_a_watcher(set(installed)))
         _RECEIVED.clear()
         try:
             yield
@@ -143,5 +167,9 @@ def sigint_deferred():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if caught:
-            signal.raise_signal(caught[0])
+        if caught:  # the handler is called here, in this thread: the signal may be blocked in it (stop_signals)
+            handler = signal.getsignal(caught[0])
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])
