@@ -10,48 +10,73 @@ a non-interactive shell has SIGINT ignored).
 
 Several signals close together (two Ctrl-C's, or a wrapper forwarding SIGTERM on top of the terminal's SIGINT) stop
 the run once: only the first raises KeyboardInterrupt, the later ones are only recorded, so none can escape from
-the saving of the picture; the exit status is the first one's. "First" is the order of arrival: Python runs the
-handlers of signals pending together in the order of their numbers (SIGHUP 1, SIGINT 2, SIGTERM 15), so the C-level
-handler's wake-up byte (``signal.set_wakeup_fd``, written at delivery) is what tells the order. The kernel gives
-a signal sent to the process to its main thread unless that thread has one pending already; seen: SIGHUP aimed at a
-main thread inside fsync (an uninterruptible wait) ran after a SIGINT sent 2 ms later, which an idle ORT thread
-took at once. So within the block the main thread blocks the three, and a thread of their own, always waiting,
-takes them in the order they come (Python then runs their handlers in the main thread, as ever). With
-``exiting=True`` (the command line, which ends with the block) the three signals stay ignored after a stop instead
-of getting their default action back: a late one would kill the exiting process with another status.
+the saving of the picture; the exit status is the first one's. "First" is the order the kernel hands them out, which
+Python's handlers do not keep: they run in the main thread in the order of the signals' numbers when several are
+pending (SIGHUP 1, SIGINT 2, SIGTERM 15), the C-level handler may run in any thread, and a signal aimed at a main
+thread inside fsync (an uninterruptible wait) was seen handled after one sent 2 ms later. So within the block every
+thread blocks the three, and one thread of their own takes them with ``sigwait`` one at a time, records each, and
+hands it to the main thread (``_thread.interrupt_main``: Python then runs the handler there, as for a signal). The
+kernel's order is the order of sending, except for signals that became pending together before the watcher ran
+(a gap below the scheduler's latency): those come lowest number first. Processes started within the block inherit
+the blocked signals; nst starts none. With ``exiting=True`` (the command line, which ends with the block) the three
+signals stay ignored after a stop instead of getting their default action back: a late one would kill the exiting
+process with another status.
 """
 from __future__ import annotations
 
+import _thread
 import contextlib
-import os
 import signal
 import threading
 
 __all__ = ["STOP_SIGNALS", "stop_signals", "received", "exit_status", "stopped_by", "sigint_deferred"]
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-_RECEIVED: list[int] = []
-_WAKEUP: list[int] = []  # the read end of the wake-up pipe while stop_signals() has one, else empty
+_RECEIVED: list[int] = []  # every stop signal of the block, in the order it came
+_STATE = {"raised": False, "watched": False}
 _WHAT = {"SIGINT": "interrupted", "SIGTERM": "terminated (SIGTERM)", "SIGHUP": "hung up (SIGHUP)"}
 
 
-def _arrived() -> list[int]:
-    """The stop signals the wake-up pipe holds, in the order they were delivered (drained)."""
-    if not _WAKEUP:
-        return []
-    try:
-        data = os.read(_WAKEUP[0], 4096)
-    except (BlockingIOError, InterruptedError, OSError):
-        return []
-    return [b for b in data if b in STOP_SIGNALS]
-
-
 def _on_stop(signum, frame):
-    first = not _RECEIVED
-    arrived = _arrived()
-    _RECEIVED.extend(arrived or [signum])
-    if first:
+    """The handler, in the main thread: the first stop raises KeyboardInterrupt, the later ones are only recorded
+    (by the watcher when there is one, else here)."""
+    if not _STATE["watched"]:
+        _RECEIVED.append(signum)
+    if not _STATE["raised"]:
+        _STATE["raised"] = True
         raise KeyboardInterrupt
+
+
+def _watch(signums, done: threading.Event) -> None:
+    """The watcher thread: take each stop signal as the kernel hands it out, record it, pass it to the main thread."""
+    while True:
+        signum = signal.sigwait(signums)
+        if done.is_set():
+            return
+        _RECEIVED.append(signum)
+        _thread.interrupt_main(signum)
+
+
+@contextlib.contextmanager
+def _watched(signums):
+    """Within the block ``signums`` are blocked in every thread (threads started later inherit it) and taken by
+    ``_watch``. Nothing where pthread_sigmask / sigwait are missing: the handlers then record the signals."""
+    if not signums or not (hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwait")):
+        yield
+        return
+    done = threading.Event()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+    watcher = threading.Thread(target=_watch, args=(signums, done), name="nst-stop-signals", daemon=True)
+    watcher.start()
+    _STATE["watched"] = True
+    try:
+        yield
+    finally:
+        _STATE["watched"] = False
+        done.set()
+        signal.pthread_kill(watcher.ident, min(signums))  # wakes its sigwait; it sees done and ends
+        watcher.join(timeout=5)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _ours_to_take(signum: int) -> bool:
@@ -62,71 +87,24 @@ def _ours_to_take(signum: int) -> bool:
 
 
 @contextlib.contextmanager
-def _wakeup_pipe():
-    """A non-blocking pipe whose write end is the process's wake-up fd for the block (when no one else has one:
-    asyncio's loop keeps its own, and then the handlers' calling order stands in for the order of arrival)."""
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
-    os.set_blocking(write_fd, False)
-    try:
-        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    except (ValueError, OSError):
-        previous = None
-    if previous not in (None, -1):
-        signal.set_wakeup_fd(previous)
-        previous = None
-    if previous is not None:
-        _WAKEUP.append(read_fd)
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.set_wakeup_fd(-1)
-            _WAKEUP.clear()
-        os.close(read_fd)
-        os.close(write_fd)
-
-
-@contextlib.contextmanager
-def _taken_by_a_watcher(signums):
-    """Within the block the main thread blocks ``signums``, and a daemon thread started before (so without them
-    blocked) receives them: it waits on an event, an interruptible sleep, so each signal is taken as it comes.
-    Threads started within the block (ONNX Runtime's) inherit the block. Nothing on a platform without
-    pthread_sigmask."""
-    if not signums or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    done = threading.Event()
-    threading.Thread(target=done.wait, name="nst-stop-signals", daemon=True).start()
-    signal.pthread_sigmask(signal.SIG_BLOCK, signums)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)
-        done.set()
-
-
-@contextlib.contextmanager
 def stop_signals(exiting: bool = False):
     """Within the block, the first of SIGINT, SIGTERM and SIGHUP raises KeyboardInterrupt (main thread only;
     elsewhere a no-op) and every one is remembered for ``received()``. The previous handlers come back when the block
     ends; with ``exiting`` (the process ends with the block) the signals stay ignored after a stop instead."""
     installed = {}
-    main = threading.current_thread() is threading.main_thread()
-    with contextlib.ExitStack() as stack:
-        if main:
-            stack.enter_context(_wakeup_pipe())
-            for signum in STOP_SIGNALS:
-                if _ours_to_take(signum):
-                    installed[signum] = signal.signal(signum, _on_stop)
-            stack.enter_context(_taken_by_a_watcher(set(installed)))
-        _RECEIVED.clear()
-        try:
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            if _ours_to_take(signum):
+                installed[signum] = signal.signal(signum, _on_stop)
+    _RECEIVED.clear()
+    _STATE["raised"] = False
+    try:
+        with _watched(set(installed)):
             yield
-        finally:
-            stopping = exiting and bool(_RECEIVED)
-            for signum, previous in installed.items():
-                signal.signal(signum, signal.SIG_IGN if stopping else previous)
+    finally:
+        stopping = exiting and bool(_RECEIVED or _STATE["raised"])
+        for signum, previous in installed.items():
+            signal.signal(signum, signal.SIG_IGN if stopping else previous)
 
 
 def received() -> int | None:

@@ -323,6 +323,8 @@ _ALLOCATION_WORDS = ("bad_alloc", "Failed to allocate memory", "failed to alloca
 
 
 def is_allocation_failure(exc: BaseException) -> bool:
-    """A MemoryError, or ONNX Runtime's exception for a failed allocation (std::bad_alloc inside a kernel)."""
-    return isinstance(exc, MemoryError) or (isinstance(exc, Exception) and
-                                             any(w in str(exc) for w in _ALLOCATION_WORDS))
+    """A MemoryError, or ONNX Runtime's exception for a failed allocation (std::bad_alloc inside a kernel; its
+    class lives in ``onnxruntime.capi.onnxruntime_pybind11_state``)."""
+    if isinstance(exc, MemoryError):
+        return True
+    return type(exc).__module__.startswith("onnxruntime") and any(w in str(exc) for w in _ALLOCATION_WORDS)

@@ -81,21 +81,19 @@ class ScheduleResult(optim.Result):
     scales: list = dataclasses.field(default_factory=list, repr=False)
     sides: list = dataclasses.field(default_factory=list)
 
+    def _schedule_wide(self, at: Optional[int]) -> Optional[int]:
+        """A 1-based evaluation number of the last scale, counted over the whole schedule."""
+        return None if at is None else sum(r.n_evals for r in self.scales[:-1]) + at
+
     @property
     def best_evaluation(self) -> Optional[int]:
-        """The schedule-wide number of the evaluation that produced ``x`` (the last scale's best), or None."""
-        if not self.scales:
-            return None
-        best = self.scales[-1].best_evaluation
-        return None if best is None else sum(r.n_evals for r in self.scales[:-1]) + best
+        """The schedule-wide number of the best evaluation of the last scale, or None."""
+        return self._schedule_wide(self.scales[-1].best_evaluation) if self.scales else None
 
     @property
     def evaluation(self) -> Optional[int]:
         """The schedule-wide number of the evaluation that produced ``x`` (``optim.Result.evaluation``), or None."""
-        if not self.scales:
-            return None
-        at = self.scales[-1].evaluation
-        return None if at is None else sum(r.n_evals for r in self.scales[:-1]) + at
+        return self._schedule_wide(self.scales[-1].evaluation) if self.scales else None
 
 
 def _whole_term(first: Spec, content, styles):
