@@ -172,7 +172,9 @@ def prepare(task: str, content=None, style=None, **options) -> Problem:
     job, images = job_of(task, content, style, **options)
     _model.find_model(job.model)
     content_img, style_imgs = open_inputs(job, images.get("content"), images.get("styles"))
-    return prepare_scale(scale_jobs(dataclasses.replace(job, scales=1))[0], content_img, style_imgs)
+    single = dataclasses.replace(job, scales=1)
+    check_memory(single, content_img, style_imgs)  # the problem and one optimizer's run (compare keeps more)
+    return prepare_scale(scale_jobs(single)[0], content_img, style_imgs)
 
 
 def stylize(content, style, callback=None, **options) -> tuple[np.ndarray, optim.Result]:
