@@ -13,7 +13,9 @@
 Exit status: 0 success; 2 a problem with the input (bad option, image, model or output path; one line on stderr
 ``nst: error: ...``, never a traceback); 3 the optimisation diverged (NaN or infinite loss / gradient: the best
 finite image is saved); 128 + the signal's number when stopped by a signal: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129
-SIGHUP (during the optimisation the best image so far is saved first, at the output path).
+SIGHUP (during the optimisation the best image so far is saved first, at the output path; of several signals the
+first one's); 141 ``nst info`` cut off by a closed pipe (a closed or full stdout otherwise never changes the status
+of a command whose work is a file).
 Every option is checked before any model or image is loaded; images and logs are written atomically (temporary
 file + rename), so OUT never holds a partial file, and an input image is never overwritten.
 
@@ -783,8 +785,8 @@ def main(argv=None) -> int:
         status = _run_command(argv)
         out.flush()
         if out.error is not None and command == "info" and not out.broken_pipe and status == 0:
-            print(f"nst: error: cannot write to stdout ({_one_line(getattr(out.error, 'strerror', None) or out.error)})",
-                  file=sys.stderr)
+            why = _one_line(getattr(out.error, "strerror", None) or out.error)
+            print(f"nst: error: cannot write to stdout ({why})", file=sys.stderr)
     return streams.exit_status(status, out, output_is_the_work=command == "info")
 
 

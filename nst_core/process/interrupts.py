@@ -74,7 +74,10 @@ def _watched(signums):
     finally:
         _STATE["watched"] = False
         done.set()
-        signal.pthread_kill(watcher.ident, min(signums))  # wakes its sigwait; it sees done and ends
+        try:
+            signal.pthread_kill(watcher.ident, min(signums))  # wakes its sigwait; it sees done and ends
+        except OSError:  # it has ended already
+            pass
         watcher.join(timeout=5)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
