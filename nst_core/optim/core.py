@@ -165,10 +165,12 @@ class _Evaluator:
     it writes into a buffer it evaluated or passed as ``x0``; the copy is then made only if that buffer holds the
     best point). Our L-BFGS's best point is nearly always its current iterate, so this saves a full-size float64
     vector (24 bytes per pixel) for the whole run.
+
+    keep_latest: also keep a view of the last point evaluated (no copy), for ``latest_result``.
     """
 
     def __init__(self, objective: Objective, x0: np.ndarray, budget: int, callback: Optional[Callback],
-                 keep_grad: bool = False, borrow: bool = False):
+                 keep_grad: bool = False, borrow: bool = False, keep_latest: bool = False):
         if not callable(objective):
             raise TypeError("objective must be callable")
         if callback is not None and not callable(callback):
@@ -186,7 +188,8 @@ class _Evaluator:
         self.best_loss = math.nan
         self.best_parts: dict = {}
         self.best_grad: Optional[np.ndarray] = None
-        self.latest: Optional[np.ndarray] = None  # a view of the last point evaluated (see latest_result)
+        self.keep_latest = keep_latest
+        self.latest: Optional[np.ndarray] = None  # keep_latest: a view of the last point evaluated (latest_result)
         self.t0 = time.perf_counter()
 
     @property
@@ -213,7 +216,8 @@ class _Evaluator:
 
         record = Record(len(self.history) + 1, time.perf_counter() - self.t0, loss, parts)
         self.history.append(record)
-        self.latest = xv
+        if self.keep_latest:
+            self.latest = xv
 
         finite = math.isfinite(loss) and bool(np.isfinite(grad).all())
         if finite and not (loss >= self.best_loss):  # also true while best_loss is NaN (nothing finite yet)
@@ -261,7 +265,8 @@ def _run(name: str, objective: Objective, x0: np.ndarray, budget: int, callback:
     of gradient descent); a run interrupted while its best point is no later than that keeps its latest point
     instead (``_Evaluator.latest_result``).
     """
-    ev = _Evaluator(objective, x0, budget, callback, keep_grad=keep_grad, borrow=borrow)
+    ev = _Evaluator(objective, x0, budget, callback, keep_grad=keep_grad, borrow=borrow,
+                    keep_latest=falls_after is not None)
     info: dict = {}
     try:
         ended = body(ev, info)
