@@ -210,6 +210,7 @@ def _add_weights(p: argparse.ArgumentParser, task: str, compare: bool) -> None:
 
 def _add_run(p: argparse.ArgumentParser, task: str, default_out: str, compare: bool) -> None:
     """The start, the optimizer and its budget, the artist controls, the files of the run, the runtime."""
+    from nst_core.inputs.images import DEFAULT_MAX_PIXELS  # heavy: see the module docstring
     inits = {"stylize": ("content", "noise", "style"), "invert": ("noise", "content"),
              "texture": ("noise", "style")}[task]
     p.add_argument("--init", choices=inits, default=None,
@@ -246,7 +247,7 @@ def _add_run(p: argparse.ArgumentParser, task: str, default_out: str, compare: b
     p.add_argument("--max-pixels", type=_int, metavar="N",
                    help="largest input image to decode, in pixels (width x height), for files you trust: 100 MP "
                         "phone pictures exceed the default; 0: no limit (default: Pillow's decompression-bomb limit, "
-                        "89478485)")
+                        f"{DEFAULT_MAX_PIXELS})")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress lines and no summary table (default: off)" if compare else
                    "no progress bar and no summary line (default: off; the bar is shown only on a terminal)")

@@ -425,3 +425,25 @@ def test_only_memory_errors_and_ort_allocation_failures_count_as_out_of_memory()
     assert not memory.is_allocation_failure(ort_error("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : bad shape"))
     assert not memory.is_allocation_failure(NSTError("bad_alloc.png: no such file"))
     assert not memory.is_allocation_failure(RuntimeError("std::bad_alloc"))
+
+
+def test_the_footprint_names_what_makes_the_peak():
+    """Sizes only (no image is read): a given --style-size is the last scale's (the earlier ones scale it down), a
+    1280x1014 style at 1000 px is 1262x1000 (torchvision's truncation); a large output with a small style names
+    --size; a style of weight 0 in a blend adds nothing, one of weight > 0 adds its resized copy."""
+    from nst_core.schedule import footprint, scale_jobs
+    from nst_core.spec.spec import Spec, resolve
+
+    content, style = (1024, 768), (1280, 1014)
+    job = resolve(Spec(task="stylize", content="c.jpg", styles=("s.jpg",), size=384, style_size=1000))
+    assert [j.style_size for j in scale_jobs(job)] == [500, 1000]
+    fp = footprint(job, content, [style])
+    assert (fp.option, fp.what) == ("--style-size", "--style-size 1000 (a 1262x1000 style image)")
+    fp = footprint(resolve(Spec(task="stylize", content="c.jpg", styles=("s.jpg",), size=1024, style_size=64)),
+                   content, [style])
+    assert fp.option == "--size" and fp.what == "--size 1024 (1365x1024)"
+    blend = dict(task="stylize", content="c.jpg", styles=("s.jpg", "t.jpg"), size=64, style_size=1000)
+    one = footprint(resolve(Spec(**blend, style_blend=(1.0, 0.0))), content, [style, style])
+    two = footprint(resolve(Spec(**blend, style_blend=(1.0, 1.0))), content, [style, style])
+    assert "2 style images" in two.what and "style images" not in one.what
+    assert two.peak_mb - one.peak_mb == pytest.approx(memory.STYLE_INPUT_BYTES * 1262 * 1000 / 2**20)

@@ -72,7 +72,10 @@ def footprint(job: Spec, content_size=None, style_sizes=()) -> Footprint:
     (EXIF orientation applied; ``content_size`` None for texture). See the module docstring."""
     style_sizes = [_size(s) for s in style_sizes]
     content_size = _size(content_size)
-    image = content_size if job.task != "texture" else style_sizes[0]
+    image = content_size if job.task != "texture" else (style_sizes[0] if style_sizes else None)
+    if image is None:
+        raise ValueError(f"footprint of a {job.task} job needs the size of its "
+                         f"{'style' if job.task == 'texture' else 'content'} image")
     weights = blend_weights(job.style_blend, len(style_sizes)) if style_sizes and job.task != "invert" else ()
     files = [s for s in [content_size, *style_sizes] if s is not None]
     inputs = memory.INPUT_PIXEL_BYTES * sum(w * h for w, h in files) / 2**20
