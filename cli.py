@@ -13,7 +13,9 @@
 Exit status: 0 success; 2 a problem with the input (bad option, image, model or output path; one line on stderr
 ``nst: error: ...``, never a traceback); 3 the optimisation diverged (NaN or infinite loss / gradient: the best
 finite image is saved); 128 + the signal's number when stopped by a signal: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129
-SIGHUP (during the optimisation the best image so far is saved first, at the output path).
+SIGHUP (during the optimisation the best image so far is saved first, at the output path; of several signals the
+first one's); 141 ``nst info`` cut off by a closed pipe (a closed or full stdout otherwise never changes the status
+of a command whose work is a file).
 Every option is checked before any model or image is loaded; images and logs are written atomically (temporary
 file + rename), so OUT never holds a partial file, and an input image is never overwritten.
 
@@ -37,7 +39,7 @@ import time
 from pathlib import Path
 
 from nst_core.errors import NSTError
-from nst_core.process import interrupts, memory
+from nst_core.process import interrupts, memory, streams
 from nst_core.spec import presets
 from nst_core.spec.spec import (ADAM_LR, DEFAULT_ITERATIONS, GD_LR, LBFGS_HISTORY, WHOLE_WEIGHT, Spec, override,
                                 resolve, to_dict)
@@ -208,6 +210,7 @@ def _add_weights(p: argparse.ArgumentParser, task: str, compare: bool) -> None:
 
 def _add_run(p: argparse.ArgumentParser, task: str, default_out: str, compare: bool) -> None:
     """The start, the optimizer and its budget, the artist controls, the files of the run, the runtime."""
+    from nst_core.inputs.images import DEFAULT_MAX_PIXELS  # heavy: see the module docstring
     inits = {"stylize": ("content", "noise", "style"), "invert": ("noise", "content"),
              "texture": ("noise", "style")}[task]
     p.add_argument("--init", choices=inits, default=None,
@@ -241,6 +244,10 @@ def _add_run(p: argparse.ArgumentParser, task: str, default_out: str, compare: b
                        help="write the history as CSV: evaluation,seconds,loss,content,style,tv,scale (the "
                             "scale's smaller edge, px), one row per evaluation (default: none)")
     _add_runtime(p)
+    p.add_argument("--max-pixels", type=_int, metavar="N",
+                   help="largest input image to decode, in pixels (width x height), for files you trust: 100 MP "
+                        "phone pictures exceed the default; 0: no limit (default: Pillow's decompression-bomb limit, "
+                        f"{DEFAULT_MAX_PIXELS})")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress lines and no summary table (default: off)" if compare else
                    "no progress bar and no summary line (default: off; the bar is shown only on a terminal)")
@@ -509,6 +516,21 @@ def _progress(args, job: Spec, steps, inputs: list, text: dict):
                     **({"picture": picture} if picture else {}))
 
 
+def _kept(result) -> str:
+    """Which picture an interrupted run saves, for its message: the best so far, or Adam's latest point
+    (``optim.Result.kept``)."""
+    at = f"evaluation {result.evaluation}, loss {result.loss:.6g}"
+    if result.kept != "latest":
+        return f"the best image so far ({at})"
+    scales = getattr(result, "scales", None) or [result]
+    decay = result.info.get("decay_at")
+    why = "gradient descent has not yet gone below the start's loss"
+    if result.optimizer == "adam":
+        until = f" until evaluation {result.n_evals - scales[-1].n_evals + decay}" if decay else ""
+        why = f"Adam's recipe keeps its large first learning rate{until}, where its loss is highest by design"
+    return f"the latest image ({at}), not the best (evaluation {result.best_evaluation}): {why}"
+
+
 def _finish_transfer(args, image, result, inputs: list, text: dict, seconds: float) -> int:
     """Save the picture (with its recipe) and say how the run ended; the exit status."""
     from nst_core.outputs.files import save_image
@@ -518,12 +540,12 @@ def _finish_transfer(args, image, result, inputs: list, text: dict, seconds: flo
     if args.log:
         write_log(args.log, result, min(image.shape[:2]))
     if result.status == "interrupted":
-        if result.best_evaluation is None:
+        if result.evaluation is None:
             print(f"nst: {interrupts.stopped_by()} before the first evaluation; nothing saved", file=sys.stderr)
         else:
             save_image(out, image, forbid=inputs, text=text)
-            print(f"nst: {interrupts.stopped_by()} after {result.n_evals} evaluations; saved the best image so far "
-                  f"(evaluation {result.best_evaluation}, loss {result.loss:.6g}) to {out}", file=sys.stderr)
+            print(f"nst: {interrupts.stopped_by()} after {result.n_evals} evaluations; saved {_kept(result)} to {out}",
+                  file=sys.stderr)
         return interrupts.exit_status()
     if result.status == "nonfinite":
         detail = result.message.split(";")[0]
@@ -547,8 +569,11 @@ def _finish_transfer(args, image, result, inputs: list, text: dict, seconds: flo
 def _cmd_transfer(args) -> int:
     from nst_core import api
     from nst_core.outputs import recipe
-    from nst_core.inputs.images import upright_size
+    from nst_core.inputs.images import set_max_pixels, upright_size
     from nst_core.schedule import plan, scale_table
+
+    if args.max_pixels is not None:  # the host's decode limit, not the job's: no Spec field, not in the recipe
+        set_max_pixels(args.max_pixels)
 
     job, provenance = _job(args)  # every option, before any file is touched
     inputs = [p for p in [job.content, *job.styles] if p is not None]
@@ -564,11 +589,16 @@ def _cmd_transfer(args) -> int:
     finally:
         if progress.bar is not None:
             progress.bar.close()
-    return _finish_transfer(args, image, result, inputs, text, time.perf_counter() - start)
+    with interrupts.sigint_deferred():  # a first signal now waits for the picture and the log to be written
+        return _finish_transfer(args, image, result, inputs, text, time.perf_counter() - start)
 
 
 def _cmd_compare(args) -> int:
     from nst_core import compare
+    from nst_core.inputs.images import set_max_pixels
+
+    if args.max_pixels is not None:
+        set_max_pixels(args.max_pixels)
 
     content = _default_image(args.content, DEFAULT_CONTENT, "content")
     style = args.style or [_default_image(None, DEFAULT_STYLE, "style")]
@@ -710,38 +740,60 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _run_command(argv) -> int:
+    """Parse ``argv`` and run its command; every way it can end becomes an exit status and at most one line on
+    stderr (see the module docstring)."""
+    try:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            return args.func(args)
+        except Exception as exc:
+            if interrupts.received():
+                raise KeyboardInterrupt from None
+            if memory.is_allocation_failure(exc):  # ONNX Runtime's std::bad_alloc, as a RuntimeException
+                raise MemoryError from None
+            raise
+    except NSTError as exc:
+        print(f"nst: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print(f"nst: {interrupts.stopped_by()}", file=sys.stderr)
+        return interrupts.exit_status()
+    except MemoryError:
+        print(f"nst: error: {memory.OUT_OF_MEMORY}", file=sys.stderr)
+        return EXIT_INPUT
+
+
 def main(argv=None) -> int:
     """Run the ``nst`` command line; returns the exit status (see the module docstring).
 
     With ``argv`` None (the real command line) the process first re-executes itself once, when that lets glibc's
     malloc back ONNX Runtime's buffers with transparent huge pages (``nst_core.process.memory``: half the peak memory of
-    ORT's arena at about its speed)."""
+    ORT's arena at about its speed).
+
+    Streams (``nst_core.process.streams``): a closed stdin / stdout / stderr is reopened on /dev/null first; a
+    write to stdout or stderr that fails (a broken pipe, /dev/full) never raises. Such a failure changes the exit
+    status only for ``nst info``, whose output is its work: 141 for a broken pipe, 2 otherwise; the other commands'
+    work is their files, and 0 stays 0."""
+    streams.reopen_closed()
     if argv is None:
         memory.reexec_with_huge_pages()
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if not str(a).startswith("-")), None)
 
     # A stop signal (Ctrl-C, SIGTERM, SIGHUP) raises KeyboardInterrupt: the optimizers return the best point so far,
     # the commands save it and exit with 128 + the signal's number. One during an import (NumPy, SciPy and ONNX
     # while the parser is built, about a second; onnxruntime later) can surface as an ImportError, or as the
     # NSTError made from one ("onnxruntime is not installed"), instead: interrupts.received() tells them apart.
-    with interrupts.stop_signals():
-        try:
-            try:
-                parser = build_parser()
-                args = parser.parse_args(argv)
-                return args.func(args)
-            except Exception:
-                if interrupts.received():
-                    raise KeyboardInterrupt from None
-                raise
-        except NSTError as exc:
-            print(f"nst: error: {_one_line(exc)}", file=sys.stderr)
-            return EXIT_INPUT
-        except KeyboardInterrupt:
-            print(f"nst: {interrupts.stopped_by()}", file=sys.stderr)
-            return interrupts.exit_status()
-        except MemoryError:
-            print("nst: error: out of memory; try a smaller --size or --style-size", file=sys.stderr)
-            return EXIT_INPUT
+    # Only the first signal raises; the exit status is the first one's (nst_core.process.interrupts).
+    with interrupts.stop_signals(exiting=True), streams.guarded() as (out, _):
+        status = _run_command(argv)
+        out.flush()
+        if out.error is not None and command == "info" and not out.broken_pipe and status == 0:
+            why = _one_line(getattr(out.error, "strerror", None) or out.error)
+            print(f"nst: error: cannot write to stdout ({why})", file=sys.stderr)
+    return streams.exit_status(status, out, output_is_the_work=command == "info")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -71,8 +71,9 @@ from PIL import Image
 
 from . import optim
 from .errors import NSTError
-from .inputs.images import open_image
+from .inputs.images import open_image, upright_size
 from .network import model as _model
+from .process import memory
 from .schedule import check_memory, optimise, prepare as prepare_scale, run as run_schedule, scale_jobs
 from .schedule.problem import Problem
 from .spec.blend import as_list, blend_weights
@@ -132,14 +133,36 @@ def run(job: Spec, content=None, styles=None, callback=None) -> tuple[np.ndarray
     job = resolve(job)
     _model.find_model(job.model)  # NSTError (how to make one) before decoding any image
     _model.providers(job.device)  # cuda without onnxruntime-gpu
+    sizes = _header_sizes(job, content, styles)
+    if sizes is not None:  # before decoding: a run that cannot fit never decodes its (maybe huge) images
+        check_memory(job, *sizes, decoded=False)
     content_img, style_imgs = open_inputs(job, content, styles)
-    check_memory(job, content_img if content_img is not None else style_imgs[0])  # before any work
-    jobs = scale_jobs(job)
-    if len(jobs) > 1:
-        return run_schedule(job, content_img, style_imgs, callback)
-    problem = prepare_scale(jobs[0], content_img, style_imgs)
-    result = optimise(problem, callback)
-    return problem.finish(result.x), result
+    fp = check_memory(job, content_img, style_imgs)  # before any work, with what the decoded images hold
+    try:
+        jobs = scale_jobs(job)
+        if len(jobs) > 1:
+            return run_schedule(job, content_img, style_imgs, callback)
+        problem = prepare_scale(jobs[0], content_img, style_imgs)
+        result = optimise(problem, callback)
+        return problem.finish(result.x), result
+    except Exception as exc:  # an allocation that failed in spite of the estimate: one line naming the option
+        if memory.is_allocation_failure(exc):
+            raise NSTError(f"out of memory: {fp.what} needs about {fp.peak_mb / 1024:.1f} GB by the estimate, and "
+                           f"an allocation failed; use a smaller {fp.option}") from None
+        raise
+
+
+def _header_sizes(job: Spec, content, styles):
+    """((width, height) of the content or None, [(width, height) of each style]) from the files' headers or the
+    PIL images given, without decoding; None when one is unknown (not a regular file, unreadable: decoding
+    reports it)."""
+    content = content if content is not None else job.content
+    styles = as_list(styles) if styles else list(job.styles)
+    sources = ([content] if job.task != "texture" else []) + (styles if job.task != "invert" else [])
+    sizes = [s.size if isinstance(s, Image.Image) else upright_size(s) if _is_path(s) else None for s in sources]
+    if not sources or any(size is None for size in sizes):
+        return None
+    return (sizes[0] if job.task != "texture" else None), (sizes[1:] if job.task != "texture" else sizes)
 
 
 def prepare(task: str, content=None, style=None, **options) -> Problem:
@@ -149,7 +172,9 @@ def prepare(task: str, content=None, style=None, **options) -> Problem:
     job, images = job_of(task, content, style, **options)
     _model.find_model(job.model)
     content_img, style_imgs = open_inputs(job, images.get("content"), images.get("styles"))
-    return prepare_scale(scale_jobs(dataclasses.replace(job, scales=1))[0], content_img, style_imgs)
+    single = dataclasses.replace(job, scales=1)
+    check_memory(single, content_img, style_imgs)  # the problem and one optimizer's run (compare keeps more)
+    return prepare_scale(scale_jobs(single)[0], content_img, style_imgs)
 
 
 def stylize(content, style, callback=None, **options) -> tuple[np.ndarray, optim.Result]:

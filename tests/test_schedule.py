@@ -336,10 +336,10 @@ def test_cli_schedule_log_intermediates_and_scale_column(env, paths, tmp_path):
 
 
 def test_too_big_is_one_line_before_any_work(env, features_model, paths, tmp_path, monkeypatch):
-    monkeypatch.setattr(memory, "available_mb", lambda: 1000.0)
+    monkeypatch.setattr(memory, "headroom", lambda: (1000.0, "free memory"))
     monkeypatch.setattr(schedule.problem.cache, "network", None)  # building a network would fail: none is built
     with pytest.raises(NSTError, match=r"--size 2048 \(2730x2048\) needs about .* GB of memory, 1.0 GB are "
-                                       r"available; use a smaller --size"):
+                                       r"available \(free memory\); use a smaller --size"):
         stylize(paths["content"], paths["style"], size=2048, model=features_model)
     r = subprocess.run(CLI + ["stylize", str(paths["content"]), str(paths["style"]), "-o",
                               str(tmp_path / "o.png"), "--size", "60000"], env=env, capture_output=True,

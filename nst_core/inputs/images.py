@@ -54,6 +54,8 @@ __all__ = [
     "input_sha256",
     "upright_size",
     "one_line",
+    "set_max_pixels",
+    "DEFAULT_MAX_PIXELS",
 ]
 
 #: ImageNet channel means (R, G, B) of [0, 1] pixel values, as used by torchvision and CS231n.
@@ -71,6 +73,19 @@ _HIGH_MODES = _INT16_MODES + ("I", "F")
 #: The most bytes read from a stream input (a pipe or FIFO): 1 GiB, above any photo Pillow decodes by default.
 MAX_STREAM_BYTES = 1 << 30
 _STREAMS: dict[str, bytes] = {}  # stream path -> its bytes, read once per process
+
+#: Pillow's decompression-bomb limit (pixels) as this process started: files with more are refused unless
+#: ``set_max_pixels`` raises it (``nst --max-pixels``; a service keeps the default).
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+def set_max_pixels(pixels: int | None) -> None:
+    """The largest image (width x height, pixels) this process decodes: ``pixels`` >= 1, or None / 0 for no limit.
+    Process-wide (it is Pillow's ``Image.MAX_IMAGE_PIXELS``), for a local user who trusts the files: 100 MP phone
+    and camera pictures exceed Pillow's default, about 89.5 MP. NSTError for a negative value."""
+    if pixels is not None and (isinstance(pixels, bool) or not isinstance(pixels, numbers.Integral) or pixels < 0):
+        raise NSTError(f"--max-pixels must be a whole number >= 0 (0: no limit), got {pixels!r}")
+    Image.MAX_IMAGE_PIXELS = int(pixels) if pixels else None
 
 
 def one_line(text: object) -> str:
@@ -156,8 +171,8 @@ def _decode(path) -> Image.Image:
         match = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = f"{int(match.group(1))} pixels" if match else "too many pixels"
         raise NSTError(
-            f"{name}: image too large ({pixels}; Pillow's decompression-bomb limit is "
-            f"{Image.MAX_IMAGE_PIXELS} pixels)"
+            f"{name}: image too large ({pixels}; the decompression-bomb limit is {Image.MAX_IMAGE_PIXELS} pixels: "
+            f"raise it with --max-pixels if you trust the file)"
         ) from None
     except Image.UnidentifiedImageError:
         raise NSTError(f"{name}: not an image file Pillow can read (unknown or corrupt format)") from None

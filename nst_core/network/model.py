@@ -251,7 +251,7 @@ def session(model: onnx.ModelProto, device: str = "auto", threads: int = 0, opti
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     if disabled:
         opts.add_session_config_entry("optimization.disable_specified_optimizers", ",".join(disabled))
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: a failing kernel's error comes back as the exception, said in one line
     opts.enable_mem_pattern = MEM_PATTERN
     mode = memory.arena_mode()
     if mode == "off":

@@ -54,7 +54,9 @@ def adam(objective: Objective, x0, budget: int, *, lr: float = 3.0, decay_at: Op
         DIFFERENCE FROM CS231n: the exercise returns the LAST image (after the final update, which is never
         evaluated); we return the BEST evaluated one. Therefore the final update (after the last evaluation) is
         skipped: it could not change the result. The run stops early with status "converged" only if the gradient
-        and the first moment are both exactly zero (x can then never move again).
+        and the first moment are both exactly zero (x can then never move again). Stopped by the user (Ctrl-C)
+        while its best point is from before ``decay_at``, it returns the LATEST evaluated point instead (``kept``
+        "latest"): at the first rate the loss is highest by design, and the best point is then usually the start.
     """
     x = _as_x0(x0)
     budget = _as_budget(budget)
@@ -74,10 +76,13 @@ def adam(objective: Objective, x0, budget: int, *, lr: float = 3.0, decay_at: Op
         k = 0                      # step count of the current torch.optim.Adam instance
         cur_lr = lr
         tmp = np.empty_like(x)
+        cur = x                    # the iterate; each update goes into the other buffer, so the point evaluated
+        if decay_at is not None:   # last stays intact until the next evaluation (ev.latest, on Ctrl-C)
+            info["decay_at"] = decay_at + 1
         for t in range(budget):
             if box is not None and (clamp_until is None or t < clamp_until):
-                np.clip(x, box[0], box[1], out=x)
-            _, g = ev(x)
+                np.clip(cur, box[0], box[1], out=cur)
+            _, g = ev(cur)
             if decay_at is not None and t == decay_at:
                 m.fill(0.0)
                 v.fill(0.0)
@@ -107,7 +112,9 @@ def adam(objective: Objective, x0, budget: int, *, lr: float = 3.0, decay_at: Op
             tmp += eps
             # param.addcdiv_(exp_avg, denom, value=-step_size)
             np.divide(m * -step_size, tmp, out=tmp)
-            np.add(x, tmp, out=x)
+            np.add(cur, tmp, out=tmp)
+            cur, tmp = tmp, cur
         return None
 
-    return _run("adam", objective, x, budget, callback, body)
+    return _run("adam", objective, x, budget, callback, body,
+                falls_after=None if decay_at is None else decay_at + 1)

@@ -75,7 +75,12 @@ class Result:
         "lbfgs", "lbfgsb", "adam" or "gd".
     info : dict
         Optimizer-specific extras (L-BFGS-B: ``restarts`` and SciPy's ``scipy_messages``; lbfgs: counts of
-        iterations, stored / skipped pairs, backtracks and memory resets).
+        iterations, stored / skipped pairs, backtracks and memory resets; adam: ``decay_at``, the 1-based
+        evaluation where the recipe's second learning rate starts).
+    kept : str
+        Which point ``x`` is: "best" (the lowest loss, the rule), or "latest" (the last evaluated point) for Adam's
+        recipe stopped by the user before its decay (the loss is highest there by design, and the best is usually
+        the start) and gradient descent stopped before any point beat the start.
     """
 
     x: np.ndarray = dataclasses.field(repr=False)
@@ -87,6 +92,15 @@ class Result:
     history: list = dataclasses.field(repr=False)
     optimizer: str = ""
     info: dict = dataclasses.field(default_factory=dict)
+    kept: str = "best"
+
+    @property
+    def evaluation(self) -> Optional[int]:
+        """1-based number of the evaluation that produced ``x``: ``best_evaluation``, or the last one when ``kept``
+        is "latest"."""
+        if self.kept == "latest":
+            return self.history[-1].evaluation if self.history else None
+        return self.best_evaluation
 
     @property
     def best_evaluation(self) -> Optional[int]:
@@ -151,10 +165,12 @@ class _Evaluator:
     it writes into a buffer it evaluated or passed as ``x0``; the copy is then made only if that buffer holds the
     best point). Our L-BFGS's best point is nearly always its current iterate, so this saves a full-size float64
     vector (24 bytes per pixel) for the whole run.
+
+    keep_latest: also keep a view of the last point evaluated (no copy), for ``latest_result``.
     """
 
     def __init__(self, objective: Objective, x0: np.ndarray, budget: int, callback: Optional[Callback],
-                 keep_grad: bool = False, borrow: bool = False):
+                 keep_grad: bool = False, borrow: bool = False, keep_latest: bool = False):
         if not callable(objective):
             raise TypeError("objective must be callable")
         if callback is not None and not callable(callback):
@@ -172,6 +188,8 @@ class _Evaluator:
         self.best_loss = math.nan
         self.best_parts: dict = {}
         self.best_grad: Optional[np.ndarray] = None
+        self.keep_latest = keep_latest
+        self.latest: Optional[np.ndarray] = None  # keep_latest: a view of the last point evaluated (latest_result)
         self.t0 = time.perf_counter()
 
     @property
@@ -198,6 +216,8 @@ class _Evaluator:
 
         record = Record(len(self.history) + 1, time.perf_counter() - self.t0, loss, parts)
         self.history.append(record)
+        if self.keep_latest:
+            self.latest = xv
 
         finite = math.isfinite(loss) and bool(np.isfinite(grad).all())
         if finite and not (loss >= self.best_loss):  # also true while best_loss is NaN (nothing finite yet)
@@ -225,16 +245,28 @@ class _Evaluator:
                       n_evals=len(self.history), status=status, message=message, history=list(self.history),
                       optimizer=name, info=dict(info or {}))
 
+    def latest_result(self, name: str, status: str, message: str, info: Optional[dict] = None) -> Result:
+        """The Result with the last evaluated point as ``x`` (``kept`` "latest"). Only for an optimizer that leaves
+        the buffer it evaluated untouched until its next evaluation (Adam's, which swaps two buffers)."""
+        record = self.history[-1]
+        return Result(x=np.array(self.latest, dtype=np.float64), loss=record.loss, parts=dict(record.parts),
+                      n_evals=len(self.history), status=status, message=message, history=list(self.history),
+                      optimizer=name, info=dict(info or {}), kept="latest")
+
 
 def _run(name: str, objective: Objective, x0: np.ndarray, budget: int, callback: Optional[Callback],
          body: Callable[[_Evaluator, dict], Optional[Tuple[str, str]]], keep_grad: bool = False,
-         borrow: bool = False) -> Result:
+         borrow: bool = False, falls_after: Optional[int] = None) -> Result:
     """Run ``body(evaluator, info)`` and turn every way it can end into a ``Result``.
 
     ``body`` returns ``("converged", message)`` when it stops on its own before the budget is spent, or None when
     it has spent the budget. It may fill ``info`` with extras for ``Result.info``. ``borrow``: see ``_Evaluator``.
+    ``falls_after``: the last evaluation of a phase whose loss may rise (Adam's recipe before its decay; the start
+    of gradient descent); a run interrupted while its best point is no later than that keeps its latest point
+    instead (``_Evaluator.latest_result``).
     """
-    ev = _Evaluator(objective, x0, budget, callback, keep_grad=keep_grad, borrow=borrow)
+    ev = _Evaluator(objective, x0, budget, callback, keep_grad=keep_grad, borrow=borrow,
+                    keep_latest=falls_after is not None)
     info: dict = {}
     try:
         ended = body(ev, info)
@@ -243,9 +275,14 @@ def _run(name: str, objective: Objective, x0: np.ndarray, budget: int, callback:
     except _NonFinite as exc:
         return ev.result(name, "nonfinite", f"stopped: {exc}; returning the best finite point", info)
     except KeyboardInterrupt:
-        return ev.result(name, "interrupted",
-                         f"interrupted by the user after {len(ev.history)} evaluations; returning the best point",
-                         info)
+        done = len(ev.history)
+        best = next((r.evaluation for r in ev.history if r.loss == ev.best_loss), None)
+        if falls_after is not None and ev.latest is not None and best is not None and best <= falls_after:
+            return ev.latest_result(name, "interrupted", f"interrupted by the user after {done} evaluations, before "
+                                    f"the loss fell below its best (evaluation {best}); returning the latest point",
+                                    info)
+        return ev.result(name, "interrupted", f"interrupted by the user after {done} evaluations; returning the best "
+                         "point", info)
     if ended is None:
         return ev.result(name, "budget", f"evaluation budget of {budget} spent", info)
     status, message = ended

@@ -30,7 +30,10 @@ def gradient_descent(objective: Objective, x0, budget: int, *, lr: float, bounds
     -------
     Result
         The best evaluated point. Stops early ("converged") only when a step would not change x at all (zero
-        gradient, or zero projected gradient at the bounds).
+        gradient, or zero projected gradient at the bounds). Stopped by the user (Ctrl-C) before any point beat the
+        start, it returns the LATEST evaluated point instead (``kept`` "latest"; from the content image the loss
+        first rises at the default step), not the untouched start. Each step makes a new array, so the point
+        evaluated last stays intact.
     """
     x = _as_x0(x0)
     budget = _as_budget(budget)
@@ -53,4 +56,4 @@ def gradient_descent(objective: Objective, x0, budget: int, *, lr: float, bounds
             cur = nxt
         return None
 
-    return _run("gd", objective, x, budget, callback, body)
+    return _run("gd", objective, x, budget, callback, body, falls_after=1)

@@ -20,6 +20,11 @@ from __future__ import annotations
 import os
 import sys
 
+try:
+    import resource  # Unix only
+except ImportError:  # pragma: no cover
+    resource = None
+
 THP_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 TUNABLE = "glibc.malloc.hugetlb=1"
 REEXEC_MARK = "NST_REEXECUTED"
@@ -89,9 +94,13 @@ def reexec_with_huge_pages() -> None:
     env = reexec_env()
     if env is None or not sys.executable:
         return
+    for stream in (sys.stdout, sys.stderr):  # None when the descriptor was closed at start
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     except OSError:
         pass
@@ -123,6 +132,27 @@ BASE_MB = 230.0
 PIXEL_BYTES = 586.0
 
 
+#: Bytes per pixel of a style image's pass through the network (its float32 copy, the feature maps of the active
+#: layers ORT holds, the Gram products), huge-page malloc: peak resident growth 243 B/px at 11.4 MP (--style-size
+#: 3000, starry_night's layers 1..7), 215 at 1.3 MP; 250 keeps a margin. Every other style of a blend waits as its
+#: float32 copy: STYLE_INPUT_BYTES.
+STYLE_PIXEL_BYTES = 250.0
+STYLE_INPUT_BYTES = 12.0
+#: Bytes per pixel of a decoded input file: Pillow's RGB holds 4 bytes per pixel, and the EXIF transpose copies it.
+INPUT_PIXEL_BYTES = 8.0
+#: What a run adds beyond the resident memory of the process when the check runs (NumPy, ORT loaded: 140 MB
+#: measured) before its first pixel: the model, the sessions: BASE_MB minus those 140 MB, rounded up.
+SESSION_MB = 100.0
+#: ORT's arena (``shared``, ``default``) against huge-page malloc (``off``): its peak was 1.7x at 1024 px and 2.1x
+#: at 2048 px (6.6 / 3.2 GB, the module docstring), 1.33x in a style pass of 11 MP; the check takes 2.
+ARENA_FACTOR = {"off": 1.0, "shared": 2.0, "default": 2.0}
+
+
+def arena_factor(env=None) -> float:
+    """``ARENA_FACTOR`` of this process's ``arena_mode``: the growth of a run relative to the fitted estimates."""
+    return ARENA_FACTOR[arena_mode(env)]
+
+
 def optimizer_bytes(optimizer: str, pairs: int) -> float:
     """Bytes per output pixel that ``optimizer`` adds to ``PIXEL_BYTES`` (fitted with our lbfgs): our lbfgs's
     correction pairs (2 * pairs float32 vectors of 3 values per pixel); adam and gd hold no pairs but more
@@ -152,3 +182,149 @@ def available_mb(meminfo: str = "/proc/meminfo") -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# How much memory this process may still take: the tightest of the limits that apply
+#
+# - MemAvailable (/proc/meminfo): what the kernel can give without swapping, machine-wide.
+# - The memory cgroup's limit (a container's `--memory`, a systemd unit's MemoryMax): cgroup v2's memory.max or v1's
+#   memory.limit_in_bytes, of the process's cgroup and of every ancestor up to the mount (the tightest applies),
+#   minus what the group already uses; its page cache that can be dropped (inactive_file) counts as free, as
+#   `docker stats` counts it.
+# - RLIMIT_AS (`ulimit -v`): address space, minus what this process has mapped now (VmSize). Address space is not
+#   resident memory: ONNX Runtime's threads and malloc's per-thread arenas reserve more than they touch, measured
+#   +56 MB (huge-page malloc) and +228 MB (ORT's shared arena) over the resident growth of a style pass of 1.3 to 11 MP,
+#   so the address-space limit keeps VIRTUAL_SLACK_MB more.
+
+VIRTUAL_SLACK_MB = 256.0
+CGROUP_ROOT = "/sys/fs/cgroup"
+NO_LIMIT = 2 ** 60  # v1 writes "no limit" as a page-rounded 2^63 - 1; anything this large means none
+
+#: The one line printed for an allocation that failed in spite of the estimate (the cause named by the caller).
+OUT_OF_MEMORY = "out of memory; try a smaller --size or --style-size"
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _number(text: str | None) -> int | None:
+    """A cgroup limit or counter in bytes; None for "max", an absent file or nonsense."""
+    if text is None:
+        return None
+    try:
+        value = int(text.split()[0])
+    except (ValueError, IndexError):
+        return None
+    return value if value < NO_LIMIT else None
+
+
+def _stat_value(text: str | None, key: str) -> int:
+    for line in (text or "").splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def _cgroup_dirs(proc_cgroup: str, mountinfo: str) -> list[tuple[str, str]]:
+    """[(directory, version)] of this process's memory cgroup and its ancestors up to the mount, innermost first:
+    version "2" (unified hierarchy, line ``0::/path``) or "1" (the ``memory`` controller's line)."""
+    mounts = {}  # version -> (mount root inside the hierarchy, mount point)
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        if tail[0] == "cgroup2":
+            mounts.setdefault("2", (fields[3], fields[4]))
+        elif tail[0] == "cgroup" and "memory" in tail[2].split(","):
+            mounts.setdefault("1", (fields[3], fields[4]))
+    out = []
+    for line in proc_cgroup.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        version = "2" if hierarchy == "0" and controllers == "" else "1" if "memory" in controllers.split(",") else ""
+        if version not in mounts:
+            continue
+        root, point = mounts[version]
+        relative = path[len(root):] if root != "/" and path.startswith(root) else path
+        parts = [p for p in relative.split("/") if p]
+        out += [(os.path.join(point, *parts[:k]), version) for k in range(len(parts), -1, -1)]
+    return out
+
+
+def cgroup_headroom_mb(proc_cgroup: str = "/proc/self/cgroup", mountinfo: str = "/proc/self/mountinfo") -> float | None:
+    """MB the memory cgroups of this process still allow (the tightest limit of the group and its ancestors, minus
+    the group's usage without its inactive page cache), or None when no limit is set or none can be read."""
+    best = None
+    for directory, version in _cgroup_dirs(_read(proc_cgroup) or "", _read(mountinfo) or ""):
+        if version == "2":
+            limit = _number(_read(os.path.join(directory, "memory.max")))
+            usage = _number(_read(os.path.join(directory, "memory.current")))
+            cache = _stat_value(_read(os.path.join(directory, "memory.stat")), "inactive_file")
+        else:
+            limit = _number(_read(os.path.join(directory, "memory.limit_in_bytes")))
+            usage = _number(_read(os.path.join(directory, "memory.usage_in_bytes")))
+            cache = _stat_value(_read(os.path.join(directory, "memory.stat")), "total_inactive_file")
+        if limit is None:
+            continue
+        free = (limit - max(0, (usage or 0) - cache)) / 2**20
+        best = free if best is None else min(best, free)
+    return best
+
+
+def _status_mb(key: str, status: str = "/proc/self/status") -> float | None:
+    for line in (_read(status) or "").splitlines():
+        if line.startswith(key + ":"):
+            try:
+                return int(line.split()[1]) / 1024
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+def address_space_headroom_mb() -> float | None:
+    """MB of address space RLIMIT_AS (``ulimit -v``) still allows this process beyond what it has mapped now,
+    less ``VIRTUAL_SLACK_MB``; None when unlimited or unknown."""
+    if resource is None:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    mapped = _status_mb("VmSize")
+    if soft == resource.RLIM_INFINITY or mapped is None:
+        return None
+    return soft / 2**20 - mapped - VIRTUAL_SLACK_MB
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory now (VmRSS, MB), or None when unknown."""
+    return _status_mb("VmRSS")
+
+
+def headroom() -> tuple[float, str] | None:
+    """The tightest of the limits above: ``(MB this process may still grow by, what limits it)`` with what one of
+    "free memory", "the cgroup's memory limit", "ulimit -v"; None when none is known."""
+    found = [(mb, what) for mb, what in ((available_mb(), "free memory"),
+                                         (cgroup_headroom_mb(), "the cgroup's memory limit"),
+                                         (address_space_headroom_mb(), "ulimit -v")) if mb is not None]
+    return min(found) if found else None
+
+
+#: ORT reports a failed allocation as a RuntimeException (or Fail) whose text names these.
+_ALLOCATION_WORDS = ("bad_alloc", "Failed to allocate memory", "failed to allocate memory")
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """A MemoryError, or ONNX Runtime's exception for a failed allocation (std::bad_alloc inside a kernel; its
+    class lives in ``onnxruntime.capi.onnxruntime_pybind11_state``)."""
+    if isinstance(exc, MemoryError):
+        return True
+    return type(exc).__module__.startswith("onnxruntime") and any(w in str(exc) for w in _ALLOCATION_WORDS)

@@ -28,18 +28,18 @@ from PIL import Image
 from .. import optim
 from ..errors import NSTError
 from ..inputs import colour
-from ..inputs.images import MEAN, STD, resized_shape
+from ..inputs.images import MEAN, STD
 from ..objective import pyramid
-from ..process import interrupts, memory
+from ..process import interrupts
 from ..spec.spec import Spec
 from ..network import cache
 from ..network import model as _model
 from ..objective import active_layers
 from .calibration import calibration
-from .plan import histories, plan, scale_jobs, sides
+from .plan import scale_jobs, sides
 from .problem import Problem, optimise, prepare
 
-__all__ = ["run", "upsample", "check_memory", "ScaleRecord", "ScheduleResult"]
+__all__ = ["run", "upsample", "ScaleRecord", "ScheduleResult"]
 
 
 def upsample(x: np.ndarray, shape) -> np.ndarray:
@@ -86,24 +86,19 @@ class ScheduleResult(optim.Result):
     scales: list = dataclasses.field(default_factory=list, repr=False)
     sides: list = dataclasses.field(default_factory=list)
 
+    def _schedule_wide(self, at: Optional[int]) -> Optional[int]:
+        """A 1-based evaluation number of the last scale, counted over the whole schedule."""
+        return None if at is None else sum(r.n_evals for r in self.scales[:-1]) + at
+
     @property
     def best_evaluation(self) -> Optional[int]:
-        """The schedule-wide number of the evaluation that produced ``x`` (the last scale's best), or None."""
-        if not self.scales:
-            return None
-        best = self.scales[-1].best_evaluation
-        return None if best is None else sum(r.n_evals for r in self.scales[:-1]) + best
+        """The schedule-wide number of the best evaluation of the last scale, or None."""
+        return self._schedule_wide(self.scales[-1].best_evaluation) if self.scales else None
 
-
-def check_memory(job: Spec, image: Image.Image) -> None:
-    """NSTError (one line) when the largest scale (``job.size``) would not fit in the memory available now
-    (``memory.estimate_peak_mb``); nothing when it fits or the available memory is unknown."""
-    height, width = resized_shape(image.width, image.height, job.size)
-    need = memory.estimate_peak_mb(height * width, job.optimizer, histories(job)[-1], plan(job)[-1][1])
-    have = memory.available_mb()
-    if have is not None and need > have:
-        raise NSTError(f"--size {job.size} ({width}x{height}) needs about {need / 1024:.1f} GB of memory, "
-                       f"{have / 1024:.1f} GB are available; use a smaller --size")
+    @property
+    def evaluation(self) -> Optional[int]:
+        """The schedule-wide number of the evaluation that produced ``x`` (``optim.Result.evaluation``), or None."""
+        return self._schedule_wide(self.scales[-1].evaluation) if self.scales else None
 
 
 def _whole_term(first: Spec, content, styles):
@@ -198,6 +193,6 @@ def run(job: Spec, content: Optional[Image.Image] = None, styles: Sequence[Image
     message = f"scale {len(results)}/{len(jobs)} ({jobs[len(results) - 1].size} px): {interrupted or last.message}"
     final = ScheduleResult(x=last.x, loss=last.loss, parts=dict(last.parts), n_evals=done,
                            status="interrupted" if interrupted else last.status, message=message, history=history,
-                           optimizer=last.optimizer, info=dict(last.info), scales=results,
+                           optimizer=last.optimizer, info=dict(last.info), kept=last.kept, scales=results,
                            sides=[j.size for j in jobs[:len(results)]])
     return finish(final.x), final
