@@ -36,7 +36,7 @@ from .io import Source, read_frames, read_png
 from .store import FrameStore
 from .temporal import with_temporal
 
-__all__ = ["VideoOptions", "FrameRecord", "ClipResult", "paint_clip", "TEMPORAL_WEIGHT", "frame_budget"]
+__all__ = ["VideoOptions", "FrameRecord", "ClipResult", "paint_clip", "find_cuts", "working_shape", "TEMPORAL_WEIGHT", "frame_budget"]
 
 #: Default temporal weight w (the issue's prototype: 5 kept the warping error at 0.71e-3 on a pan; 125 ghosted
 #: the moving subject).
@@ -203,3 +203,16 @@ def _paint_frame(job, index, rgb, styles, shared, pairs, previous_x, options, la
     if result.status in ("interrupted", "nonfinite") or result.best_evaluation is None:
         return record, result.status if result.status == "nonfinite" else "interrupted", None, None
     return record, result.status, problem.finish(result.x), result.x
+
+
+def find_cuts(source: Source, width: int, height: int, threshold: float = flow.CUT_FRACTION) -> tuple[list, list]:
+    """The cuts of ``source``'s range at a working size, as ``paint_clip`` finds them: (frame numbers that start a
+    new shot after the first, the reliable fraction of every pair in order)."""
+    pairs, cuts, fractions = _Pairs(width, height), [], []
+    for index, rgb in read_frames(source):
+        pairs.push(rgb)
+        if pairs.previous is not None:
+            fractions.append(flow.reliable_fraction(pairs.mask()[1]))
+            if fractions[-1] < threshold:
+                cuts.append(index)
+    return cuts, fractions

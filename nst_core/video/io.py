@@ -262,6 +262,9 @@ def encode(path, frames: Iterable[np.ndarray], fps, audio: Optional[Source] = No
     try:
         count = _encode_to(tmp, ext, frames, Fraction(fps), audio if audio is not None and audio.audio else None)
         if count:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the video from other users
             os.replace(tmp, name)
         return count
     finally:
