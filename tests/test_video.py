@@ -144,6 +144,37 @@ def test_cuts_of_bikes_are_found_at_the_right_frames():
     assert len(fractions) == source.count - 1
 
 
+# ------------------------------------------------------------------------------------------- clip
+
+
+def test_shots_budgets_and_targets_once(features_model, images_dir, photo, tmp_path, monkeypatch):
+    """Four frames of a pan, a cut to another picture, two more frames of it: the cut is found at frame 4; the first
+    frame of each shot gets the full budget and no temporal term, the others the frame budget with it; the style
+    targets and colour match are made once for the clip (``share``), also when a rerun resumes it."""
+    from nst_core.schedule.problem import share
+    from nst_core.video import clip, run
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    other = np.ascontiguousarray(np.rot90(photo, 2))
+    for t, rgb in enumerate(pan_frames(photo, 4, 2, 64, 96) + pan_frames(other, 2, 2, 64, 96)):
+        Image.fromarray(rgb).save(folder / f"{t}.png")
+    calls = []
+    monkeypatch.setattr(clip, "share", lambda *a: calls.append(1) or share(*a))
+    options = dict(size=64, iterations=6, frame_iterations=3, model=str(features_model), device="cpu",
+                   original_colors="match")
+    result = run.stylize_video(folder, images_dir / "starry_night.jpg", tmp_path / "out", **options)
+    assert result.status == "done" and result.cuts == [4] and len(calls) == 1
+    starts = [r.index for r in result.frames if r.cut]
+    assert starts == [0, 4]
+    for r in result.frames:
+        assert r.n_evals == (6 if r.cut else 3), r
+        assert ("temporal" in r.parts) == (not r.cut)
+    (tmp_path / "out" / "000005.png").unlink()
+    again = run.stylize_video(folder, images_dir / "starry_night.jpg", tmp_path / "out", **options)
+    assert [r.index for r in again.frames if not r.resumed] == [5] and len(calls) == 2  # once per run
+
+
 # ------------------------------------------------------------------------------------------- PyAV
 
 

@@ -150,6 +150,8 @@ def paint_clip(job: Spec, source: Source, styles: Sequence[Image.Image], store: 
         for index, rgb in read_frames(source):
             decode, t = time.perf_counter() - t, time.perf_counter()
             pairs.push(rgb)
+            if shared is None:  # once per clip, from its first frame (a resumed run too): network, style targets,
+                shared = share(job, Image.fromarray(rgb), styles)  # and the colour match
             if store.done(index):  # finished by an earlier run: read back only when the next frame needs it
                 last_done = store.path(index)
                 records.append(FrameRecord(index, False, None, resumed=True))
@@ -157,8 +159,6 @@ def paint_clip(job: Spec, source: Source, styles: Sequence[Image.Image], store: 
                     on_frame(records[-1])
                 t = time.perf_counter()
                 continue
-            if shared is None:  # once per clip: network, style targets, colour match (from this frame)
-                shared = share(job, Image.fromarray(rgb), styles)
             if last_done is not None:
                 previous_x, last_done = _previous_x(last_done, job), None
             record, status, picture, x = _paint_frame(job, index, rgb, styles, shared, pairs, previous_x, options,
