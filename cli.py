@@ -341,7 +341,7 @@ def _add_video_command(sub) -> None:
     p.add_argument("--preset", choices=tuple(presets.PRESETS), default=None, help="as nst stylize")
     for flag in ("--size", "--style-size", "--calibration-size", "--iterations", "--history", "--seed"):
         p.add_argument(flag, type=_int, metavar="N", help="as nst stylize" + (
-            "; the first frame of each shot's budget" if flag == "--iterations" else ""))
+            ": the budget of each shot's first frame" if flag == "--iterations" else ""))
     p.add_argument("--frame-iterations", type=_int, metavar="N",
                    help="the budget of the frames that continue a shot (default: half of --iterations)")
     p.add_argument("--temporal-weight", type=_float, metavar="W",

