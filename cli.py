@@ -337,11 +337,19 @@ def _add_video_command(sub) -> None:
     p.add_argument("input", metavar="INPUT", help="a video file, a folder of images or a printf pattern (f/%%04d.png)")
     p.add_argument("style", nargs="+", metavar="STYLE", help="style image; several are blended (--style-blend)")
     p.add_argument("-o", "--output", metavar="OUT", required=True,
-                   help="a video (.mp4, .mov, .mkv: H.264; .webm: VP9) or a folder for PNG frames")
-    p.add_argument("--preset", choices=tuple(presets.PRESETS), default=None, help="as nst stylize")
-    for flag in ("--size", "--style-size", "--calibration-size", "--iterations", "--history", "--seed"):
-        p.add_argument(flag, type=_int, metavar="N", help="as nst stylize" + (
-            ": the budget of each shot's first frame" if flag == "--iterations" else ""))
+                   help="a video (.mp4, .mov, .mkv: H.264; .webm: VP9) or a folder for PNG frames (default: none, "
+                        "required)")
+    sn = presets.PRESETS[presets.DEFAULT_PRESET]
+    p.add_argument("--preset", choices=tuple(presets.PRESETS), default=None,
+                   help=f"CS231n parameter set, as nst stylize (default: {presets.DEFAULT_PRESET}'s values)")
+    for flag, what in (("--size", f"smaller edge of the painted frames, px (default: the preset's, "
+                                  f"{sn['image_size']})"),
+                       ("--style-size", "as nst stylize (default: the preset's, scaled with --size)"),
+                       ("--calibration-size", f"as nst stylize (default: {sn['image_size']})"),
+                       ("--iterations", f"the budget of each shot's first frame (default: {DEFAULT_ITERATIONS})"),
+                       ("--history", f"L-BFGS memory, correction pairs (default: {LBFGS_HISTORY})"),
+                       ("--seed", "seed of --init noise (default: none)")):
+        p.add_argument(flag, type=_int, metavar="N", help=what)
     p.add_argument("--frame-iterations", type=_int, metavar="N",
                    help="the budget of the frames that continue a shot (default: half of --iterations)")
     p.add_argument("--temporal-weight", type=_float, metavar="W",
@@ -352,12 +360,15 @@ def _add_video_command(sub) -> None:
                    help="the output's frame rate (default: the input's, 25 for images; the audio is copied only "
                         "at the input's rate)")
     _add_weights(p, "stylize", False)
-    p.add_argument("--init", choices=("content", "noise", "style"), default=None, help="as nst stylize")
-    p.add_argument("--optimizer", choices=("lbfgs", "lbfgsb", "adam", "gd"), default=None, help="as nst stylize")
-    p.add_argument("--lr", type=_float, metavar="LR", help="as nst stylize")
+    p.add_argument("--init", choices=("content", "noise", "style"), default=None,
+                   help="start of each shot's first frame, as nst stylize (default: content)")
+    p.add_argument("--optimizer", choices=("lbfgs", "lbfgsb", "adam", "gd"), default=None,
+                   help="as nst stylize (default: lbfgs)")
+    p.add_argument("--lr", type=_float, metavar="LR", help=f"as nst stylize (default: adam {ADAM_LR:g}, gd {GD_LR:g})")
     _add_artist(p, "stylize")
     _add_runtime(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no summary line (default: off; the bar is shown only on a terminal)")
     p.set_defaults(func=_cmd_video, task="stylize")
 
 
