@@ -195,7 +195,9 @@ def _paint_frame(job, index, rgb, styles, shared, pairs, previous_x, options, la
         cut = reliable < options.cut_fraction
     seconds = {"flow": time.perf_counter() - t}
     t = time.perf_counter()
-    problem = prepare(job, Image.fromarray(rgb), styles, shared=shared)
+    # --init applies to a shot's first frame; a continued frame starts from the content where the warp is not trusted
+    start_job = job if cut else dataclasses.replace(job, init="content")
+    problem = prepare(start_job, Image.fromarray(rgb), styles, shared=shared)
     if not cut:
         weight = options.temporal_weight * problem.calibration.size_factor
         problem = _continued(problem, previous_x, w_b, mask, weight, later)
