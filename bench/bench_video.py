@@ -203,7 +203,7 @@ def report(rows: list) -> None:
                   f"{m['s_per_frame']:8.2f} {s['decode']:7.3f} {s['flow']:6.3f} {s['optimise']:6.2f} "
                   f"{s['save']:6.3f} {s['encode']:6.3f} {100 * m['optimise_share']:6.1f}")
         for mode, r in row["ratios"].items():
-            print(f"{row['clip']:6} {mode[:6] + '/indep.':12} {r['warping']:9.3f} {r['style']:9.3f} "
+            print(f"{row['clip']:6} {mode + '/ind.':12} {r['warping']:9.3f} {r['style']:9.3f} "
                   f"{r['content']:9.3f} {r['s_per_frame']:8.3f}")
 
 
