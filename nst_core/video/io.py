@@ -5,7 +5,8 @@ patterns of images, and the audio of the input copied into the output. ``av`` is
     for index, rgb in read_frames(source): ...          # uint8 [H, W, 3], index counted from the file's first frame
     encode("out.mp4", frame_files, source.fps, audio=source)   # atomic: out.mp4 whole or untouched
 
-A frame range ``A:B`` counts frames from 0, B excluded (Python's slices: ``10:``, ``:50``). Output kinds: a video
+A frame range ``A:B`` counts frames from 0, B excluded (Python's slices: ``10:``, ``:50``); for images, positions in
+the sorted list (a pattern's numbers may start at 1 or skip). Output kinds: a video
 file by its extension (``VIDEO_EXTENSIONS``: H.264 in .mp4 / .mov / .mkv, VP9 in .webm) or a folder of PNGs (any
 other path: an existing folder, a path ending in a slash, or a name without an extension).
 """
