@@ -238,6 +238,20 @@ def test_folder_and_pattern_inputs_and_ranges(tmp_path):
         io.open_source(tmp_path, "5:9")
 
 
+def test_frames_of_another_run_are_not_mixed_in(tmp_path):
+    """A frame folder made with other options (here the temporal weight) is refused in one line, not reused; one
+    with the same manifest is taken as it is, its frames counted up to the first one missing."""
+    from nst_core.video.store import FrameStore
+
+    store = FrameStore(tmp_path / "f", {"temporal_weight": 5.0, "range": [0, 4]})
+    for index in (0, 1, 3):
+        store.save(index, np.zeros((4, 4, 3), np.uint8), {})
+    with pytest.raises(NSTError, match="holds frames of another run \\(temporal_weight differ\\)"):
+        FrameStore(tmp_path / "f", {"temporal_weight": 1.0, "range": [0, 4]})
+    again = FrameStore(tmp_path / "f", {"temporal_weight": 5.0, "range": [0, 4]})
+    assert [Path(p).name for p in again.files(0, 4)] == ["000000.png", "000001.png"]
+
+
 # ------------------------------------------------------------------------------- the command: faults
 
 
