@@ -10,7 +10,7 @@ Consistency mask ``c`` on frame t's grid (1 reliable, 0 not), before a small blu
     out of the frame     p + w_b(p) outside frame t-1
 A cut (a new shot) is a pair whose reliable fraction (the mean of the unblurred mask) is below ``CUT_FRACTION``.
 
-OpenCV (``cv2``) is imported only here and in ``video.io``'s callers' modules: it is part of the ``video`` extra.
+OpenCV (``cv2``, the ``video`` extra) is imported here only.
 """
 from __future__ import annotations
 
