@@ -4,6 +4,7 @@
     nst stylize --spec PICTURE.png|JOB.json [options]   the job a picture records (invert / texture likewise)
     nst invert  [CONTENT] [-o OUT] ...          feature inversion (content only, from noise)
     nst texture [STYLE] [-o OUT] ...            texture synthesis (style only, from noise)
+    nst video   INPUT STYLE [STYLE ...] -o OUT  a clip painted frame by frame (needs: pip install 'nst-onnx[video]')
     nst export  [--weights FILE] [--out DIR]    write features.onnx (needs torch: pip install 'nst-onnx[export]')
     nst export-vjp --taps 1,3,4,6,7 [--height H --width W] [--out vjp.onnx]   self-contained VJP model
     nst info    [PICTURE] [--model PATH]        the model's path, taps and metadata; or a picture's recipe
@@ -331,6 +332,53 @@ def _add_transfer_commands(sub) -> None:
     p.set_defaults(func=_cmd_transfer, task="texture", content=None)
 
 
+def _add_video_command(sub) -> None:
+    """video: the still's problem options, and the clip's own (nst_core.video)."""
+    p = sub.add_parser("video", help="paint a clip frame by frame without flicker (needs the video extra)",
+                       description="Style transfer on a clip (Ruder et al. 2016): each frame starts from the previous "
+                                   "result warped along the optical flow and is kept close to it where the flow is "
+                                   "reliable; cuts start a new shot. Shots run one after another. A rerun with the "
+                                   "same options continues where a stopped run ended.",
+                       epilog="Exit status: 0 ok, 2 bad input, 3 diverged, 128 + the signal when stopped (a playable "
+                              "video of the frames done is written).")
+    p.add_argument("input", metavar="INPUT", help="a video file, a folder of images or a printf pattern (f/%%04d.png)")
+    p.add_argument("style", nargs="+", metavar="STYLE", help="style image; several are blended (--style-blend)")
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="a video (.mp4, .mov, .mkv: H.264; .webm: VP9) or a folder for PNG frames (default: none, "
+                        "required)")
+    sn = presets.PRESETS[presets.DEFAULT_PRESET]
+    p.add_argument("--preset", choices=tuple(presets.PRESETS), default=None,
+                   help=f"CS231n parameter set, as nst stylize (default: {presets.DEFAULT_PRESET}'s values)")
+    for flag, what in (("--size", f"smaller edge of the painted frames, px (default: the preset's, "
+                                  f"{sn['image_size']})"),
+                       ("--style-size", "as nst stylize (default: the preset's, scaled with --size)"),
+                       ("--calibration-size", f"as nst stylize (default: {sn['image_size']})"),
+                       ("--iterations", f"the budget of each shot's first frame (default: {DEFAULT_ITERATIONS})"),
+                       ("--history", f"L-BFGS memory, correction pairs (default: {LBFGS_HISTORY})"),
+                       ("--seed", "seed of --init noise (default: none)")):
+        p.add_argument(flag, type=_int, metavar="N", help=what)
+    p.add_argument("--frame-iterations", type=_int, metavar="N",
+                   help="the budget of the frames that continue a shot (default: 0.35 x --iterations, 70 of 200)")
+    p.add_argument("--temporal-weight", type=_float, metavar="W",
+                   help="weight of the temporal loss (the frame kept close to the previous result warped to it; "
+                        "0: warped start only) (default: 5)")
+    p.add_argument("--frames", metavar="A:B", help="frames A to B-1, counted from 0 (default: all)")
+    p.add_argument("--fps", type=_float, metavar="F",
+                   help="the output's frame rate (default: the input's, 25 for images; the audio is copied only "
+                        "at the input's rate)")
+    _add_weights(p, "stylize", False)
+    p.add_argument("--init", choices=("content", "noise", "style"), default=None,
+                   help="start of each shot's first frame, as nst stylize (default: content)")
+    p.add_argument("--optimizer", choices=("lbfgs", "lbfgsb", "adam", "gd"), default=None,
+                   help="as nst stylize (default: lbfgs)")
+    p.add_argument("--lr", type=_float, metavar="LR", help=f"as nst stylize (default: adam {ADAM_LR:g}, gd {GD_LR:g})")
+    _add_artist(p, "stylize")
+    _add_runtime(p)
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no summary line (default: off; the bar is shown only on a terminal)")
+    p.set_defaults(func=_cmd_video, task="stylize")
+
+
 def _add_compare_command(sub) -> None:
     """compare."""
     p = sub.add_parser("compare", help="run several optimizers on the same problem and compare them",
@@ -433,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_transfer_commands(sub)
     _add_compare_command(sub)
+    _add_video_command(sub)
     _add_model_commands(sub)
     _add_host_commands(sub)
     return parser
@@ -591,6 +640,14 @@ def _cmd_transfer(args) -> int:
             progress.bar.close()
     with interrupts.sigint_deferred():  # a first signal now waits for the picture and the log to be written
         return _finish_transfer(args, image, result, inputs, text, time.perf_counter() - start)
+
+
+def _cmd_video(args) -> int:
+    try:
+        from nst_core.video import command
+    except ImportError as exc:
+        raise NSTError(f"nst video needs the video extra: pip install 'nst-onnx[video]' ({_one_line(exc)})") from None
+    return command.run(args, _given_options(args))
 
 
 def _cmd_compare(args) -> int:

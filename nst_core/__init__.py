@@ -16,6 +16,7 @@ in this list (tests/test_layout.py checks it)::
     api         stylize / invert / texture / run(Spec): the Python API the CLI is a layer over
     compare     several optimizers on one problem, with plots and summaries
     hosts       the host bundle for other languages and the browser host's server
+    video       a clip painted frame by frame without flicker (the ``video`` extra: PyAV, OpenCV)
 
 The public names below load their stage on first use (PEP 562), so that ``import nst_core.errors`` stays light and
 ``nst`` can re-execute itself for huge pages before NumPy, SciPy and ONNX are imported::
@@ -27,9 +28,10 @@ import importlib
 
 from .errors import NSTError
 
-__all__ = ["NSTError", "stylize", "invert", "texture", "run", "prepare", "Spec", "resolve", "compare"]
+__all__ = ["NSTError", "stylize_video", "stylize", "invert", "texture", "run", "prepare", "Spec", "resolve", "compare"]
 
-_LAZY = {"stylize": "api", "invert": "api", "texture": "api", "run": "api", "prepare": "api",
+_LAZY = {"stylize_video": "video", "stylize": "api", "invert": "api", "texture": "api", "run": "api",
+         "prepare": "api",
          "Spec": "spec.spec", "resolve": "spec.spec", "compare": "compare"}
 
 

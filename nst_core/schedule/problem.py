@@ -3,6 +3,9 @@
     problem = prepare(job, content, styles)      # job: a resolved single-scale Spec (``plan.scale_jobs``)
     result = optimise(problem, callback)         # the job's optimizer, budget, pairs and learning rate
     picture = problem.finish(result.x)           # uint8 [h, w, 3]
+
+    shared = share(job, first, styles)           # what problems of one size share: network, style targets, colour
+    problem = prepare(job, frame, styles, shared=shared)   # match (a video's frames: nst_core.video)
 """
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ from ..spec.spec import LBFGS_HISTORY, Spec
 from ..errors import NSTError
 from .calibration import Calibration, calibration
 
-__all__ = ["Problem", "prepare", "optimise", "adam_steps", "ADAM_DECAY", "ADAM_CLAMP_UNTIL", "ADAM_DECAY_FACTOR",
-           "ADAM_CLAMP"]
+__all__ = ["Problem", "Shared", "share", "prepare", "optimise", "adam_steps", "ADAM_DECAY", "ADAM_CLAMP_UNTIL",
+           "ADAM_DECAY_FACTOR", "ADAM_CLAMP"]
 
 #: CS231n's Adam recipe, as fractions of the budget: a fresh Adam at lr / ADAM_DECAY_FACTOR from ADAM_DECAY of the
 #: evaluations on (step 180 of 200), x clamped to ADAM_CLAMP until ADAM_CLAMP_UNTIL (step 190 of 200).
@@ -106,35 +109,59 @@ def _network_for(job: Spec, cal: Calibration, layers):
     return cache.network(model_path, layers, job.device, job.pooling)
 
 
-def prepare(job: Spec, content: Optional[Image.Image] = None, styles: Sequence[Image.Image] = ()) -> Problem:
-    """The problem of a resolved single-scale ``job`` with its decoded images (PIL; ``content`` None for texture,
-    ``styles`` empty for invert): targets, objective and start image at ``job.size``."""
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """What every problem of one job and one content size shares (a video's frames: ``nst_core.video``): the
+    calibration, the network of the active layers, the blended style Gram matrices {layer: float32 [C, C]}, the
+    style images as the network sees them (``colour.network_images``: matched to the first content once) and the
+    blend's weights."""
+
+    calibration: Calibration
+    network: object
+    grams: dict
+    style_imgs: list
+    weights: tuple
+
+
+def share(job: Spec, content: Optional[Image.Image] = None, styles: Sequence[Image.Image] = ()) -> Shared:
+    """The part of ``prepare`` that does not depend on the content's pixels, only on its size (and, for
+    ``original_colors`` "match" / "luminance", on its colours, taken from ``content`` once)."""
     styles = list(styles)
-    weights = blend_weights(job.style_blend, len(styles)) if styles else ()
+    weights = tuple(blend_weights(job.style_blend, len(styles))) if styles else ()
     smallest = min(styles, key=lambda im: min(im.size)) if styles else None  # it caps the style size
     cal = calibration(job, content if content is not None else smallest, smallest)
-    content_img, style_imgs = colour.network_images(job.original_colors or "off", content, styles)
+    _, style_imgs = colour.network_images(job.original_colors or "off", content, styles)
     content_layer, _ = job.content_terms
     style_weights = job.effective_style_weights
     layers = active_layers(content_layer, cal.content_weight, job.style_layers or (), style_weights)
     network = _network_for(job, cal, layers) if layers else None
-
-    base_x = preprocess(content_img if content is not None else style_imgs[0], job.size)
-    style_xs = []
-    if style_imgs and any(style_weights):  # each style on its own at the style size; weight-0 styles skipped
+    grams = {}
+    if network is not None and style_imgs and any(style_weights):  # each style at the style size; weight 0 skipped
         style_xs = [preprocess(s, cal.style_size) if w else None for s, w in zip(style_imgs, weights)]
+        with single_threaded_blas():
+            grams = blended_grams(network, style_xs, weights, [k for k, w in zip(job.style_layers, style_weights) if w])
+    return Shared(calibration=cal, network=network, grams=grams, style_imgs=style_imgs, weights=weights)
+
+
+def prepare(job: Spec, content: Optional[Image.Image] = None, styles: Sequence[Image.Image] = (),
+            shared: Optional[Shared] = None) -> Problem:
+    """The problem of a resolved single-scale ``job`` with its decoded images (PIL; ``content`` None for texture,
+    ``styles`` empty for invert): targets, objective and start image at ``job.size``. ``shared``: the ``share`` of
+    an earlier content of the same size (its styles are then not looked at again)."""
+    shared = shared if shared is not None else share(job, content, styles)
+    cal, network, style_imgs = shared.calibration, shared.network, shared.style_imgs
+    content_img, _ = colour.network_images(job.original_colors or "off", content, [])
+    content_layer, _ = job.content_terms
+    base_x = preprocess(content_img if content is not None else style_imgs[0], job.size)
     content_x = base_x if content is not None and cal.content_weight else None
-    content_target, grams = None, {}
-    if network is not None:
+    content_target = None
+    if network is not None and content_x is not None:
         with single_threaded_blas():
             content_target, _ = targets(network, content_x, None, content_layer, ())
-            if style_xs:
-                grams = blended_grams(network, style_xs, weights,
-                                      [k for k, w in zip(job.style_layers, style_weights) if w])
-    x0 = _start(job, base_x, content is not None, style_imgs, weights)
+    x0 = _start(job, base_x, content is not None, style_imgs, shared.weights)
     objective = make_objective(network, content_target=content_target, content_layer=content_layer,
-                               content_weight=cal.content_weight, style_targets=grams,
-                               style_layers=job.style_layers or (), style_weights=style_weights,
+                               content_weight=cal.content_weight, style_targets=shared.grams,
+                               style_layers=job.style_layers or (), style_weights=job.effective_style_weights,
                                tv_weight=cal.tv_weight)
     x0.flags.writeable = False
     finish = colour.finisher(job.original_colors or "off", content)
