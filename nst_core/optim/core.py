@@ -190,8 +190,8 @@ class _Evaluator:
         if not isinstance(out, tuple) or len(out) not in (2, 3):
             raise TypeError("objective must return (loss, grad, parts) or (loss, grad)")
         loss = float(out[0])
-        # The objective may reuse its output buffers, unless it says it does not (``objective.fresh_grad``,
-        # nst_core.objective's fused objective): then its float64 gradient is taken as it is, not copied.
+        # The objective may reuse its output buffers, unless it says it does not (``objective.fresh_grad``, as
+        # nst_core.objective's objectives do): then its float64 gradient is taken as it is, not copied.
         grad = (np.asarray if self.fresh_grad else np.array)(out[1], dtype=np.float64)
         if grad.size != self.size:
             raise ValueError(f"objective returned a gradient of shape {grad.shape} for x of shape {self.shape}")
