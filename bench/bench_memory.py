@@ -131,7 +131,7 @@ def _objective(pkg, size: int):
     from threadpoolctl import ThreadpoolController
     from bench.bench_objective import STARRY, inputs
     from bench.common import features_model
-    model, objective = importlib.import_module(pkg + ".model"), importlib.import_module(pkg + ".objective")
+    model, objective = importlib.import_module(pkg + ".network.model"), importlib.import_module(pkg + ".objective")
     layers = sorted({STARRY["content_layer"], *STARRY["style_layers"]})
     net = model.Network(onnx.load(features_model(CACHE)), [model.tap_name(k) for k in layers], device="cpu")
     cx, sx = inputs(size)
@@ -142,14 +142,18 @@ def _objective(pkg, size: int):
     def run(x):
         with blas.limit(limits=1, user_api="blas"):
             return inner(x)
+    run.fresh_grad = getattr(inner, "fresh_grad", False)
     return run, cx.astype("float64")
 
 
 def _eval_child(which: str, size: str, evaluations: str) -> None:
-    """Peak of a fresh process doing ``evaluations`` evaluations with the 'before' or 'after' objective."""
+    """Peak of a fresh process doing ``evaluations`` evaluations with the 'before' or 'after' objective, each
+    through the optimizers' evaluator (``optim.core._Evaluator``: its copy of the gradient, where it makes one)."""
+    import importlib
     obj, x0 = _objective("nst_core", int(size))
+    evaluate = importlib.import_module("nst_core.optim.core")._Evaluator(obj, x0, int(evaluations), None)
     for _ in range(int(evaluations)):
-        loss = obj(x0)[0]
+        loss = evaluate(x0)[0]
     print(json.dumps(dict(peak_rss_mb=_status_mb("VmHWM"), loss=loss)))
 
 

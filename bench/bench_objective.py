@@ -5,12 +5,17 @@
 Sections (all on CS231n's starry_night objective: Tübingen, Starry Night at the same size, content layer 3,
 style layers 1,4,6,7 with weights 3e5,1e3,15,3, TV 2e-2; the same weights file for both):
   eval     time per objective evaluation (forward + losses + gradient): medians and ratio ours/torch, for our
-           default one-session objective and for the split path (forward / NumPy losses / backward)
+           default one-session objective and for the split path (forward / NumPy losses / backward); and the
+           floor: the evaluation's FLOPs (from ORT's profile of one run) over the machine's fp32 GEMM rate
+           (ORT's MatMul, measured at the start of the run)
+  profile  ORT's profiler on one evaluation at --profile-size (512): kernel time by op type, share, FLOPs and
+           floor per op type, and the max-pool backward's kernels (vjp.py's arg-max pools and scatter-adds)
   quality  wall time for our L-BFGS (lbfgs, and SciPy's L-BFGS-B as lbfgsb) to reach the loss torch.optim.LBFGS
            (history 100, no line search, no early stop) reaches in 200 evaluations from the content image; ratio
            of wall times; each of ours may spend up to 250 evaluations
   memory   peak resident memory (ru_maxrss of a fresh process doing 3 evaluations) at 1024 and 2048 px
   cold     process start to the first finished evaluation at 512 px (fresh process, model already exported)
+  picture  the default picture at --picture-size (1024): `nst stylize` with every default, process start to PNG
   size     installed size of the runtime's dependencies against torch's CPU build (this environment)
 Prints a table per section and writes bench/results/objective.json.
 """
@@ -30,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
-from bench.common import IMAGES, WEIGHTS, median_time, save_json  # noqa: E402
+from bench.common import IMAGES, WEIGHTS, load_avg, median_time, save_json  # noqa: E402
 
 STARRY = dict(content_layer=3, content_weight=6e-2, style_layers=(1, 4, 6, 7), style_weights=(3e5, 1e3, 15, 3),
               tv_weight=2e-2)
@@ -66,7 +71,142 @@ def ours_objective(size: int, style_size: int | None = None, fused: bool = True,
     def obj(x):
         with blas.limit(limits=1, user_api="blas"):
             return inner(x)
+    obj.fresh_grad = getattr(inner, "fresh_grad", False)  # as the optimizers see nst_core's objective
     return obj, cx.astype(np.float64)
+
+
+def objective_session_inputs(size: int, maxpool: str = "scatter"):
+    """(ONNX model, feeds) of the one-session objective exactly as ``make_objective`` runs it at `size`
+    (``Network.objective``'s model: float32 image in; TV is computed in NumPy)."""
+    import onnx
+    from nst_core.network import lossgraph
+    from nst_core.network.model import Network, tap_name
+    from nst_core.objective import targets
+    from bench.common import features_model
+    model = onnx.load(features_model(CACHE))
+    layers = sorted({STARRY["content_layer"], *STARRY["style_layers"]})
+    net = Network(model, [tap_name(k) for k in layers], device="cpu")
+    cx, sx = inputs(size)
+    ct, grams = targets(net, cx, sx, STARRY["content_layer"], STARRY["style_layers"])
+    style = [tap_name(k) for k in STARRY["style_layers"]]
+    onnx_model = lossgraph.objective_model(model, tap_name(STARRY["content_layer"]), style, "image", maxpool=maxpool)
+    feeds = {"image": cx, lossgraph.CONTENT_TARGET: ct, lossgraph.CONTENT_WEIGHT: np.array(STARRY["content_weight"])}
+    for k, w in zip(STARRY["style_layers"], STARRY["style_weights"]):
+        feeds[lossgraph.gram_input(tap_name(k))] = grams[k]
+        feeds[lossgraph.style_weight_input(tap_name(k))] = np.array(float(w))
+    return onnx_model, feeds
+
+
+def gemm_rate(n: int = 1536, repeats: int = 7) -> float:
+    """The machine's measured fp32 GEMM rate in FLOP/s: ORT's MatMul (MLAS, the kernels our Conv and Gemm use) of
+    two n x n matrices in a session with nst's settings; the best of `repeats` (a rate the machine can reach)."""
+    from onnx import TensorProto, helper
+    from nst_core.network.model import session
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+                              [helper.make_tensor_value_info(v, TensorProto.FLOAT, [n, n]) for v in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    sess = session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), "cpu")
+    rng = np.random.default_rng(0)
+    feeds = {v: rng.standard_normal((n, n)).astype(np.float32) for v in "ab"}
+    sess.run(None, feeds)
+    best = min(_timed(lambda: sess.run(None, feeds)) for _ in range(repeats))
+    return 2.0 * n ** 3 / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _flops(op: str, ins: list, outs: list, weight=None) -> float:
+    """FLOPs of one kernel from the shapes ORT's profiler records: Conv (also fused and NCHWc) 2 N Cout Ho Wo
+    Cin/g kh kw; ConvTranspose 2 N Cin H W Cout/g kh kw (``weight``: its weight's shape); Gemm / MatMul 2 M N K; arithmetic and comparisons one per
+    output element; data movement (Reshape, Slice, Concat, Reorder*, Pad, Cast, ...) none."""
+    prod = lambda v: float(np.prod(v)) if v else 1.0  # noqa: E731
+    if op in ("Conv", "FusedConv") and len(ins) >= 2:
+        w, o = ins[1], outs[0]
+        return 2.0 * prod(o) * prod(w[1:])
+    if op == "ConvTranspose" and weight is not None:  # ORT lists no weight input for a pre-packed one
+        return 2.0 * prod(ins[0]) * prod(weight[1:])
+    if op in ("Gemm", "MatMul", "FusedMatMul") and len(ins) >= 2:
+        m = outs[0][0]
+        a = ins[0]
+        k = a[1] if a[0] == m else a[0]
+        return 2.0 * prod(outs[0]) * k
+    if op in ("Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Greater", "Equal", "Relu", "Neg", "MaxPool",
+              "ReduceSumSquare", "ReduceSum", "AveragePool"):
+        return prod(ins[0]) if op.startswith("Reduce") or op.endswith("Pool") else prod(outs[0])
+    return 0.0
+
+
+#: Nodes of the max-pool backward (vjp.py's names): the arg-max pools and the scatter-adds.
+POOL_BACKWARD = ("vjp/argmax_", "vjp/scatter_add_")
+
+
+def profile(onnx_model, feeds, runs: int = 5) -> dict:
+    """One evaluation under ORT's profiler, nst's session settings: {"ops": {op type: {"ms": median kernel time per
+    run, "nodes": kernels per run, "gflop": FLOPs per run / 1e9}}, "kernel_ms": their sum, "pool_backward_ms":
+    the max-pool backward's kernels (``POOL_BACKWARD``)}. The profiler inflates small kernels; compare shares."""
+    import statistics
+    import tempfile
+    import onnxruntime as ort
+    from nst_core.network.model import session
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(tmp, "objective")
+        sess = session(onnx_model, "cpu", options=opts)
+        for _ in range(runs + 1):  # the first run warms up and is left out
+            sess.run(None, feeds)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[1:]
+    per_run = [dict() for _ in spans]
+    inits = {t.name: list(t.dims) for t in onnx_model.graph.initializer}
+    weights = {n.name.rsplit("/", 1)[0]: inits.get(n.input[1]) for n in onnx_model.graph.node
+               if n.op_type == "ConvTranspose"}
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        for run, (start, end) in zip(per_run, spans):
+            if start <= e["ts"] <= end:
+                a = e["args"]
+                shape = lambda d: list(d.values())[0]  # noqa: E731
+                ins = [shape(d) for d in a.get("input_type_shape", [])]
+                outs = [shape(d) for d in a.get("output_type_shape", [])]
+                row = run.setdefault(a["op_name"], dict(ms=0.0, nodes=0, gflop=0.0))
+                row["ms"] += e["dur"] / 1e3
+                row["nodes"] += 1
+                node = e["name"][:-len("_kernel_time")].rsplit("/", 1)[0]
+                row["gflop"] += _flops(a["op_name"], ins, outs, weights.get(node)) / 1e9
+                if e["name"].startswith(POOL_BACKWARD):
+                    run["pool_backward"] = run.get("pool_backward", 0.0) + e["dur"] / 1e3
+                break
+    pool = statistics.median(r.pop("pool_backward", 0.0) for r in per_run)
+    names = set().union(*per_run)
+    ops = {op: {k: statistics.median(r.get(op, {}).get(k, 0) for r in per_run) for k in ("ms", "nodes", "gflop")}
+           for op in names}
+    return dict(ops=ops, kernel_ms=sum(v["ms"] for v in ops.values()), pool_backward_ms=pool)
+
+
+def section_profile(size: int = 512, runs: int = 5, rate: float | None = None) -> dict:
+    """ORT's profile of one evaluation at `size` by op type, with each type's floor (its FLOPs over the GEMM rate)."""
+    rate = rate or gemm_rate()
+    onnx_model, feeds = objective_session_inputs(size)
+    prof = profile(onnx_model, feeds, runs)
+    total = prof["kernel_ms"]
+    print(f"  profile {size} px: kernel time {total:.1f} ms per evaluation; max-pool backward "
+          f"{prof['pool_backward_ms']:.1f} ms ({prof['pool_backward_ms'] / total:.0%}); fp32 GEMM rate "
+          f"{rate / 1e9:.0f} GFLOP/s", flush=True)
+    print(f"    {'op':18s} {'nodes':>5s} {'ms':>7s} {'share':>6s} {'GFLOP':>7s} {'floor ms':>8s}")
+    for op, r in sorted(prof["ops"].items(), key=lambda kv: -kv[1]["ms"]):
+        r["floor_ms"] = r["gflop"] * 1e9 / rate * 1e3
+        if r["ms"] >= 0.005 * total:
+            print(f"    {op:18s} {r['nodes']:5.0f} {r['ms']:7.2f} {r['ms'] / total:6.1%} {r['gflop']:7.2f} "
+                  f"{r['floor_ms']:8.2f}")
+    prof.update(size=size, gemm_gflops=rate / 1e9, floor_ms=sum(r["floor_ms"] for r in prof["ops"].values()))
+    print(f"    floor (all FLOPs at the GEMM rate): {prof['floor_ms']:.1f} ms", flush=True)
+    return prof
 
 
 def torch_objective(size: int, style_size: int | None = None):
@@ -78,10 +218,13 @@ def torch_objective(size: int, style_size: int | None = None):
     return ref, ref.make_loss(net, cx, sx, **STARRY), cx
 
 
-def section_eval(sizes, repeats):
+def section_eval(sizes, repeats, rate: float):
+    """Per size: our evaluation and torch's (medians, ratio) and the floor: the evaluation's FLOPs (ORT's profile of
+    one run, ``profile``) at the measured GEMM ``rate``."""
     import torch
     rows = []
     for size in sizes:
+        flops = sum(r["gflop"] for r in profile(*objective_session_inputs(size), runs=1)["ops"].values()) * 1e9
         reps = repeats if size <= 1024 else max(2, repeats // 2)
         obj, x0 = ours_objective(size)
         split, _ = ours_objective(size, fused=False)
@@ -95,11 +238,14 @@ def section_eval(sizes, repeats):
         t_ours = median_time(lambda: obj(x0), reps)
         t_split = median_time(lambda: split(x0), reps)
         t_torch = median_time(reference, reps)
+        floor = flops / rate
         rows.append(dict(size=size, shape=list(x0.shape[2:]), ours_s=t_ours, ours_split_s=t_split, torch_s=t_torch,
-                         ratio=t_ours / t_torch, split_ratio=t_split / t_torch))
+                         ratio=t_ours / t_torch, split_ratio=t_split / t_torch, gflop=flops / 1e9, floor_s=floor,
+                         floor_ratio=floor / t_torch))
         print(f"  eval {size:5d} px {x0.shape[2]}x{x0.shape[3]}: ours {t_ours*1e3:8.1f} ms (split path "
               f"{t_split*1e3:.1f}) | torch {t_torch*1e3:8.1f} ms | ratio {t_ours/t_torch:.2f} (split "
-              f"{t_split/t_torch:.2f})", flush=True)
+              f"{t_split/t_torch:.2f}) | floor {floor*1e3:.1f} ms ({flops/1e9:.1f} GFLOP; {floor/t_torch:.2f}x torch, "
+              f"ours {t_ours/floor:.1f}x floor)", flush=True)
         obj = split = loss_fn = None  # free this size before the next
     return rows
 
@@ -203,6 +349,27 @@ def section_cold(size=512, repeats=3):
     return dict(size=size, ours_s=ours, torch_s=ref, ratio=ours / ref)
 
 
+def section_picture(size: int = 1024, repeats: int = 1) -> dict:
+    """Wall time of the default picture: a fresh process (process start to the PNG written) running
+    ``nst stylize`` with every default (preset starry_night, the default coarse-to-fine schedule) at `size`;
+    the median of `repeats`. nst only: torch has no such schedule to compare with."""
+    import statistics
+    import tempfile
+    times = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "picture.png"
+            t = time.perf_counter()
+            subprocess.run([sys.executable, str(REPO / "cli.py"), "stylize", str(IMAGES / "tubingen.jpg"),
+                            str(IMAGES / "starry_night.jpg"), "--size", str(size), "--device", "cpu",
+                            "--model", str(CACHE / "features.onnx"), "-q", "-o", str(out)],
+                           check=True, capture_output=True)
+            times.append(time.perf_counter() - t)
+    wall = statistics.median(times)
+    print(f"  default picture {size} px (median of {repeats}): {wall:.1f} s", flush=True)
+    return dict(size=size, seconds=wall, runs=times)
+
+
 def _dist_size(name: str) -> int:
     from importlib import metadata
     try:
@@ -256,7 +423,10 @@ def main(argv=None):
     ap.add_argument("--quality-sizes", type=int, nargs="+", default=[192, 512])
     ap.add_argument("--memory-sizes", type=int, nargs="+", default=[1024, 2048])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["eval", "quality", "memory", "cold", "size"])
+    ap.add_argument("--profile-size", type=int, default=512)
+    ap.add_argument("--picture-size", type=int, default=1024)
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["eval", "profile", "quality", "memory", "cold", "picture", "size"])
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if argv is None:  # run as `nst` runs: malloc with huge pages where possible (nst_core/memory.py)
@@ -266,14 +436,21 @@ def main(argv=None):
         return _child(args.child[0], int(args.child[1]))
     from bench.common import start
     results = start(CACHE)
+    rate = results["gemm_gflops"] = gemm_rate() / 1e9
+    print(f"fp32 GEMM rate (ORT MatMul): {rate:.0f} GFLOP/s; load average {load_avg()}", flush=True)
     if "eval" not in args.skip:
-        results["eval"] = section_eval(args.sizes, args.repeats)
+        results["eval"] = section_eval(args.sizes, args.repeats, rate * 1e9)
+    if "profile" not in args.skip:
+        results["profile"] = section_profile(args.profile_size, rate=rate * 1e9)
     if "quality" not in args.skip:
         results["quality"] = section_quality(args.quality_sizes)
     if "memory" not in args.skip:
         results["memory"] = section_memory(args.memory_sizes)
     if "cold" not in args.skip:
         results["cold"] = section_cold()
+    if "picture" not in args.skip:
+        results["picture"] = section_picture(args.picture_size)
+    results["load_average_end"] = load_avg()
     if "size" not in args.skip:
         results["size"] = section_size()
     print(f"wrote {save_json('objective', results)}")

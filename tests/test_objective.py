@@ -147,6 +147,21 @@ def test_zero_weight_layers_are_skipped(features_model, images):
     assert figures(c[1], a[1])[0] <= 1e-5
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "split"])
+def test_gradient_is_a_new_array_every_call(features_model, images, fused):
+    """The objective promises the optimizers a new gradient array per call (``fresh_grad``, which spares them a
+    copy): two calls return arrays that share no memory with each other or with x, and the first is unchanged by
+    the second."""
+    content, style, x = images
+    objective = ours(features_model, content, style, STARRY, fused=fused)
+    assert objective.fresh_grad is True
+    _, g1, _ = objective(x)
+    kept = g1.copy()
+    _, g2, _ = objective(x + 0.01)
+    assert not np.shares_memory(g1, g2) and not np.shares_memory(g1, x)
+    np.testing.assert_array_equal(g1, kept)
+
+
 def test_tv_only_skips_the_network(images):
     _, _, x = images
 

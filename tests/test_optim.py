@@ -242,6 +242,32 @@ def test_objective_may_reuse_its_gradient_buffer(name):
     np.testing.assert_array_equal(a.history_columns()["loss"], b.history_columns()["loss"])
 
 
+@pytest.mark.parametrize("name", list(ALL_OPTIMIZERS))
+def test_fresh_grad_objective_runs_the_same_and_its_gradient_is_not_copied(name):
+    """An objective that promises a new gradient array on every call (``fresh_grad = True``, as make_objective's)
+    gives the same run as one without the promise; the evaluator hands on the objective's own array, and still
+    copies one that carries no promise."""
+    from nst_core.optim.core import _Evaluator
+    returned = []
+
+    def fresh(x):
+        out = rosenbrock(x)
+        returned.append(out[1])
+        return out
+
+    fresh.fresh_grad = True
+    x0 = rosenbrock_start(60).reshape(SHAPE)
+    a = run(name, rosenbrock, x0, 30)
+    b = run(name, fresh, x0, 30)
+    np.testing.assert_array_equal(a.history_columns()["loss"], b.history_columns()["loss"])
+    returned.clear()
+    _, grad = _Evaluator(fresh, x0, 1, None)(x0)
+    assert np.shares_memory(grad, returned[0])
+    own = rosenbrock(x0)[1]
+    _, copied = _Evaluator(lambda x: (1.0, own, {}), x0, 1, None)(x0)
+    assert not np.shares_memory(copied, own)
+
+
 # ------------------------------------------------------------------------------------------------ L-BFGS-B
 
 def test_lbfgsb_bounded_quadratic_reaches_known_minimum_inside_bounds():

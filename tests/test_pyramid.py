@@ -85,6 +85,31 @@ def test_combined_gradient_by_finite_differences():
         assert np.sum(grad * v) == pytest.approx(fd, rel=1e-7)
 
 
+def test_combined_keeps_the_fresh_gradient_promise():
+    """with_whole_term adds into the inner objective's gradient and returns it: it is a new array per call exactly
+    when the inner one's is (``fresh_grad``, which lets the optimizers skip their copy)."""
+    shape = (1, 3, 12, 10)
+    down = pyramid.Downsample(shape, (1, 3, 6, 5))
+
+    def coarse(y):
+        return float(np.sum(y ** 2)), 2 * y, {}
+
+    buf = np.zeros(shape)
+
+    def reusing(x):
+        buf[...] = x
+        return 0.0, buf, {}
+
+    def fresh(x):
+        return 0.0, x.copy(), {}
+
+    fresh.fresh_grad = True
+    x = np.random.default_rng(4).normal(size=shape)
+    assert pyramid.with_whole_term(fresh, coarse, down, 0.5).fresh_grad is True
+    combined = pyramid.with_whole_term(reusing, coarse, down, 0.5)
+    assert combined.fresh_grad is False and combined(x)[1] is buf
+
+
 def test_whole_weight_is_checked():
     assert resolve(make("stylize")).whole_weight == 1.0
     assert resolve(make("texture", whole_weight=0)).whole_weight == 0.0

@@ -228,7 +228,8 @@ OPTIMIZATIONS = {
 }
 
 
-def session(model: onnx.ModelProto, device: str = "auto", threads: int = 0, optimization: str = "all"):
+def session(model: onnx.ModelProto, device: str = "auto", threads: int = 0, optimization: str = "all",
+            options=None):
     """An ORT InferenceSession for `model`. Thread spinning is off: our forward and backward sessions alternate,
     and spinning made that ~1.8x slower on 2 cores (DESIGN.md). The CPU memory arena: ``memory.arena_mode()``;
     ORT's memory pattern: ``MEM_PATTERN``.
@@ -246,7 +247,7 @@ def session(model: onnx.ModelProto, device: str = "auto", threads: int = 0, opti
     if optimization not in OPTIMIZATIONS:
         raise ValueError(f"optimization must be one of {', '.join(OPTIMIZATIONS)}")
     level, disabled = OPTIMIZATIONS[optimization]
-    opts = ort.SessionOptions()
+    opts = options or ort.SessionOptions()  # options: e.g. the benchmarks' profiler settings, completed here
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     if disabled:

@@ -119,4 +119,5 @@ def make_objective(network, *, content_target: Optional[np.ndarray], content_lay
         loss = l_content + l_style + l_tv
         return loss, grad, {"content": l_content, "style": l_style, "tv": l_tv}
 
+    objective.fresh_grad = True  # grad is a new array on every call: the optimizers need not copy it (nst_core.optim)
     return objective

@@ -106,4 +106,5 @@ def with_whole_term(objective: Callable, coarse: Callable, down: Downsample, wei
         down.add_adjoint(grad, small_grad, weight)
         return loss + weight * small_loss, grad, dict(parts, whole=weight * small_loss)
 
+    combined.fresh_grad = getattr(objective, "fresh_grad", False)  # grad is objective's own (added into in place)
     return combined

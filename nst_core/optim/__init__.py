@@ -14,7 +14,9 @@ Objective
     e.g. [1, 3, H, W] normalised pixels), ``loss`` a float, ``grad`` dloss/dx with the shape (or at least the size)
     of ``x``, and ``parts`` a ``dict[str, float]`` of loss components (e.g. ``{"content": .., "style": .., "tv": ..}``;
     may be empty). A 2-tuple ``(loss, grad)`` is accepted as ``parts = {}``. The ``x`` handed to the objective (and
-    to the callback) is a READ-ONLY view of the optimizer's state: copy it to keep it.
+    to the callback) is a READ-ONLY view of the optimizer's state: copy it to keep it. The optimizers copy ``grad``
+    (an objective may reuse its buffer) unless the objective has the attribute ``fresh_grad = True``, a promise that
+    every call returns a new array.
 
 Budget
     ``budget`` counts OBJECTIVE EVALUATIONS, not iterations (one L-BFGS-B iteration may take several evaluations

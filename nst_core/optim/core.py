@@ -176,6 +176,7 @@ class _Evaluator:
         if callback is not None and not callable(callback):
             raise TypeError("callback must be callable or None")
         self.objective = objective
+        self.fresh_grad = getattr(objective, "fresh_grad", False) is True
         self.callback = callback
         self.shape = x0.shape
         self.size = x0.size
@@ -207,7 +208,9 @@ class _Evaluator:
         if not isinstance(out, tuple) or len(out) not in (2, 3):
             raise TypeError("objective must return (loss, grad, parts) or (loss, grad)")
         loss = float(out[0])
-        grad = np.array(out[1], dtype=np.float64, copy=True)   # the objective may reuse its output buffers
+        # The objective may reuse its output buffers, unless it says it does not (``objective.fresh_grad``, as
+        # nst_core.objective's objectives do): then its float64 gradient is taken as it is, not copied.
+        grad = (np.asarray if self.fresh_grad else np.array)(out[1], dtype=np.float64)
         if grad.size != self.size:
             raise ValueError(f"objective returned a gradient of shape {grad.shape} for x of shape {self.shape}")
         grad = grad.reshape(self.shape)
