@@ -1,0 +1,136 @@
+"""What a Dask worker runs: one job from its Spec and its images' bytes, to a PNG with its recipe.
+
+    reply = run_job(job_id, spec_json, inputs)      # in a task on a worker; inputs: [{"role", "path", "sha256",
+                                                    # "data"}, ...]; reply: see ``run_job``
+    client.run(mark_cancelled, [job_id])            # the engine, on every worker: stop that job cooperatively
+
+The worker process keeps ONNX Runtime sessions across jobs (``network.cache``: one per model, layers, device and
+pooling), so a job after the first pays no session start. One job at a time per process: a cached network holds
+the tensors of its last forward pass for the backward one, so two threads must not share it (run workers with
+``--nthreads 1``; with more threads the jobs of a process take turns).
+
+Progress goes to the scheduler as events of topic ``TOPIC`` (``{"id", "event": "started" | "progress", ...}``), at
+most every ``PROGRESS_EVERY`` seconds; the engine's process writes them to the store. Cancellation is a flag set
+on every worker (``mark_cancelled``) that the optimizer's callback reads after each evaluation: it raises
+KeyboardInterrupt there, the optimizer returns its best point, and that picture is the cancelled job's result.
+"""
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import socket
+import threading
+import time
+
+import distributed
+
+from .. import api
+from ..errors import NSTError
+from ..inputs.images import one_line, open_image
+from ..outputs import recipe
+from ..outputs.files import png_bytes
+from ..schedule import plan, scale_table
+from ..spec.spec import from_json
+
+__all__ = ["run_job", "mark_cancelled", "TOPIC", "PROGRESS_EVERY"]
+
+TOPIC = "nst-jobs"
+#: Seconds between two progress events of a running job.
+PROGRESS_EVERY = 0.5
+_CANCELLED: set = set()
+_ONE_AT_A_TIME = threading.Lock()
+
+
+def mark_cancelled(job_ids) -> None:
+    """Flag jobs as cancelled in this worker process (called by the engine through ``Client.run``)."""
+    _CANCELLED.update(job_ids)
+
+
+def _where() -> str:
+    try:
+        return distributed.get_worker().address
+    except ValueError:  # not in a worker (a test calling run_job directly)
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _log(message: dict) -> None:
+    try:
+        distributed.get_worker().log_event(TOPIC, message)
+    except ValueError:
+        pass
+
+
+class _Watch:
+    """The optimizer's callback of one job: progress events, and the cancel flag after every evaluation."""
+
+    def __init__(self, job_id: str, budget: int, scales: int):
+        self.job_id, self.budget, self.scales = job_id, budget, scales
+        self.best, self.evaluations, self.scale, self.last = math.inf, 0, 1, 0.0
+
+    def __call__(self, record, _x) -> None:
+        self.evaluations, self.scale = record.evaluation, getattr(record, "scale", 1)
+        if math.isfinite(record.loss) and record.loss < self.best:
+            self.best = record.loss
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY:
+            self.last = now
+            _log({"id": self.job_id, "event": "progress", "evaluations": self.evaluations, "budget": self.budget,
+                  "scale": self.scale, "scales": self.scales, "loss": self.best if math.isfinite(self.best) else None})
+        if self.job_id in _CANCELLED:
+            raise KeyboardInterrupt  # the optimizer keeps its best point and returns (status "interrupted")
+
+
+def _decode(inputs: list):
+    content = next((open_image(i["path"], i["data"]) for i in inputs if i["role"] == "content"), None)
+    styles = [open_image(i["path"], i["data"]) for i in inputs if i["role"] == "style"]
+    return content, styles
+
+
+def _picture(job, image, content, styles, inputs) -> bytes:
+    provenance = [{"role": i["role"], "path": i["path"], "sha256": i["sha256"]} for i in inputs]
+    sizes = (content.size if content is not None else None), [s.size for s in styles]
+    text = recipe.recipe(job, recipe.weights_sha256(job), scales=scale_table(job, *sizes), inputs=provenance)
+    return png_bytes(image, text)
+
+
+def _outcome(job_id: str, result, cancelled: bool) -> tuple[str, str | None]:
+    """(status, error) of a finished optimisation."""
+    if result.status == "interrupted" and cancelled:
+        return "cancelled", "cancelled"
+    if result.status == "nonfinite":
+        return "failed", f"the loss diverged (NaN or infinite) after {result.n_evals} evaluations; try smaller weights"
+    if result.status == "interrupted":  # a KeyboardInterrupt nobody asked for (the worker is stopping)
+        return "failed", "interrupted on the worker"
+    return "succeeded", None
+
+
+def run_job(job_id: str, spec_json: str, inputs: list) -> dict:
+    """Run one job on this worker. Returns ``{"id", "status": succeeded | failed | cancelled, "png": bytes or None,
+    "loss", "evaluations", "seconds", "worker", "run", "error"}``; bad input is a failed job with its one-line
+    message (never an exception, so it is not retried); a worker that dies mid-job is the scheduler's to retry."""
+    run = secrets.token_hex(8)
+    reply = {"id": job_id, "status": "failed", "png": None, "loss": None, "evaluations": 0, "seconds": 0.0,
+             "worker": _where(), "run": run, "error": None}
+    _log({"id": job_id, "event": "started", "worker": reply["worker"], "run": run, "time": time.time()})
+    with _ONE_AT_A_TIME:
+        if job_id in _CANCELLED:
+            return dict(reply, status="cancelled", error="cancelled before it started")
+        start = time.perf_counter()
+        try:
+            job = from_json(spec_json, where="job")
+            content, styles = _decode(inputs)
+            watch = _Watch(job_id, sum(b for _, b in plan(job)), len(plan(job)))
+            image, result = api.run(job, content, styles, callback=watch)
+            status, error = _outcome(job_id, result, job_id in _CANCELLED)
+            png = _picture(job, image, content, styles, inputs) if result.best_evaluation is not None else None
+            reply.update(status=status, error=error, png=png, evaluations=result.n_evals,
+                         loss=result.loss if math.isfinite(result.loss) else None)
+        except NSTError as exc:
+            reply["error"] = one_line(exc)
+        except MemoryError:
+            reply["error"] = "out of memory on the worker; use a smaller size"
+        except Exception as exc:  # a defect: reported once with its type, not retried
+            reply["error"] = f"{type(exc).__name__}: {one_line(exc)}"
+        reply["seconds"] = time.perf_counter() - start
+        return reply
