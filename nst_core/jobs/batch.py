@@ -209,9 +209,11 @@ def _stop(engine, batch: str, outdir: str, report: _Report, rows_by_key: dict) -
         engine.cancel(rec.id)
     deadline = time.monotonic() + CANCEL_WAIT
     rows_by_id = {rec.id: rows_by_key[rec.key] for rec in active if rec.key in rows_by_key}
-    while engine.running() and time.monotonic() < deadline:
+    waiting = set(rows_by_id)
+    while waiting and time.monotonic() < deadline:
         job_id = engine.next_finished(timeout=0.5)
-        if job_id in rows_by_id:
+        if job_id in waiting:
+            waiting.discard(job_id)
             _on_finished(engine, job_id, rows_by_id, outdir, report)
 
 

@@ -113,6 +113,7 @@ class Engine:
         self.client, self.cluster = _client(scheduler, workers)
         self._futures: dict = {}  # job id -> its task's future
         self._runs: dict = {}  # job id -> run tokens seen started (attempts of this engine)
+        self._cancel_at: dict = {}  # job id -> its evaluations when the cancel reached its worker
         self._events: queue.Queue = queue.Queue()
         self._finished: queue.Queue = queue.Queue()
         self._info, self._info_at = {}, 0.0
@@ -188,9 +189,13 @@ class Engine:
         if rec is None or rec.final:
             return False
         self.store.update(job_id, cancel=True)
-        self.client.run(_worker.mark_cancelled, [job_id], on_error="ignore")
+        seen = self.client.run(_worker.mark_cancelled, [job_id], on_error="ignore") or {}
+        at = [n.get(job_id) for n in seen.values() if isinstance(n, dict) and n.get(job_id) is not None]
+        if at:
+            self._cancel_at[job_id] = max(at)
         future = self._futures.get(job_id)
         if future is not None and not self._runs.get(job_id) and rec.status == "queued":
+            self._futures.pop(job_id, None)  # before its done callback can run
             future.cancel()
             self._finish(job_id, "cancelled", error="cancelled before it started")
         return True
@@ -281,7 +286,11 @@ class Engine:
             return
         reply = future.result()
         attempts = rec.attempts + (0 if reply["run"] in self._runs.get(job_id, ()) else 1)
-        self._finish(job_id, reply["status"], png=reply["png"], error=reply["error"], loss=reply["loss"],
+        error = reply["error"]
+        if reply["status"] == "cancelled" and job_id in self._cancel_at:
+            error = (f"cancelled at evaluation {reply['evaluations']} (asked at evaluation "
+                     f"{self._cancel_at.pop(job_id)})")
+        self._finish(job_id, reply["status"], png=reply["png"], error=error, loss=reply["loss"],
                      seconds=reply["seconds"], worker=reply["worker"], attempts=attempts,
                      evaluations=reply["evaluations"], partial=reply["status"] == "cancelled")
 

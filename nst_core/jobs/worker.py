@@ -39,12 +39,15 @@ TOPIC = "nst-jobs"
 #: Seconds between two progress events of a running job.
 PROGRESS_EVERY = 0.5
 _CANCELLED: set = set()
+_RUNNING: dict = {}  # job id -> its _Watch, while it runs here
 _ONE_AT_A_TIME = threading.Lock()
 
 
-def mark_cancelled(job_ids) -> None:
-    """Flag jobs as cancelled in this worker process (called by the engine through ``Client.run``)."""
+def mark_cancelled(job_ids) -> dict:
+    """Flag jobs as cancelled in this worker process (called by the engine through ``Client.run``); returns
+    ``{job id: evaluations done}`` of those running here now."""
     _CANCELLED.update(job_ids)
+    return {j: _RUNNING[j].evaluations for j in job_ids if j in _RUNNING}
 
 
 def _where() -> str:
@@ -121,7 +124,11 @@ def run_job(job_id: str, spec_json: str, inputs: list) -> dict:
             job = from_json(spec_json, where="job")
             content, styles = _decode(inputs)
             watch = _Watch(job_id, sum(b for _, b in plan(job)), len(plan(job)))
-            image, result = api.run(job, content, styles, callback=watch)
+            _RUNNING[job_id] = watch
+            try:
+                image, result = api.run(job, content, styles, callback=watch)
+            finally:
+                _RUNNING.pop(job_id, None)
             status, error = _outcome(job_id, result, job_id in _CANCELLED)
             png = _picture(job, image, content, styles, inputs) if result.best_evaluation is not None else None
             reply.update(status=status, error=error, png=png, evaluations=result.n_evals,
