@@ -205,8 +205,7 @@ def _drive(engine, todo: list, batch: str, outdir: str, report: _Report, window:
 def _stop(engine, batch: str, outdir: str, report: _Report, rows_by_key: dict) -> None:
     """After a stop signal: cancel this engine's jobs and write the pictures the running ones hand back."""
     active = [engine.status(job_id) for job_id in engine.active()]
-    for rec in active:
-        engine.cancel(rec.id)
+    engine.cancel_many([rec.id for rec in active])
     deadline = time.monotonic() + CANCEL_WAIT
     rows_by_id = {rec.id: rows_by_key[rec.key] for rec in active if rec.key in rows_by_key}
     waiting = set(rows_by_id)

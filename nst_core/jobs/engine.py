@@ -41,6 +41,7 @@ from ..inputs.images import one_line, resized_shape
 from ..process import memory
 from ..schedule import histories, plan
 from ..spec.spec import Spec, from_json, resolve, to_json
+from . import embedded
 from . import worker as _worker
 from .store import FINAL, JobRecord, Store
 
@@ -99,7 +100,7 @@ def _client(scheduler: str | None, workers: int | None) -> tuple:
         cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                            dashboard_address=None, memory_limit=f"{limit_mb}MiB",
                                            resources={"MEMORY": limit_mb}, silence_logs=logging.ERROR,
-                                           host="127.0.0.1")
+                                           host="127.0.0.1", preload=[embedded.__name__])
     return distributed.Client(cluster, set_as_default=False), cluster
 
 
@@ -185,20 +186,28 @@ class Engine:
     def cancel(self, job_id: str) -> bool:
         """Ask a job to stop; False when it is unknown or already final. A job that has not started is cancelled
         at once; a running one stops after its current evaluation, keeping its best picture."""
-        rec = self.store.get(job_id)
-        if rec is None or rec.final:
-            return False
-        self.store.update(job_id, cancel=True)
-        seen = self.client.run(_worker.mark_cancelled, [job_id], on_error="ignore") or {}
-        at = [n.get(job_id) for n in seen.values() if isinstance(n, dict) and n.get(job_id) is not None]
-        if at:
-            self._cancel_at[job_id] = max(at)
-        future = self._futures.get(job_id)
-        if future is not None and not self._runs.get(job_id) and rec.status == "queued":
-            self._futures.pop(job_id, None)  # before its done callback can run
-            future.cancel()
-            self._finish(job_id, "cancelled", error="cancelled before it started")
-        return True
+        return bool(self.cancel_many([job_id]))
+
+    def cancel_many(self, job_ids) -> list:
+        """``cancel`` for several jobs with one message to the workers (no queued one of them can start in
+        between); returns the ids that were not final."""
+        records = [r for r in (self.store.get(j) for j in job_ids) if r is not None and not r.final]
+        if not records:
+            return []
+        ids = [r.id for r in records]
+        for job_id in ids:
+            self.store.update(job_id, cancel=True)
+        seen = self.client.run(_worker.mark_cancelled, ids, on_error="ignore") or {}
+        for answer in seen.values():
+            for job_id, evaluations in (answer.items() if isinstance(answer, dict) else ()):
+                self._cancel_at[job_id] = max(evaluations, self._cancel_at.get(job_id, 0))
+        for rec in records:
+            future = self._futures.get(rec.id)
+            if future is not None and not self._runs.get(rec.id) and rec.status == "queued":
+                self._futures.pop(rec.id, None)  # before its done callback can run
+                future.cancel()
+                self._finish(rec.id, "cancelled", error="cancelled before it started")
+        return ids
 
     def workers(self) -> list:
         """``[{"address", "nthreads", "memory_limit_mb", "resources"}, ...]`` of the cluster's workers now."""
