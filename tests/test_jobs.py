@@ -342,3 +342,42 @@ def test_engine_cancel_admission_and_bad_input(tmp_path, pictures, cluster):
         assert {j["address"] for j in engine.workers()} == set(servers.worker_pids(cluster["address"]))
     finally:
         engine.close()
+
+
+def test_style_targets_are_kept_per_network_and_image(features_model, pictures):
+    """A worker's second job with the same style at the same size reuses the Gram targets (no forward pass), a
+    different image or weight computes new ones, and an entry goes with its network."""
+    import gc
+    import importlib
+
+    import numpy as np
+
+    from nst_core.inputs.images import open_image, preprocess
+    from nst_core.network import cache
+
+    tg = importlib.import_module("nst_core.objective.targets")  # the package's "targets" is the function
+
+    class Counting:  # the real network, its forward passes counted
+        def __init__(self, net):
+            self.net, self.calls = net, 0
+
+        def features(self, x):
+            self.calls += 1
+            return self.net.features(x)
+
+    net = Counting(cache.network(features_model, (1, 4), "cpu"))
+    a = preprocess(open_image(pictures["starry_night"]), 64)
+    b = preprocess(open_image(pictures["the_scream"]), 64)
+    first = tg.blended_grams(net, [a], [1.0], [1, 4])
+    again = tg.blended_grams(net, [a.copy()], [1.0], [1, 4])
+    assert net.calls == 1 and all(np.array_equal(first[k], again[k]) for k in (1, 4))
+    _, direct = tg.targets(net.net, None, a, 0, [1, 4])
+    assert all(np.array_equal(direct[k], first[k]) for k in (1, 4))
+    other = tg.blended_grams(net, [b], [1.0], [1, 4])
+    assert net.calls == 2 and not np.array_equal(other[1], first[1])
+    tg.blended_grams(net, [a, b], [1.0, 2.0], [1, 4])
+    assert net.calls == 4
+    entries = len(tg._GRAMS)
+    del net
+    gc.collect()
+    assert len(tg._GRAMS) <= entries - 3

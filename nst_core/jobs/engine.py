@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+import os
 import queue
 import threading
 import time
@@ -38,7 +39,7 @@ from PIL import Image
 
 from ..errors import NSTError
 from ..inputs.images import one_line, resized_shape
-from ..process import memory
+from ..process import memory, threads
 from ..schedule import histories, plan
 from ..spec.spec import Spec, from_json, resolve, to_json
 from . import embedded
@@ -86,7 +87,8 @@ def memory_estimate_mb(job: Spec, inputs) -> float | None:
 
 def _client(scheduler: str | None, workers: int | None) -> tuple:
     """(Client, LocalCluster or None): the scheduler at ``scheduler``, or an embedded cluster of ``workers``
-    processes of one thread each, each declaring its memory limit as the resource MEMORY (MB)."""
+    processes of one thread each, each declaring its memory limit as the resource MEMORY (MB) and running ONNX
+    Runtime on its share of the cores (``NST_ORT_THREADS``, unless it is set already)."""
     if scheduler:
         try:
             return distributed.Client(scheduler, timeout="10s", set_as_default=False), None
@@ -95,12 +97,15 @@ def _client(scheduler: str | None, workers: int | None) -> tuple:
     n = max(1, int(workers or 1))
     total = memory.available_mb() or 4096.0
     limit_mb = int(total / n)
+    cores = os.cpu_count() or 1
+    env = {threads.ORT_THREADS_VAR: str(max(1, cores // n))} if threads.ort_threads() == 0 else {}
     with dask.config.set({"distributed.scheduler.allowed-failures": MAX_ATTEMPTS - 1,
                           "distributed.worker.daemon": False}):
         cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                            dashboard_address=None, memory_limit=f"{limit_mb}MiB",
                                            resources={"MEMORY": limit_mb}, silence_logs=logging.ERROR,
-                                           host="127.0.0.1", preload=[embedded.__name__])
+                                           host="127.0.0.1", preload=[embedded.__name__],
+                                           env=env)
     return distributed.Client(cluster, set_as_default=False), cluster
 
 
