@@ -119,7 +119,6 @@ class Engine:
         self.client, self.cluster = _client(scheduler, workers)
         self._futures: dict = {}  # job id -> its task's future
         self._runs: dict = {}  # job id -> run tokens seen started (attempts of this engine)
-        self._cancel_at: dict = {}  # job id -> its evaluations when the cancel reached its worker
         self._events: queue.Queue = queue.Queue()
         self._finished: queue.Queue = queue.Queue()
         self._info, self._info_at = {}, 0.0
@@ -202,10 +201,7 @@ class Engine:
         ids = [r.id for r in records]
         for job_id in ids:
             self.store.update(job_id, cancel=True)
-        seen = self.client.run(_worker.mark_cancelled, ids, on_error="ignore") or {}
-        for answer in seen.values():
-            for job_id, evaluations in (answer.items() if isinstance(answer, dict) else ()):
-                self._cancel_at[job_id] = max(evaluations, self._cancel_at.get(job_id, 0))
+        self.client.run(_worker.mark_cancelled, ids, on_error="ignore")
         for rec in records:
             future = self._futures.get(rec.id)
             if future is not None and not self._runs.get(rec.id) and rec.status == "queued":
@@ -300,11 +296,7 @@ class Engine:
             return
         reply = future.result()
         attempts = rec.attempts + (0 if reply["run"] in self._runs.get(job_id, ()) else 1)
-        error = reply["error"]
-        if reply["status"] == "cancelled" and job_id in self._cancel_at:
-            error = (f"cancelled at evaluation {reply['evaluations']} (asked at evaluation "
-                     f"{self._cancel_at.pop(job_id)})")
-        self._finish(job_id, reply["status"], png=reply["png"], error=error, loss=reply["loss"],
+        self._finish(job_id, reply["status"], png=reply["png"], error=reply["error"], loss=reply["loss"],
                      seconds=reply["seconds"], worker=reply["worker"], attempts=attempts,
                      evaluations=reply["evaluations"], partial=reply["status"] == "cancelled")
 

@@ -156,7 +156,10 @@ class Store:
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
         self._lock = threading.Lock() if kind == "sqlite" else None
-        _META.create_all(self.engine)
+        try:
+            _META.create_all(self.engine)
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            _META.create_all(self.engine)  # another process created them between the check and the CREATE
 
     def close(self) -> None:
         self.engine.dispose()

@@ -46,8 +46,13 @@ _ONE_AT_A_TIME = threading.Lock()
 def mark_cancelled(job_ids) -> dict:
     """Flag jobs as cancelled in this worker process (called by the engine through ``Client.run``); returns
     ``{job id: evaluations done}`` of those running here now."""
+    found = {}
+    for job_id in job_ids:
+        watch = _RUNNING.get(job_id)
+        if watch is not None:  # noted before the flag is set, so the job never stops without it
+            watch.asked_at = found[job_id] = watch.evaluations
     _CANCELLED.update(job_ids)
-    return {j: _RUNNING[j].evaluations for j in job_ids if j in _RUNNING}
+    return found
 
 
 def _where() -> str:
@@ -70,6 +75,7 @@ class _Watch:
     def __init__(self, job_id: str, budget: int, scales: int):
         self.job_id, self.budget, self.scales = job_id, budget, scales
         self.best, self.evaluations, self.scale, self.last = math.inf, 0, 1, 0.0
+        self.asked_at = None  # the evaluations done when the cancel reached this worker
 
     def __call__(self, record, _x) -> None:
         self.evaluations, self.scale = record.evaluation, getattr(record, "scale", 1)
@@ -97,10 +103,11 @@ def _picture(job, image, content, styles, inputs) -> bytes:
     return png_bytes(image, text)
 
 
-def _outcome(job_id: str, result, cancelled: bool) -> tuple[str, str | None]:
+def _outcome(result, cancelled: bool, asked_at) -> tuple[str, str | None]:
     """(status, error) of a finished optimisation."""
     if result.status == "interrupted" and cancelled:
-        return "cancelled", "cancelled"
+        return "cancelled", f"cancelled at evaluation {result.n_evals}" + (
+            f" (asked at evaluation {asked_at})" if asked_at is not None else "")
     if result.status == "nonfinite":
         return "failed", f"the loss diverged (NaN or infinite) after {result.n_evals} evaluations; try smaller weights"
     if result.status == "interrupted":  # a KeyboardInterrupt nobody asked for (the worker is stopping)
@@ -129,7 +136,7 @@ def run_job(job_id: str, spec_json: str, inputs: list) -> dict:
                 image, result = api.run(job, content, styles, callback=watch)
             finally:
                 _RUNNING.pop(job_id, None)
-            status, error = _outcome(job_id, result, job_id in _CANCELLED)
+            status, error = _outcome(result, job_id in _CANCELLED, watch.asked_at)
             png = _picture(job, image, content, styles, inputs) if result.best_evaluation is not None else None
             reply.update(status=status, error=error, png=png, evaluations=result.n_evals,
                          loss=result.loss if math.isfinite(result.loss) else None)
