@@ -425,14 +425,17 @@ def _add_batch_command(sub) -> None:
                        epilog="Exit status: 0 all jobs succeeded, 1 some failed (see OUTDIR/summary.json), 2 bad "
                               "invocation, 130 / 143 stopped (running jobs' best pictures saved).")
     p.add_argument("manifest", metavar="MANIFEST", help="JSON Lines file; relative paths are relative to it")
-    p.add_argument("-o", "--output", metavar="OUTDIR", required=True, help="directory of the outputs")
+    p.add_argument("-o", "--output", metavar="OUTDIR", required=True,
+                   help="directory of the outputs, the summary and the default store (default: none, required)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", metavar="ADDR", help="a Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    where.add_argument("--scheduler", metavar="ADDR",
+                       help="a Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: an embedded cluster)")
     where.add_argument("--workers", type=_int, metavar="N", default=None,
                        help="worker processes of the embedded cluster (default: one per core)")
     p.add_argument("--store", metavar="URL", help="job store: a SQLite path or postgresql://... "
                                                    "(default: OUTDIR/nst-jobs.sqlite)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress output (default: a bar on a terminal, else one line per job)")
     p.set_defaults(func=_cmd_batch)
 
 
@@ -689,7 +692,8 @@ def _cmd_batch(args) -> int:
     try:
         from nst_core.jobs.batch import run_batch
     except ImportError as exc:
-        raise NSTError(f"nst batch needs the jobs extra ({exc.name} is missing): pip install 'nst-onnx[jobs]'") from None
+        raise NSTError(f"nst batch needs the jobs extra ({exc.name} is missing): "
+                       "pip install 'nst-onnx[jobs]'") from None
     if args.workers is not None and args.workers < 1:
         raise NSTError(f"--workers must be >= 1, got {args.workers}")
     return run_batch(args.manifest, args.output, scheduler=args.scheduler, workers=args.workers or os.cpu_count(),

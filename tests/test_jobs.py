@@ -411,3 +411,29 @@ def test_engine_resume_runs_a_dead_engines_jobs_from_the_store(tmp_path, picture
         assert started  # the case at stake happened
     finally:
         second.close()
+
+
+def test_bad_invocations_are_one_line_exit_2(tmp_path, pictures, capsys):
+    """Each before any cluster starts (the command's main, in this process)."""
+    import fcntl
+
+    import cli
+
+    t, s = pictures["tubingen"], pictures["starry_night"]
+    good = write_manifest(tmp_path / "m.jsonl", [{"content": t, "style": s, "output": "a.png", "size": 64}])
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    cases = [([tmp_path / "none.jsonl", "-o", tmp_path / "o1"], "none.jsonl: no such manifest file"),
+             ([tmp_path / "empty.jsonl", "-o", tmp_path / "o2"], "no jobs"),
+             ([good, "-o", tmp_path / "file"], "file: not a directory"),
+             ([good, "-o", tmp_path / "o3", "--workers", "0"], "--workers must be >= 1"),
+             ([good, "-o", tmp_path / "o4", "--store", "nosuchdb://x/y"], "cannot open the job store"),
+             ([good, "-o", locked], "another nst batch is running on this directory")]
+    with open(locked / ".nst-batch.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        for args, message in cases:
+            code = cli.main(["batch", *map(str, args)])
+            err = capsys.readouterr().err
+            assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
