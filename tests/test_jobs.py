@@ -4,6 +4,7 @@ driver SIGKILLed and rerun, SIGTERM to the driver, a cancel through the engine. 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -326,8 +327,12 @@ def test_engine_cancel_admission_and_bad_input(tmp_path, pictures, cluster):
             png = tmp_path / f"{j}.png"
             png.write_bytes(engine.result(j))
             check_picture(png, 64, [t, s])
+            with Image.open(io.BytesIO(engine.preview(j))) as im:  # the best image so far, while it ran
+                assert im.format == "JPEG" and im.size == (85, 64)
         assert engine.status(queued).attempts == 0 and engine.result(queued) is None
+        assert engine.preview(queued) is None
         assert not engine.cancel(queued)
+        assert engine.delete(queued) and engine.status(queued) is None and not engine.delete(queued)
 
         huge = engine.submit(make("stylize", content=t, styles=(s,), size=4000, iterations=5), [content, style])
         rec = engine.status(huge)

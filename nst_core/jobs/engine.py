@@ -4,11 +4,12 @@
     engine = Engine(store, scheduler="tcp://10.0.0.5:8786")         # a cluster: workers need nst and the model
     job_id = engine.submit(spec, [Input("content", path, data), Input("style", path, data)])
     engine.status(job_id).status / .progress / .error;  engine.cancel(job_id);  engine.result(job_id) -> PNG bytes
+    engine.preview(job_id) -> JPEG bytes of the best image so far;  engine.delete(job_id)
     engine.jobs(status="running");  engine.workers();  engine.next_finished(timeout=1.0) -> a job id or None
     engine.close()
 
-The API an HTTP layer sits on: submit, status, cancel, result, jobs, workers, and ``resume`` (a restarted
-process submits the store's unfinished jobs again, from their kept input bytes). One engine process writes the
+The API an HTTP layer sits on: submit, status, cancel, result, preview, delete, jobs, workers, and ``resume``
+(a restarted process submits the store's unfinished jobs again, from their kept input bytes). One engine process writes the
 store: its pump thread turns the workers' events (started, progress) and the tasks' ends into rows.
 
 Faults
@@ -183,6 +184,15 @@ class Engine:
         """The result PNG (with its recipe): a succeeded job's picture, a cancelled one's best so far, or None."""
         return self.store.result(job_id)
 
+    def preview(self, job_id: str) -> bytes | None:
+        """A JPEG of the best image so far (at most 256 px on its longer side, every 2 s while running), or None."""
+        return self.store.preview(job_id)
+
+    def delete(self, job_id: str) -> bool:
+        """Cancel the job if it is not final, then forget it; False when it is unknown."""
+        self.cancel(job_id)
+        return self.store.delete(job_id)
+
     def jobs(self, **filters) -> list:
         """``Store.jobs``: newest first, by status / owner / batch, with limit and offset."""
         return self.store.jobs(**filters)
@@ -274,8 +284,9 @@ class Engine:
             if rec.cancel:  # a retry on a worker that never heard of the cancel
                 self.client.run(_worker.mark_cancelled, [job_id], on_error="ignore")
         elif msg.get("event") == "progress":
+            preview = {"preview": msg["preview"]} if isinstance(msg.get("preview"), bytes) else {}
             self.store.update(job_id, evaluations=int(msg["evaluations"]), scale=int(msg["scale"]),
-                              loss=msg.get("loss"))
+                              loss=msg.get("loss"), **preview)
 
     def _on_done(self, job_id: str, future) -> None:
         if self._futures.get(job_id) is not future:

@@ -5,7 +5,7 @@
     job_id = store.add(spec_json, inputs, key=..., batch=..., line=3, output="a.png", budget=200, scales=1)
     store.update(job_id, status="running", attempts=1, started=time.time())
     record = store.get(job_id); record.status, record.progress
-    png = store.result(job_id)
+    png = store.result(job_id); jpeg = store.preview(job_id); store.delete(job_id)
 
 Statuses: queued, running, succeeded, failed, cancelled (the last three are final). Times are UNIX seconds
 (float, UTC). ``inputs``: ``[{"role": "content" | "style", "path": str, "sha256": hex}, ...]``; their bytes may
@@ -64,6 +64,7 @@ JOBS = sa.Table(
     sa.Column("seconds", sa.Float, nullable=True),
     sa.Column("result_sha256", sa.String(64), nullable=True),
     sa.Column("result", sa.LargeBinary, nullable=True),
+    sa.Column("preview", sa.LargeBinary, nullable=True),
     sa.Index("nst_jobs_batch_key", "batch", "key"),
     sa.Index("nst_jobs_owner_status", "owner", "status"),
 )
@@ -72,12 +73,13 @@ BLOBS = sa.Table(
     sa.Column("sha256", sa.String(64), primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
-_FIELDS = tuple(c.name for c in JOBS.columns if c.name != "result")
+_FIELDS = tuple(c.name for c in JOBS.columns if c.name not in ("result", "preview"))
 
 
 @dataclasses.dataclass(frozen=True)
 class JobRecord:
-    """One job's row without its result bytes (``Store.result``); ``inputs`` decoded from JSON."""
+    """One job's row without its result and preview bytes (``Store.result``, ``Store.preview``); ``inputs`` decoded
+    from JSON."""
 
     id: str
     key: str | None
@@ -237,6 +239,15 @@ class Store:
         """The job's result PNG (a cancelled job's: the best image so far), or None."""
         with self.engine.connect() as conn:
             return conn.execute(sa.select(JOBS.c.result).where(JOBS.c.id == job_id)).scalar()
+
+    def preview(self, job_id: str) -> bytes | None:
+        """A JPEG of the job's best image so far (at most 256 px), while it runs and after; or None."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(JOBS.c.preview).where(JOBS.c.id == job_id)).scalar()
+
+    def delete(self, job_id: str) -> bool:
+        """Forget a job (its inputs' blobs stay: other jobs may share them); False when there was none."""
+        return self._write(JOBS.delete().where(JOBS.c.id == job_id)).rowcount > 0
 
     def put_blob(self, digest: str, data: bytes) -> None:
         """Keep an input's bytes under their SHA-256 (once)."""

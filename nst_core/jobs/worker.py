@@ -10,12 +10,14 @@ the tensors of its last forward pass for the backward one, so two threads must n
 ``--nthreads 1``; with more threads the jobs of a process take turns).
 
 Progress goes to the scheduler as events of topic ``TOPIC`` (``{"id", "event": "started" | "progress", ...}``), at
-most every ``PROGRESS_EVERY`` seconds; the engine's process writes them to the store. Cancellation is a flag set
+most every ``PROGRESS_EVERY`` seconds, with a JPEG preview of the best image so far at most every
+``PREVIEW_EVERY``; the engine's process writes them to the store. Cancellation is a flag set
 on every worker (``mark_cancelled``) that the optimizer's callback reads after each evaluation: it raises
 KeyboardInterrupt there, the optimizer returns its best point, and that picture is the cancelled job's result.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import secrets
@@ -24,20 +26,25 @@ import threading
 import time
 
 import distributed
+import numpy as np
+from PIL import Image
 
 from .. import api
 from ..errors import NSTError
-from ..inputs.images import one_line, open_image
+from ..inputs.images import deprocess, one_line, open_image
 from ..outputs import recipe
 from ..outputs.files import png_bytes
 from ..schedule import plan, scale_table
 from ..spec.spec import from_json
 
-__all__ = ["run_job", "mark_cancelled", "TOPIC", "PROGRESS_EVERY"]
+__all__ = ["run_job", "mark_cancelled", "preview_jpeg", "TOPIC", "PROGRESS_EVERY", "PREVIEW_EVERY", "PREVIEW_SIDE"]
 
 TOPIC = "nst-jobs"
 #: Seconds between two progress events of a running job.
 PROGRESS_EVERY = 0.5
+#: Seconds between two previews (a JPEG of the best image so far, PREVIEW_SIDE px at most) in progress events.
+PREVIEW_EVERY = 2.0
+PREVIEW_SIDE = 256
 _CANCELLED: set = set()
 _RUNNING: dict = {}  # job id -> its _Watch, while it runs here
 _ONE_AT_A_TIME = threading.Lock()
@@ -69,23 +76,40 @@ def _log(message: dict) -> None:
         pass
 
 
+def preview_jpeg(x: np.ndarray, longest: int = PREVIEW_SIDE) -> bytes:
+    """A normalised image x [1, 3, h, w] as JPEG bytes, at most ``longest`` px on its longer side."""
+    image = Image.fromarray(deprocess(x))
+    image.thumbnail((longest, longest), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
 class _Watch:
-    """The optimizer's callback of one job: progress events, and the cancel flag after every evaluation."""
+    """The optimizer's callback of one job: progress events (with a preview of the best image so far every
+    ``PREVIEW_EVERY`` s), and the cancel flag after every evaluation."""
 
     def __init__(self, job_id: str, budget: int, scales: int):
         self.job_id, self.budget, self.scales = job_id, budget, scales
-        self.best, self.evaluations, self.scale, self.last = math.inf, 0, 1, 0.0
+        self.best, self.evaluations, self.scale, self.last, self.last_preview = math.inf, 0, 1, 0.0, 0.0
+        self.best_x = None  # a copy of the best point, made only when a preview is due
         self.asked_at = None  # the evaluations done when the cancel reached this worker
 
-    def __call__(self, record, _x) -> None:
+    def __call__(self, record, x) -> None:
         self.evaluations, self.scale = record.evaluation, getattr(record, "scale", 1)
+        now = time.monotonic()
         if math.isfinite(record.loss) and record.loss < self.best:
             self.best = record.loss
-        now = time.monotonic()
+            if now - self.last_preview >= PREVIEW_EVERY:
+                self.best_x = np.array(x, dtype=np.float32)
         if now - self.last >= PROGRESS_EVERY:
             self.last = now
-            _log({"id": self.job_id, "event": "progress", "evaluations": self.evaluations, "budget": self.budget,
-                  "scale": self.scale, "scales": self.scales, "loss": self.best if math.isfinite(self.best) else None})
+            message = {"id": self.job_id, "event": "progress", "evaluations": self.evaluations,
+                       "budget": self.budget, "scale": self.scale, "scales": self.scales,
+                       "loss": self.best if math.isfinite(self.best) else None}
+            if self.best_x is not None:
+                message["preview"], self.best_x, self.last_preview = preview_jpeg(self.best_x), None, now
+            _log(message)
         if self.job_id in _CANCELLED:
             raise KeyboardInterrupt  # the optimizer keeps its best point and returns (status "interrupted")
 
