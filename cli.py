@@ -431,7 +431,7 @@ def _add_batch_command(sub) -> None:
     where.add_argument("--scheduler", metavar="ADDR",
                        help="a Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: an embedded cluster)")
     where.add_argument("--workers", type=_int, metavar="N", default=None,
-                       help="worker processes of the embedded cluster (default: one per core)")
+                       help="worker processes of the embedded cluster (default: one per two cores)")
     p.add_argument("--store", metavar="URL", help="job store: a SQLite path or postgresql://... "
                                                    "(default: OUTDIR/nst-jobs.sqlite)")
     p.add_argument("-q", "--quiet", action="store_true",
@@ -696,8 +696,8 @@ def _cmd_batch(args) -> int:
                        "pip install 'nst-onnx[jobs]'") from None
     if args.workers is not None and args.workers < 1:
         raise NSTError(f"--workers must be >= 1, got {args.workers}")
-    return run_batch(args.manifest, args.output, scheduler=args.scheduler, workers=args.workers or os.cpu_count(),
-                     store=args.store, quiet=args.quiet)
+    return run_batch(args.manifest, args.output, scheduler=args.scheduler, workers=args.workers, store=args.store,
+                     quiet=args.quiet)
 
 
 def _cmd_info(args) -> int:

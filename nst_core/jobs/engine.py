@@ -47,7 +47,7 @@ from . import embedded
 from . import worker as _worker
 from .store import FINAL, JobRecord, Store
 
-__all__ = ["Engine", "Input", "MAX_ATTEMPTS", "memory_estimate_mb"]
+__all__ = ["Engine", "Input", "MAX_ATTEMPTS", "memory_estimate_mb", "default_workers"]
 
 #: Runs of a job whose workers die, on the embedded cluster, before it fails.
 MAX_ATTEMPTS = 3
@@ -86,6 +86,12 @@ def memory_estimate_mb(job: Spec, inputs) -> float | None:
     return memory.estimate_peak_mb(height * width, job.optimizer, histories(job)[-1], plan(job)[-1][1])
 
 
+def default_workers() -> int:
+    """Worker processes of the embedded cluster: one per two cores (each then runs ONNX Runtime on two threads,
+    overlapping the optimizer's single-threaded NumPy steps); measured best on 2 cores (bench/bench_batch.py)."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 def _client(scheduler: str | None, workers: int | None) -> tuple:
     """(Client, LocalCluster or None): the scheduler at ``scheduler``, or an embedded cluster of ``workers``
     processes of one thread each, each declaring its memory limit as the resource MEMORY (MB) and running ONNX
@@ -95,7 +101,7 @@ def _client(scheduler: str | None, workers: int | None) -> tuple:
             return distributed.Client(scheduler, timeout="10s", set_as_default=False), None
         except (OSError, TimeoutError, ValueError) as exc:
             raise NSTError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({one_line(exc)})") from None
-    n = max(1, int(workers or 1))
+    n = max(1, int(workers or default_workers()))
     total = memory.available_mb() or 4096.0
     limit_mb = int(total / n)
     cores = os.cpu_count() or 1
