@@ -153,10 +153,9 @@ class Engine:
         if self.keep_inputs:
             for i in inputs:
                 self.store.put_blob(i.sha256, i.data)
-        room = self._largest_worker_mb()
-        if need is not None and room is not None and need > room:
-            self.fail(job_id, f"needs about {need / 1024:.1f} GB of memory and the largest worker has "
-                                   f"{room / 1024:.1f} GB; use a smaller size")
+        refused = self.refusal(job, inputs, need)
+        if refused:
+            self.fail(job_id, refused)
             return job_id
         self._submitted += 1
         payload = [dict(i.describe(), data=i.data) for i in inputs]
@@ -166,6 +165,16 @@ class Engine:
         self._futures[job_id] = future
         future.add_done_callback(lambda f, job_id=job_id: self._events.put(("done", job_id, f)))
         return job_id
+
+    def refusal(self, job: Spec, inputs, need: float | None = None) -> str | None:
+        """Why the job (resolved) cannot run on any worker of the cluster now (its memory estimate exceeds the
+        largest worker's limit), or None; ``submit`` fails such a job at once, a service can refuse it first."""
+        need = memory_estimate_mb(job, inputs) if need is None else need
+        room = self._largest_worker_mb()
+        if need is not None and room is not None and need > room:
+            return (f"needs about {need / 1024:.1f} GB of memory and the largest worker has {room / 1024:.1f} GB; "
+                    f"use a smaller size")
+        return None
 
     def resume(self, owner=None) -> list:
         """Submit again every unfinished job of the store (of ``owner`` if given) that this engine is not running,

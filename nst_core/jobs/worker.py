@@ -171,4 +171,5 @@ def run_job(job_id: str, spec_json: str, inputs: list) -> dict:
         except Exception as exc:  # a defect: reported once with its type, not retried
             reply["error"] = f"{type(exc).__name__}: {one_line(exc)}"
         reply["seconds"] = time.perf_counter() - start
+        _CANCELLED.discard(job_id)  # a rerun elsewhere is flagged again by the engine when it starts
         return reply
