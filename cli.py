@@ -435,7 +435,8 @@ def _add_batch_command(sub) -> None:
     p.add_argument("--store", metavar="URL", help="job store: a SQLite path or postgresql://... "
                                                    "(default: OUTDIR/nst-jobs.sqlite)")
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress output (default: a bar on a terminal, else one line per job)")
+                   help="report only problems: bad rows, failed jobs (default: also a progress bar on a "
+                        "terminal, else a line per job)")
     p.set_defaults(func=_cmd_batch)
 
 

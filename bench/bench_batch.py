@@ -119,10 +119,13 @@ def main() -> None:
     ap.add_argument("--layouts", nargs="+", default=["1x2", "2x1", "2x2"],
                     help="nst batch layouts WxT: W worker processes, T ONNX Runtime threads each")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--layouts-only", action="store_true",
+                    help="only the nst batch layouts, against each other (writes batch_layouts.json)")
     args = ap.parse_args()
     rows = jobs(args.jobs, args.size)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    methods = ["python loop", "shell loop"] + [f"nst batch {layout}" for layout in args.layouts]
+    loops = [] if args.layouts_only else ["python loop", "shell loop"]
+    methods = loops + [f"nst batch {layout}" for layout in args.layouts]
     results = {m: [] for m in methods}
     print(f"machine: {machine()}; load average before: {load_avg()}", flush=True)
     for r in range(args.rounds):
@@ -151,7 +154,7 @@ def main() -> None:
     summary = {}
     for method, ms in results.items():
         summary[method] = {k: statistics.median(m[k] for m in ms) for k in ms[0]}
-    shell = summary["shell loop"]["jobs_per_min"]
+    shell = summary["shell loop"]["jobs_per_min"] if "shell loop" in summary else None
     print(f"\n{args.jobs} jobs at {args.size} px, medians over {args.rounds} round(s); load average after: "
           f"{load_avg()}")
     for method, s in summary.items():
@@ -161,9 +164,9 @@ def main() -> None:
             extra = (f"; overhead/job {s['overhead_per_job_s']:.3f} s = {100 * share:.1f} % of a job "
                      f"({s['job_seconds_median']:.2f} s), {s['overhead_per_job_after_startup_s']:.3f} s after "
                      f"start-up")
-        print(f"{method:24s} {s['jobs_per_min']:6.2f} jobs/min ({s['jobs_per_min'] / shell:.2f}x the shell loop), "
-              f"peak {s['peak_mb']:.0f} MB{extra}")
-    save_json("batch", {"machine": machine(), "jobs": args.jobs, "size": args.size, "rounds": args.rounds,
+        ratio = f" ({s['jobs_per_min'] / shell:.2f}x the shell loop)" if shell else ""
+        print(f"{method:24s} {s['jobs_per_min']:6.2f} jobs/min{ratio}, peak {s['peak_mb']:.0f} MB{extra}")
+    save_json("batch_layouts" if args.layouts_only else "batch", {"machine": machine(), "jobs": args.jobs, "size": args.size, "rounds": args.rounds,
                         "runs": results, "medians": summary, "load_after": load_avg()})
 
 

@@ -73,21 +73,20 @@ def _file_sha256(path: str) -> str | None:
         return None
 
 
-def _write_output(outdir: str, row, png: bytes) -> None:
-    """The row's output from the job's PNG: as is for .png (with its recipe), converted for other formats."""
+def _write_output(store, job_id: str, outdir: str, row, png: bytes) -> None:
+    """The row's output from the job's PNG: as is for .png (with its recipe), converted for other formats; the
+    file's SHA-256 goes to the store (a rerun compares it)."""
     target = output_path(outdir, row.output)
     if target.lower().endswith(".png"):
         write_bytes(target, png)
     else:
         with Image.open(io.BytesIO(png)) as im:
             save_image(target, np.asarray(im.convert("RGB")), forbid=[p for _, p, _ in row.inputs])
+    store.update(job_id, output_sha256=_file_sha256(target))
 
 
 def _output_matches(outdir: str, row, rec) -> bool:
-    target = output_path(outdir, row.output)
-    if not target.lower().endswith(".png"):
-        return os.path.isfile(target)
-    return rec.result_sha256 is not None and _file_sha256(target) == rec.result_sha256
+    return rec.output_sha256 is not None and _file_sha256(output_path(outdir, row.output)) == rec.output_sha256
 
 
 def _inputs(row) -> list:
@@ -106,15 +105,16 @@ def _inputs(row) -> list:
 
 
 class _Report:
-    """The progress bar (a terminal) or one line per finished job (otherwise); nothing with ``quiet``."""
+    """The progress bar (a terminal) or one line per finished job (otherwise); only problems with ``quiet``."""
 
     def __init__(self, total: int, done: int, quiet: bool):
         self.quiet, self.bar = quiet, None
         if not quiet and sys.stderr.isatty():
             self.bar = tqdm.tqdm(total=total, initial=done, unit="job", file=sys.stderr, dynamic_ncols=True)
 
-    def line(self, text: str) -> None:
-        if self.quiet:
+    def line(self, text: str, problem: bool = False) -> None:
+        """One line on stderr; with ``quiet`` only the problems (bad rows, failed jobs)."""
+        if self.quiet and not problem:
             return
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
@@ -141,7 +141,7 @@ def _plan(store, batch: str, rows: list, outdir: str, report: _Report) -> tuple[
         elif rec.status == "succeeded" and _output_matches(outdir, row, rec):
             done += 1
         elif rec.status == "succeeded" and rec.result_sha256 is not None:
-            _write_output(outdir, row, store.result(rec.id))
+            _write_output(store, rec.id, outdir, row, store.result(rec.id))
             report.line(f"nst batch: line {row.line}: rewrote {row.output} from the store (the job succeeded "
                         f"before)")
             done += 1
@@ -158,10 +158,10 @@ def _on_finished(engine, job_id: str, rows_by_id: dict, outdir: str, report: _Re
     where = f"line {row.line}"
     if png is not None:
         try:
-            _write_output(outdir, row, png)
+            _write_output(engine.store, job_id, outdir, row, png)
         except NSTError as exc:
             engine.store.update(job_id, status="failed", error=one_line(exc))
-            report.line(f"nst batch: {where}: failed: {one_line(exc)}")
+            report.line(f"nst batch: {where}: failed: {one_line(exc)}", problem=True)
             return
     if rec.status == "succeeded":
         report.line(f"nst batch: {where}: wrote {row.output} ({rec.seconds or 0:.1f} s, {rec.attempts} "
@@ -170,7 +170,7 @@ def _on_finished(engine, job_id: str, rows_by_id: dict, outdir: str, report: _Re
         report.line(f"nst batch: {where}: cancelled" + (f"; wrote its best picture so far to {row.output}"
                                                        if png is not None else ""))
     else:
-        report.line(f"nst batch: {where}: failed: {rec.error}")
+        report.line(f"nst batch: {where}: failed: {rec.error}", problem=True)
 
 
 def _submit(engine, row, job_id, batch: str) -> str:
@@ -242,7 +242,7 @@ def run_batch(manifest: str, outdir: str, scheduler: str | None = None, workers:
             raise NSTError(f"{manifest}: no jobs (one JSON object per line)")
         report = _Report(len(rows), 0, quiet)
         for b in bad:
-            report.line(f"nst batch: line {b.line}: {b.error}")
+            report.line(f"nst batch: line {b.line}: {b.error}", problem=True)
         jobs_store = open_store(store or os.path.join(outdir, STORE_NAME))
         batch = os.path.realpath(outdir)
         try:
@@ -283,5 +283,6 @@ def _run(store, batch, manifest, outdir, rows, bad, report, scheduler, workers) 
         return interrupts.exit_status()
     failed = sum(j["status"] != "succeeded" for j in summary["jobs"])
     report.line(f"nst batch: {len(summary['jobs']) - failed} of {len(summary['jobs'])} jobs succeeded"
-                + (f", {failed} failed (see {os.path.join(outdir, SUMMARY_NAME)})" if failed else ""))
+                + (f", {failed} failed (see {os.path.join(outdir, SUMMARY_NAME)})" if failed else ""),
+                problem=bool(failed))
     return 1 if failed else 0

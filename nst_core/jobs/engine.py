@@ -45,7 +45,7 @@ from ..schedule import histories, plan
 from ..spec.spec import Spec, from_json, resolve, to_json
 from . import embedded
 from . import worker as _worker
-from .store import FINAL, JobRecord, Store
+from .store import JobRecord, Store
 
 __all__ = ["Engine", "Input", "MAX_ATTEMPTS", "memory_estimate_mb", "default_workers"]
 

@@ -63,6 +63,7 @@ JOBS = sa.Table(
     sa.Column("updated", sa.Float, nullable=True),
     sa.Column("seconds", sa.Float, nullable=True),
     sa.Column("result_sha256", sa.String(64), nullable=True),
+    sa.Column("output_sha256", sa.String(64), nullable=True),
     sa.Column("result", sa.LargeBinary, nullable=True),
     sa.Column("preview", sa.LargeBinary, nullable=True),
     sa.Index("nst_jobs_batch_key", "batch", "key"),
@@ -107,6 +108,7 @@ class JobRecord:
     updated: float | None
     seconds: float | None
     result_sha256: str | None
+    output_sha256: str | None
 
     @property
     def progress(self) -> dict:
@@ -195,7 +197,8 @@ class Store:
         fields = dict(status="queued", cancel=False, error=None, finished=None)
         if reset:
             fields.update(attempts=0, evaluations=0, scale=0, loss=None, started=None, seconds=None, result=None,
-                          result_sha256=None, partial=False, worker=None, created=time.time())
+                          result_sha256=None, output_sha256=None, partial=False, worker=None, preview=None,
+                          created=time.time())
         self.update(job_id, **fields)
 
     def finish(self, job_id: str, status: str, *, png: bytes | None = None, **fields) -> None:
