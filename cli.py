@@ -10,6 +10,7 @@
     nst info    [PICTURE] [--model PATH]        the model's path, taps and metadata; or a picture's recipe
     nst bundle  DIR [--preset NAME ...] | --check DIR   float32 models + manifest for other hosts
     nst serve-web [--bundle DIR] [--port P]     the browser host (hosts/web) and a bundle on http://127.0.0.1:P/
+    nst batch MANIFEST -o OUTDIR [--workers N | --scheduler ADDR] [--store URL]   many jobs on Dask workers
 
 Exit status: 0 success; 2 a problem with the input (bad option, image, model or output path; one line on stderr
 ``nst: error: ...``, never a traceback); 3 the optimisation diverged (NaN or infinite loss / gradient: the best
@@ -472,6 +473,29 @@ def _add_host_commands(sub) -> None:
     p.set_defaults(func=_cmd_serve_web)
 
 
+def _add_batch_command(sub) -> None:
+    """batch: a manifest's jobs on the job engine (nst_core.jobs.batch)."""
+    p = sub.add_parser("batch", help="run the jobs of a JSON Lines manifest on Dask workers",
+                       description="One job per manifest line: {\"content\": PATH, \"style\": PATH or [PATHS], "
+                                   "\"output\": NAME, <option>: value, ...}. Rerunning the same command resumes.",
+                       epilog="Exit status: 0 all jobs succeeded, 1 some failed (see OUTDIR/summary.json), 2 bad "
+                              "invocation, 130 / 143 stopped (running jobs' best pictures saved).")
+    p.add_argument("manifest", metavar="MANIFEST", help="JSON Lines file; relative paths are relative to it")
+    p.add_argument("-o", "--output", metavar="OUTDIR", required=True,
+                   help="directory of the outputs, the summary and the default store (default: none, required)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDR",
+                       help="a Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: an embedded cluster)")
+    where.add_argument("--workers", type=_int, metavar="N", default=None,
+                       help="worker processes of the embedded cluster (default: one per two cores)")
+    p.add_argument("--store", metavar="URL", help="job store: a SQLite path or postgresql://... "
+                                                   "(default: OUTDIR/nst-jobs.sqlite)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="report only problems: bad rows, failed jobs (default: also a progress bar on a "
+                        "terminal, else a line per job)")
+    p.set_defaults(func=_cmd_batch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nst", description="Optimization-based neural style transfer on ONNX Runtime "
                                              "(SqueezeNet 1.1 features, CS231n losses).",
@@ -484,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_video_command(sub)
     _add_model_commands(sub)
     _add_host_commands(sub)
+    _add_batch_command(sub)
     return parser
 
 
@@ -753,6 +778,18 @@ def _cmd_serve_web(args) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _cmd_batch(args) -> int:
+    try:
+        from nst_core.jobs.batch import run_batch
+    except ImportError as exc:
+        raise NSTError(f"nst batch needs the jobs extra ({exc.name} is missing): "
+                       "pip install 'nst-onnx[jobs]'") from None
+    if args.workers is not None and args.workers < 1:
+        raise NSTError(f"--workers must be >= 1, got {args.workers}")
+    return run_batch(args.manifest, args.output, scheduler=args.scheduler, workers=args.workers, store=args.store,
+                     quiet=args.quiet)
 
 
 def _cmd_info(args) -> int:

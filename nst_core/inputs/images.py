@@ -152,13 +152,19 @@ def _source(name: str):
     return name
 
 
-def _decode(path) -> Image.Image:
-    """Open and fully decode ``path``; return a detached PIL image with EXIF orientation applied.
+def _decode(path, data: bytes | None = None) -> Image.Image:
+    """Open and fully decode ``path`` (or ``data``, the file's bytes, ``path`` then naming it in messages); return a
+    detached PIL image with EXIF orientation applied.
 
     The first frame is used for animated files. Raises NSTError with a one-line message on any problem.
     """
     name = os.fspath(path)
-    source = _source(name)
+    if data is None:
+        source = _source(name)
+    elif not data:
+        raise NSTError(f"{name}: empty file")
+    else:
+        source = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             # The warning is raised as an error so that images between the limit and twice the limit
@@ -225,16 +231,17 @@ def _to_rgb8(im: Image.Image, name: str) -> Image.Image:
         raise NSTError(f"{name}: cannot convert image mode {im.mode} to RGB ({one_line(exc)})") from None
 
 
-def open_image(path) -> Image.Image:
+def open_image(path, data: bytes | None = None) -> Image.Image:
     """Decode an image file into an 8-bit RGB PIL image, as the CS231n pipeline consumes it.
 
-    ``path``: str or os.PathLike. Returns a fully decoded, file-independent ``PIL.Image.Image`` of mode "RGB"
+    ``path``: str or os.PathLike; ``data``: the file's bytes instead of reading ``path`` (which then only names the
+    image in messages: a job engine's worker gets bytes, not files). Returns a fully decoded, file-independent ``PIL.Image.Image`` of mode "RGB"
     (size W x H). EXIF orientation is applied; animated files give their first frame; transparency is
     composited over white; grey, palette, CMYK, etc. are converted with Pillow; 16-bit (divided by 65535) and
     float (assumed [0, 1], clipped) images are rounded to 8 bits. Raises NSTError("<path>: <problem>").
     """
     name = os.fspath(path)
-    return _to_rgb8(_decode(name), name)
+    return _to_rgb8(_decode(name, data), name)
 
 
 def upright_size(path):

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from ..process import memory
+from ..process.threads import ort_threads
 from . import lossgraph, vjp
 from ..errors import NSTError
 
@@ -262,6 +263,7 @@ def session(model: onnx.ModelProto, device: str = "auto", threads: int = 0, opti
         # memory at 2048 px fell from ~10 GB to ~6.6 GB, without the page-fault cost of no arena on 4 KiB pages
         # (nst_core/memory.py has the measurements and when "off" is chosen instead).
         opts.add_session_config_entry("session.use_env_allocators", "1")
+    threads = threads or ort_threads()
     if threads:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))

@@ -1,7 +1,15 @@
 """The loss targets, computed once per problem: the content image's features and the style images' Gram matrices
-(several styles blended: ``sum_i w_i G_i``), and the layers a problem needs the network for."""
+(several styles blended: ``sum_i w_i G_i``), and the layers a problem needs the network for.
+
+The blended Gram matrices of the last few (network, layers, weights, style images) are kept (``GRAM_CACHE``
+entries): a process that runs many jobs with the same style at the same size (a job engine's worker, ``nst
+compare``) computes them once.
+"""
 from __future__ import annotations
 
+import collections
+import hashlib
+import weakref
 from typing import Optional, Sequence
 
 import numpy as np
@@ -9,7 +17,11 @@ import numpy as np
 from ..losses import gram
 from ..network.model import tap_name
 
-__all__ = ["targets", "active_layers", "blended_grams"]
+__all__ = ["targets", "active_layers", "blended_grams", "GRAM_CACHE"]
+
+#: Blended Gram targets kept per process (each is a few hundred KB at most: C x C float32 per layer).
+GRAM_CACHE = 8
+_GRAMS: collections.OrderedDict = collections.OrderedDict()
 
 
 def active_layers(content_layer: int, content_weight: float, style_layers: Sequence[int],
@@ -52,6 +64,35 @@ def blended_grams(network, style_xs: Sequence[np.ndarray], weights: Sequence[flo
     if len(style_xs) != len(weights):
         raise ValueError(f"{len(style_xs)} style images for {len(weights)} weights")
     layers = [int(k) for k in layers]
+    key = _gram_key(network, style_xs, weights, layers)
+    found = _GRAMS.get(key)
+    if found is not None and found[0]() is network:
+        _GRAMS.move_to_end(key)
+        return dict(found[1])
+    grams = _blend(network, style_xs, weights, layers)
+    for g in grams.values():
+        g.flags.writeable = False
+    try:  # an entry lives only as long as its network: another network could get the same id()
+        ref = weakref.ref(network, lambda _, key=key: _GRAMS.pop(key, None))
+    except TypeError:  # an object without weak references (a test double): not cached
+        return dict(grams)
+    _GRAMS[key] = (ref, grams)
+    while len(_GRAMS) > GRAM_CACHE:
+        _GRAMS.popitem(last=False)
+    return dict(grams)
+
+
+def _gram_key(network, style_xs, weights, layers) -> tuple:
+    """The network object, layers, weights and the images' bytes."""
+    digest = hashlib.sha256()
+    for x, w in zip(style_xs, weights):
+        if w and x is not None:
+            digest.update(repr((x.shape, str(x.dtype))).encode())
+            digest.update(np.ascontiguousarray(x).tobytes())
+    return id(network), tuple(layers), tuple(float(w) for w in weights), digest.hexdigest()
+
+
+def _blend(network, style_xs, weights, layers) -> dict:
     total: dict = {}
     for x, w in zip(style_xs, weights):
         if not w or not layers:

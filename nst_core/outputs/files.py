@@ -18,7 +18,7 @@ from ..errors import NSTError
 from ..inputs.images import one_line
 from ..process.interrupts import sigint_deferred
 
-__all__ = ["check_output_path", "save_image", "write_bytes", "same_file"]
+__all__ = ["check_output_path", "save_image", "write_bytes", "same_file", "png_bytes"]
 
 # Extra keyword arguments for Image.save, by Pillow format name.
 _SAVE_OPTIONS = {
@@ -104,6 +104,15 @@ def _pnginfo(text: dict):
     for key, value in text.items():
         info.add_itxt(key, value, zip=True)
     return info
+
+
+def png_bytes(rgb_uint8: np.ndarray, text: dict | None = None) -> bytes:
+    """An RGB image (uint8 [h, w, 3]) as PNG file bytes, ``text`` as iTXt chunks (the recipe): what a job engine's
+    worker sends back instead of writing a file."""
+    buffer = io.BytesIO()
+    extra = {"pnginfo": _pnginfo(text)} if text else {}
+    Image.fromarray(np.ascontiguousarray(rgb_uint8)).save(buffer, format="PNG", **extra)
+    return buffer.getvalue()
 
 
 def save_image(path, rgb_uint8: np.ndarray, forbid=(), text: dict | None = None) -> None:

@@ -56,11 +56,14 @@ def _inputs(job: Spec) -> list:
     return out
 
 
-def recipe(job: Spec, weights: str | None = None, note: str | None = None, scales=None) -> dict:
+def recipe(job: Spec, weights: str | None = None, note: str | None = None, scales=None, inputs=None) -> dict:
     """The text chunks of a picture made by ``job``: ``{SPEC_KEY: spec JSON, PROVENANCE_KEY: provenance JSON}``.
     ``weights``: the model's weights SHA-256 (``weights_sha256``); ``note``: what else to say (``nst compare``);
-    ``scales``: the size rules' numbers per scale (``schedule.scale_table``)."""
-    provenance = {"nst": nst_version(), "weights_sha256": weights, "inputs": _inputs(job)}
+    ``scales``: the size rules' numbers per scale (``schedule.scale_table``); ``inputs``: the provenance's
+    ``[{"role", "path", "sha256"}, ...]`` when the caller knows the hashes (a job engine's worker has the bytes, not
+    the files); default: the job's files, hashed here."""
+    provenance = {"nst": nst_version(), "weights_sha256": weights,
+                  "inputs": _inputs(job) if inputs is None else list(inputs)}
     if scales:
         provenance["scales"] = scales
     if note:
