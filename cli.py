@@ -487,7 +487,8 @@ def _add_batch_command(sub) -> None:
     where.add_argument("--scheduler", metavar="ADDR",
                        help="a Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: an embedded cluster)")
     where.add_argument("--workers", type=_int, metavar="N", default=None,
-                       help="worker processes of the embedded cluster (default: one per two cores)")
+                       help="worker processes of the embedded cluster (default: one per core; 1 for print-size jobs "
+                            "that need all the memory)")
     p.add_argument("--store", metavar="URL", help="job store: a SQLite path or postgresql://... "
                                                    "(default: OUTDIR/nst-jobs.sqlite)")
     p.add_argument("-q", "--quiet", action="store_true",

@@ -87,9 +87,11 @@ def memory_estimate_mb(job: Spec, inputs) -> float | None:
 
 
 def default_workers() -> int:
-    """Worker processes of the embedded cluster: one per two cores (each then runs ONNX Runtime on two threads,
-    overlapping the optimizer's single-threaded NumPy steps); measured best on 2 cores (bench/bench_batch.py)."""
-    return max(1, (os.cpu_count() or 1) // 2)
+    """Worker processes of the embedded cluster: one per core, each running ONNX Runtime on one thread. Measured on 2
+    cores, quiet (bench/bench_batch.py, 24 jobs at 192 px): 2 workers x 1 thread 12.1 jobs/min, 1 worker x 2
+    threads 8.7 (a shell loop of nst stylize: 7.9). Each worker's memory limit is its share of the machine's, so a
+    print-size job may fit only with fewer workers (``--workers 1``)."""
+    return max(1, os.cpu_count() or 1)
 
 
 def _client(scheduler: str | None, workers: int | None) -> tuple:
