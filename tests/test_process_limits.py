@@ -447,3 +447,32 @@ def test_the_footprint_names_what_makes_the_peak():
     two = footprint(resolve(Spec(**blend, style_blend=(1.0, 1.0))), content, [style, style])
     assert "2 style images" in two.what and "style images" not in one.what
     assert two.peak_mb - one.peak_mb == pytest.approx(memory.STYLE_INPUT_BYTES * 1262 * 1000 / 2**20)
+
+
+def test_compare_counts_the_results_it_keeps():
+    """Each finished run of `nst compare` keeps its best point (float64 RGB) and its checkpoint and final images
+    (uint8 RGB, in the run and in images.png); the footprint adds exactly those bytes at the output size, counted
+    by hand here: 2 runs, 2 checkpoints -> 2 * (24 + 2 * 3 * 3) + 24 = 108 B/px."""
+    from nst_core.compare.comparison import kept_pixel_bytes
+    from nst_core.schedule import footprint
+    from nst_core.spec.spec import Spec, resolve
+
+    assert kept_pixel_bytes(2, 2) == 108
+    job = resolve(Spec(task="stylize", content="c.jpg", styles=("s.jpg",), size=512, style_size=64, scales=1))
+    plain = footprint(job, (1024, 768), [(640, 480)])
+    kept = footprint(job, (1024, 768), [(640, 480)], kept_pixel_bytes=108)
+    assert plain.option == kept.option == "--size"
+    assert kept.peak_mb - plain.peak_mb == pytest.approx(108 * 512 * 682 / 2**20)
+
+
+def test_compare_too_large_for_ulimit_v_is_one_line_before_any_work(env, images_dir, tmp_path):
+    """`nst compare` checked no memory before: --size 3000 under `ulimit -v` ran into the limit. Now it is one line
+    naming --size, exit 2, and the output directory stays empty."""
+    out = tmp_path / "cmp"
+    out.mkdir()
+    r = subprocess.run(NST + ["compare", str(images_dir / "tubingen.jpg"), str(images_dir / "starry_night.jpg"),
+                              "-o", str(out), "--size", "3000", "--style-size", "64", "--iterations", "2",
+                              "--device", "cpu"],
+                       env=env, capture_output=True, text=True, timeout=60, preexec_fn=_limited(ADDRESS_SPACE))
+    _one_line_error(r, "--size 3000 (", "(ulimit -v); use a smaller --size")
+    assert os.listdir(out) == []

@@ -85,7 +85,7 @@ from ..outputs import recipe
 from ..outputs.files import same_file, save_image, write_bytes
 from ..process import interrupts
 from ..process.threads import single_threaded_blas
-from ..schedule import prepare, scale_jobs
+from ..schedule import check_memory, prepare, scale_jobs
 from ..spec.blend import as_list
 from ..spec.spec import LBFGS_HISTORY, Spec
 from .plots import images_png, loss_png, matplotlib_or_none
@@ -170,6 +170,13 @@ def _write_files(directory: str, done: list, summary: dict, marks: list, budget:
     write("summary.json", (json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n").encode())
 
 
+def kept_pixel_bytes(n_runs: int, n_marks: int) -> float:
+    """Bytes per output pixel a comparison keeps beside the optimisation under way: every run's best point
+    (float64 RGB, 24 B), its checkpoint and final images (uint8 RGB, 3 B each) and their copies in images.png, plus
+    the running one's copy of its best point (24 B)."""
+    return n_runs * (24 + 2 * 3 * (n_marks + 1)) + 24
+
+
 def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = None, iterations: int = 200,
             seed: Optional[int] = None, lbfgs_history: int = LBFGS_HISTORY,
             adam_lrs: Sequence[float] = (), gd_lr: Optional[float] = None,
@@ -239,6 +246,7 @@ def compare(content, style, out_dir, *, optimizers: Optional[Sequence[str]] = No
     host = dict(machine(), providers=_model.providers(job.device))
     t_start = time.perf_counter()
     content_img, style_imgs = api.open_inputs(job, images.get("content"), images.get("styles"))
+    check_memory(job, content_img, style_imgs, kept_pixel_bytes=kept_pixel_bytes(len(runs), len(checks)))
     problem = prepare(scale_jobs(job)[0], content_img, style_imgs)
     with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         start_loss = float(problem.objective(problem.x0)[0])  # warm-up: not counted, not timed

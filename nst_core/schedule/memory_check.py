@@ -67,9 +67,11 @@ def _style_pass_mb(scale: Spec, image, style_sizes, weights) -> tuple[float, int
     return mb, side, (w, h)
 
 
-def footprint(job: Spec, content_size=None, style_sizes=()) -> Footprint:
+def footprint(job: Spec, content_size=None, style_sizes=(), kept_pixel_bytes: float = 0.0) -> Footprint:
     """The estimated peak of a resolved ``job`` (any task, any schedule) for inputs of these (width, height)
-    (EXIF orientation applied; ``content_size`` None for texture). See the module docstring."""
+    (EXIF orientation applied; ``content_size`` None for texture). ``kept_pixel_bytes``: bytes per output pixel
+    that the caller keeps beside the last scale's optimisation (``nst compare``'s finished runs). See the module
+    docstring."""
     style_sizes = [_size(s) for s in style_sizes]
     content_size = _size(content_size)
     image = content_size if job.task != "texture" else (style_sizes[0] if style_sizes else None)
@@ -81,10 +83,13 @@ def footprint(job: Spec, content_size=None, style_sizes=()) -> Footprint:
     inputs = memory.INPUT_PIXEL_BYTES * sum(w * h for w, h in files) / 2**20
     height, width = resized_shape(*image, job.size)
     worst, previous = (-1.0, "--size", ""), 0
-    for scale in scale_jobs(job):
+    scales = scale_jobs(job)
+    for scale in scales:
         h, w = resized_shape(*image, scale.size)
         pairs = scale.history or LBFGS_HISTORY
         grow = memory.estimate_peak_mb(h * w, scale.optimizer, pairs, scale.iterations) - memory.BASE_MB
+        if scale is scales[-1]:
+            grow += kept_pixel_bytes * h * w / 2**20
         option = "--size"
         if scale.optimizer in ("lbfgs", "lbfgsb") and memory.optimizer_bytes(scale.optimizer, pairs) > \
                 memory.PIXEL_BYTES:
@@ -100,12 +105,13 @@ def footprint(job: Spec, content_size=None, style_sizes=()) -> Footprint:
     return Footprint(peak_mb=memory.BASE_MB + worst[0] + inputs, inputs_mb=inputs, option=worst[1], what=worst[2])
 
 
-def check_memory(job: Spec, content=None, styles=(), decoded: bool = True) -> Footprint:
+def check_memory(job: Spec, content=None, styles=(), decoded: bool = True, kept_pixel_bytes: float = 0.0) -> Footprint:
     """NSTError (one line naming the option to lower) when ``job`` would not fit in what this process may still
     take (``memory.headroom``: free memory, the cgroup's limit, ``ulimit -v``, the tightest); returns the footprint
     otherwise (also when no limit is known). ``content`` / ``styles``: PIL images or (width, height) pairs;
-    ``decoded``: the images are decoded already (held by this process: their memory is in use, not to come)."""
-    fp = footprint(job, content, styles)
+    ``decoded``: the images are decoded already (held by this process: their memory is in use, not to come);
+    ``kept_pixel_bytes``: as for ``footprint``."""
+    fp = footprint(job, content, styles, kept_pixel_bytes)
     grow = (fp.peak_mb - memory.BASE_MB - (fp.inputs_mb if decoded else 0.0)) * memory.arena_factor() \
         + memory.SESSION_MB
     room = memory.headroom()
