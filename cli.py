@@ -579,6 +579,7 @@ def _progress(args, job: Spec, steps, inputs: list, text: dict):
     from nst_core.inputs.colour import finisher
     from nst_core.inputs.images import open_image
     from nst_core.outputs.runfiles import Progress
+    from nst_core.schedule import rising_phase, scale_jobs
 
     bar = None
     if not args.quiet and sys.stderr.isatty():
@@ -587,7 +588,8 @@ def _progress(args, job: Spec, steps, inputs: list, text: dict):
     picture = finisher("luminance", open_image(job.content)) if (
         args.save_every and job.original_colors == "luminance") else None
     warn = lambda line: print(line, file=sys.stderr)  # noqa: E731
-    return Progress(args.output, steps, args.save_every, inputs, text, bar=bar, warn=warn,
+    rising = [rising_phase(scale) for scale in scale_jobs(job)]
+    return Progress(args.output, steps, args.save_every, inputs, text, bar=bar, warn=warn, rising=rising,
                     **({"picture": picture} if picture else {}))
 
 

@@ -282,3 +282,54 @@ def test_export_without_torch_says_how_to_install(env, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip() == "nst: error: nst export needs torch: pip install 'nst-onnx[export]'"
+
+
+def _record(evaluation, loss, scale=1):
+    from nst_core.schedule import ScaleRecord
+    return ScaleRecord(evaluation, 0.0, loss, {}, scale=scale, side=8)
+
+
+def test_intermediates_show_the_latest_point_during_a_rising_phase(tmp_path):
+    """Hand-made run of two scales, x_k filled with k: Adam-like on scale 1 (rising phase up to evaluation 3), the
+    loss rises from its start, so evaluations 2 and 3 save their own points (the best is still the start, the
+    photo); evaluation 4 beats the start and is saved as the best; evaluation 5 is worse than 4 but past the rising
+    phase: it saves 4. Scale 2 (no rising phase, L-BFGS-like) saves its best."""
+    from nst_core.outputs.runfiles import Progress
+
+    saved = {}
+    progress = Progress(str(tmp_path / "out.png"), [(8, 5), (16, 3)], save_every=1, rising=[3, None],
+                        picture=lambda x: np.full((2, 2, 3), int(x.flat[0]), np.uint8))
+    progress._save = lambda evaluation, x: saved.__setitem__(evaluation, int(x.flat[0]))
+    losses = [(1, 1.0, 1), (2, 2.0, 1), (3, 3.0, 1), (4, 0.5, 1), (5, 0.7, 1), (6, 9.0, 2), (7, 10.0, 2),
+              (8, 8.0, 2)]
+    for evaluation, loss, scale in losses:
+        progress(_record(evaluation, loss, scale), np.full((1, 3, 2, 2), float(evaluation)))
+    assert saved == {1: 1, 2: 2, 3: 3, 4: 4, 5: 4, 6: 6, 7: 6, 8: 8}
+
+
+def test_rising_phase_matches_the_optimizers_rule():
+    """The intermediates' rule and the interrupted run's rule (optim's ``falls_after``) name the same evaluation:
+    Adam's recipe falls after its decay evaluation + 1 (decay at round(0.75 * 200) = 150 by CS231n's recipe, see
+    schedule.problem.ADAM_DECAY), gradient descent after its first, L-BFGS has none."""
+    from nst_core.schedule import adam_steps, rising_phase
+    from nst_core.spec.spec import Spec, resolve
+
+    job = lambda optimizer: resolve(Spec(task="stylize", content="c.jpg", styles=("s.jpg",), optimizer=optimizer,
+                                         iterations=200))  # noqa: E731
+    assert rising_phase(job("adam")) == adam_steps(200)[0] + 1
+    assert rising_phase(job("gd")) == 1 and rising_phase(job("lbfgs")) is None and rising_phase(job("lbfgsb")) is None
+
+
+def test_adam_intermediates_are_not_the_photo(env, images, tmp_path):
+    """`--optimizer adam --save-every 1`: the recipe's loss rises first (the log shows it), and the intermediate
+    pictures follow the latest point, so evaluation 3's differs from evaluation 1's (the start, the photo); they
+    were all the photo before."""
+    out = tmp_path / "out.png"
+    log = tmp_path / "run.csv"
+    r = nst(["stylize", *images, "-o", str(out), "--size", "64", "--optimizer", "adam", "--iterations", "6",
+             "--save-every", "1", "--device", "cpu", "--log", str(log)], env)
+    assert r.returncode == 0, r.stderr
+    losses = [float(row[2]) for row in list(csv.reader(log.open()))[1:4]]
+    assert losses[2] > losses[0], f"the premise: Adam's loss rises first, got {losses}"
+    first, third = (np.asarray(Image.open(tmp_path / f"out_000{k}.png").convert("RGB"), np.int16) for k in (1, 3))
+    assert np.abs(first - third).max() > 0

@@ -56,33 +56,39 @@ class Progress:
     beside ``out`` (with the recipe ``text``); ``bar`` (a tqdm-like object or None) shows the progress.
 
     ``picture(x)`` makes the intermediate pictures (``colour.finisher`` in luminance mode, else ``deprocess``);
-    ``warn(line)`` reports an intermediate that could not be written (saving them then stops, the run goes on)."""
+    ``warn(line)`` reports an intermediate that could not be written (saving them then stops, the run goes on).
+    ``rising``: per scale, the last evaluation of its run's rising phase (``schedule.rising_phase``) or None; while
+    a scale's best point is no later than that, an intermediate shows the latest point instead (Adam's best is
+    its start until after its decay: the photo)."""
 
     def __init__(self, out: str, steps, save_every: int = 0, inputs=(), text=None, picture=deprocess, bar=None,
-                 warn=print):
+                 warn=print, rising=()):
         self.out, self.steps, self.save_every, self.inputs, self.text = out, steps, save_every, inputs, text
         self.picture, self.bar, self.warn = picture, bar, warn
+        self.rising = list(rising) + [None] * (len(steps) - len(rising))
         self.width = max(4, len(str(sum(b for _, b in steps))))
         self.best, self.x, self.scale = math.inf, None, 1
+        self.offset, self.best_at = 0, 0  # evaluations before this scale; the best's evaluation within it
 
     def __call__(self, record, x) -> None:
         scale = getattr(record, "scale", 1)
         if scale != self.scale:  # a new scale: a new objective, its own best
-            self.best, self.x, self.scale = math.inf, None, scale
+            self.best, self.x, self.scale, self.offset = math.inf, None, scale, record.evaluation - 1
         if math.isfinite(record.loss) and record.loss < self.best:
-            self.best = record.loss
+            self.best, self.best_at = record.loss, record.evaluation - self.offset
             if self.save_every:
                 self.x = x.copy()
         if self.save_every and record.evaluation % self.save_every == 0 and self.x is not None:
-            self._save(record.evaluation)
+            rising = self.rising[scale - 1] if scale <= len(self.rising) else None
+            self._save(record.evaluation, x if rising is not None and self.best_at <= rising else self.x)
         if self.bar is not None:
             where = f"scale {scale}/{len(self.steps)} ({self.steps[scale - 1][0]} px), " if len(self.steps) > 1 else ""
             self.bar.set_postfix_str(f"{where}loss {record.loss:.4g}, best {self.best:.4g}", refresh=False)
             self.bar.update(1)
 
-    def _save(self, evaluation: int) -> None:
+    def _save(self, evaluation: int, x) -> None:
         try:
-            save_image(intermediate_path(self.out, evaluation, self.width), self.picture(self.x), forbid=self.inputs,
+            save_image(intermediate_path(self.out, evaluation, self.width), self.picture(x), forbid=self.inputs,
                        text=self.text)
         except NSTError as exc:  # an intermediate must not end the run: warn once, stop saving them
             self.save_every = 0

@@ -43,6 +43,16 @@ def adam_steps(budget: int) -> tuple[int, int]:
     return round(ADAM_DECAY * budget), round(ADAM_CLAMP_UNTIL * budget)
 
 
+def rising_phase(job: Spec) -> Optional[int]:
+    """The last evaluation (1-based, of one scale's run) of the phase in which the job's optimizer lets the loss
+    rise: Adam's recipe until just after its decay, gradient descent's first step; None for L-BFGS / L-BFGS-B. An
+    interrupted run whose best point is no later keeps its latest point (``optim``'s ``falls_after``), and so do
+    the intermediate pictures of ``--save-every``."""
+    if job.optimizer == "adam":
+        return adam_steps(job.iterations)[0] + 1
+    return 1 if job.optimizer == "gd" else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """One prepared optimisation problem: everything an optimizer needs, built once, optimisable many times.
