@@ -23,6 +23,7 @@ pytest.importorskip("distributed")
 
 import serving  # noqa: E402  (tests/serving.py)
 from nst_core.outputs.recipe import read_recipe  # noqa: E402
+from nst_core.serve import uploads  # noqa: E402
 
 TOKENS = {"alice": "alice-" + "a1" * 16, "bob": "bob-" + "b2" * 16, "carol": "carol-" + "c3" * 16}
 SIZE = 72  # the smaller edge of the jobs' outputs (content 96 x 72)
@@ -67,8 +68,8 @@ def _problem(r: httpx.Response, status: int) -> str:
     return body["detail"]
 
 
-def _events(url, job_id, token, last_id=None, timeout=120) -> list:
-    """[(event, id, data), ...] of a job's SSE stream, read until it ends."""
+def _events(url, job_id, token, last_id=None, timeout=120, stop=None) -> list:
+    """[(event, id, data), ...] of a job's SSE stream, read until it ends or ``stop(events)`` is true."""
     headers = dict(serving.auth(token), **({"Last-Event-ID": str(last_id)} if last_id is not None else {}))
     out, fields = [], {}
     with httpx.stream("GET", f"{url}/v1/jobs/{job_id}/events", headers=headers, timeout=timeout) as r:
@@ -77,6 +78,8 @@ def _events(url, job_id, token, last_id=None, timeout=120) -> list:
             if not line:
                 if "event" in fields:
                     out.append((fields["event"], int(fields["id"]), json.loads(fields["data"])))
+                    if stop is not None and stop(out):
+                        break
                 fields = {}
             elif not line.startswith(":") and ":" in line:
                 name, _, value = line.partition(":")
@@ -137,6 +140,9 @@ def test_cancel_a_running_job_gives_a_partial_valid_result(server, images, tmp_p
     job_id = r.json()["id"]
     serving.wait_final(url, job_id, token, until=lambda j: j["progress"]["evaluations"] >= 5 or
                        j["status"] not in ("queued", "running"))
+    seen = _events(url, job_id, token, stop=lambda ev: ev[-1][1] > 0)[-1][1]  # then the client goes away
+    resumed = _events(url, job_id, token, last_id=seen, stop=lambda ev: True)
+    assert resumed[0][0] == "progress" and resumed[0][1] > seen, (seen, resumed)  # Last-Event-ID: only newer ones
     early = httpx.get(f"{url}/v1/jobs/{job_id}/result", headers=serving.auth(token), timeout=30)
     assert "running" in _problem(early, 409) and int(early.headers["retry-after"]) >= 1
     r = httpx.post(f"{url}/v1/jobs/{job_id}/cancel", headers=serving.auth(token), timeout=30)
@@ -198,6 +204,18 @@ def test_bad_input_is_a_one_line_problem(server, images, what, content, spec, st
     after = {j["id"] for j in httpx.get(f"{url}/v1/jobs?limit=100", headers=serving.auth(token)).json()["jobs"]}
     assert after == before  # refused before a job was made
     assert httpx.get(f"{url}/v1/health", headers=serving.auth(token), timeout=30).status_code == 200
+
+
+def test_limits_hold_before_anything_is_decoded(server, images):
+    url, token = server["url"], TOKENS["alice"]
+    # 42 MP declared: under Pillow's own limit (89 MP), over the server's (40 MP); its data would not decode
+    detail = _problem(serving.submit(url, _bomb_png(7000, 6000), [images["style"]], {}, token=token), 422)
+    assert "7000x6000" in detail and "over this server's limit of 40000000 pixels" in detail
+    chunks = (b"\0" * 2**20 for _ in range(30))  # no Content-Length: the server counts what it reads
+    r = httpx.post(f"{url}/v1/jobs", content=chunks, timeout=60,
+                   headers=dict(serving.auth(token), **{"Content-Type": "multipart/form-data; boundary=x"}))
+    assert "limit" in _problem(r, 413)
+    assert _problem(httpx.get(f"{url}/v1/nothing", headers=serving.auth(token)), 404)
 
 
 def test_files_must_match_the_task(server, images):
@@ -326,3 +344,35 @@ def test_health_and_openapi(server):
                           ("/v1/health", {"get"})):
         assert methods <= set(paths[path]), path
     assert "multipart/form-data" in paths["/v1/jobs"]["post"]["requestBody"]["content"]
+
+
+# ---------------------------------------------------------------------------------------------- headers
+
+
+def _rotated() -> bytes:
+    """EXIF saying "rotate 90 degrees" (the header's size is the stored one; the pixel count is the same)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return exif.tobytes()
+
+
+def _encoded(fmt: str, size, mode="RGB", **options) -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8)
+    Image.fromarray(pixels, mode).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt, mode, options", [
+    ("PNG", "RGB", {}), ("JPEG", "RGB", {}), ("JPEG", "RGB", {"progressive": True}),
+    ("JPEG", "RGB", {"exif": _rotated()}), ("WEBP", "RGB", {"lossless": False}),
+    ("WEBP", "RGB", {"lossless": True}), ("WEBP", "RGBA", {"lossless": False}), ("WEBP", "RGBA", {"exif": b"Exif"}),
+])
+def test_header_sizes_agree_with_pillow(fmt, mode, options):
+    for size in ((1, 1), (97, 61), (16383, 2)):
+        data = _encoded(fmt, size, mode, **options)
+        assert uploads.sniff(data) == fmt
+        with Image.open(io.BytesIO(data)) as im:
+            assert uploads.header_size(data, fmt) == im.size == size
+    assert uploads.sniff(b"GIF89a" + bytes(20)) is None and uploads.header_size(b"\xff\xd8\xff", "JPEG") is None

@@ -26,12 +26,13 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from ..errors import NSTError
 from ..inputs.images import one_line
 
-__all__ = ["Problem", "problem_response", "install", "MEDIA_TYPE"]
+__all__ = ["Problem", "ProblemDocument", "problem_response", "install", "responses", "MEDIA_TYPE"]
 
 MEDIA_TYPE = "application/problem+json"
 _log = logging.getLogger("nst.serve")
@@ -43,6 +44,22 @@ class Problem(Exception):
     def __init__(self, status: int, detail: str, headers: dict | None = None):
         super().__init__(detail)
         self.status, self.detail, self.headers = status, one_line(detail), dict(headers or {})
+
+
+class ProblemDocument(BaseModel):
+    """An RFC 9457 problem document (the OpenAPI schema of every error answer)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+def responses(*statuses: int) -> dict:
+    """OpenAPI ``responses`` of a route's problem answers."""
+    return {s: {"model": ProblemDocument, "description": http.HTTPStatus(s).phrase,
+                "content": {MEDIA_TYPE: {}}} for s in statuses}
 
 
 def problem_response(status: int, detail: str, instance: str | None = None, headers: dict | None = None):
