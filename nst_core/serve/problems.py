@@ -79,8 +79,28 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return f"{where or 'request'}: {first.get('msg', 'invalid')}"
 
 
+def _openapi_problems(app: FastAPI) -> None:
+    """``app.openapi`` without FastAPI's own 422 answers (HTTPValidationError): this app's are problems, and
+    routes that can give one say so themselves."""
+    made = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = made()
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                answer = operation.get("responses", {}).get("422")
+                if answer and "HTTPValidationError" in str(answer):
+                    del operation["responses"]["422"]
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def install(app: FastAPI) -> None:
-    """Every error of ``app`` answered as a problem document."""
+    """Every error of ``app`` answered as a problem document (and so documented)."""
+    _openapi_problems(app)
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem):
@@ -93,6 +113,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
         detail = exc.detail if isinstance(exc.detail, str) else http.HTTPStatus(exc.status_code).description
+        if exc.status_code == 404 and detail == "Not Found":  # no route
+            detail = f"no such path {request.url.path[:200]!r} (the API is under /v1; /v1/openapi.json lists it)"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path[:200]}"
         return problem_response(exc.status_code, detail, request.url.path, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
