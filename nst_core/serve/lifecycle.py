@@ -2,7 +2,6 @@
 signal, and retention.
 
     holder = claim(store)                 # NSTError (one line) when another nst serve uses this store
-    sock = listen(host, port)             # NSTError (one line) when the address is taken; before the engine starts
     status = serve(app, engine, settings, sock, drain_wait=0.0)      # resume, serve, drain; the exit status
 
 The store is the record, so a process that starts resubmits every queued and running job it holds
@@ -32,10 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import os
-import re
 import signal
-import socket
 import sys
 import threading
 import time
@@ -47,7 +43,7 @@ from ..errors import NSTError
 from ..inputs.images import one_line
 from ..process.interrupts import STOP_SIGNALS
 
-__all__ = ["claim", "listen", "serve", "sweep", "parse_duration", "drain", "SWEEP_EVERY", "STOP_WAIT", "ADVISORY_KEY"]
+__all__ = ["claim", "serve", "sweep", "drain", "SWEEP_EVERY", "STOP_WAIT", "ADVISORY_KEY"]
 
 #: Seconds between two retention sweeps at most (sooner for a short retention).
 SWEEP_EVERY = 60.0
@@ -56,19 +52,10 @@ STOP_WAIT = 30.0
 #: The PostgreSQL advisory lock key of a store's server (any fixed 64-bit number; "nstserve" in ASCII).
 ADVISORY_KEY = int.from_bytes(b"nstserve", "big") & (2**63 - 1)
 _log = logging.getLogger("nst.serve")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def say(text: str) -> None:
     print(f"nst serve: {text}", file=sys.stderr, flush=True)
-
-
-def parse_duration(text: str) -> float:
-    """"90", "90s", "15m", "12h", "7d", "2w" -> seconds (> 0); NSTError (one line) otherwise."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhdw]?)\s*", str(text))
-    if not match or float(match.group(1)) <= 0:
-        raise NSTError(f"--retention: expected a duration like 3600, 90m, 12h or 7d, got {text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 # ------------------------------------------------------------------------------------------------ one per store
@@ -100,19 +87,6 @@ def claim(store) -> _Claim:
         conn.close()
         raise NSTError(f"--store {shown}: another nst serve is using this store; stop it first")
     return _Claim(conn.close)
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (IPv6 when host has a colon); NSTError (one line) when it cannot bind."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(1024)
-    except OSError as exc:
-        sock.close()
-        raise NSTError(f"--host {host} --port {port}: cannot listen there ({one_line(exc.strerror or exc)})") from None
-    return sock
 
 
 # ------------------------------------------------------------------------------------------------ retention
@@ -201,10 +175,10 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(app, engine, settings, sock: socket.socket, drain_wait: float = 0.0, log_level: str = "warning") -> int:
+def serve(app, engine, settings, sock, drain_wait: float = 0.0, **uvicorn_options) -> int:
     """Run the service until a stop signal and its drain: resume the store's unfinished jobs, sweep for retention,
-    serve ``app`` with uvicorn on ``sock`` (``listen``), then close the engine. Returns the exit status (0 after a
-    drain)."""
+    serve ``app`` with uvicorn on the listening socket ``sock`` (``uvicorn_options``: log_level, access_log, ...),
+    then close the engine. Returns the exit status (0 after a drain)."""
     app.state.accepting = True
     resumed = engine.resume()
     if resumed:
@@ -221,8 +195,9 @@ def serve(app, engine, settings, sock: socket.socket, drain_wait: float = 0.0, l
             + (f", {counts['left']} did not reach a checkpoint (the next start resumes them)" if counts["left"]
                else ""))
 
-    config = uvicorn.Config(app, log_level=log_level, lifespan="auto", timeout_graceful_shutdown=3,
-                            proxy_headers=False, server_header=False)
+    options = dict(dict(log_level="warning", lifespan="off", server_header=False, proxy_headers=False),
+                   **uvicorn_options, timeout_graceful_shutdown=3)  # open event streams: cut after 3 s
+    config = uvicorn.Config(app, **options)
     server = _Server(config, on_stop)
     try:
         server.run(sockets=[sock])
