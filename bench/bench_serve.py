@@ -4,8 +4,8 @@
 
 The jobs: Tübingen in the styles of Starry Night, The Scream and Composition VII in turn, at --size, the default job
 otherwise (200 L-BFGS evaluations at one scale). Both run on the embedded cluster with its default workers.
-- nst serve: a real server process on 127.0.0.1 and a free port (started and warm before the clock starts); --clients
-  threads submit the jobs (POST /v1/jobs, multipart, each with an Idempotency-Key and retried on a connection error),
+- nst serve: a real server process on 127.0.0.1 and a free port (started and warm before the clock starts), with a
+  token file of --clients clients (each within the default --max-queued 8); --clients threads submit the jobs (POST /v1/jobs, multipart, each with an Idempotency-Key and retried on a connection error),
   then poll GET /v1/jobs/{id} every --poll s until their jobs are final. Every GET's latency is recorded; those sent
   while jobs were running (between the first job's start and the last one's end) are the "busy" ones.
 - nst batch: the same jobs as a manifest, one process from a cold start.
@@ -23,6 +23,7 @@ import concurrent.futures
 import io
 import json
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -41,7 +42,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.bench_batch import jobs as batch_rows, measure, tree_rss_mb  # noqa: E402
-from bench.common import IMAGES, load_avg, machine, save_json  # noqa: E402
+from bench.common import load_avg, machine, save_json  # noqa: E402
 
 NST = [sys.executable, str(REPO / "cli.py")]
 FINAL = ("succeeded", "failed", "cancelled")
@@ -91,17 +92,18 @@ class Sampler(threading.Thread):
             time.sleep(0.1)
 
 
-def start_server(data: Path, env: dict) -> tuple[subprocess.Popen, str]:
+def start_server(data: Path, tokens: Path, env: dict) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen(NST + ["serve", "--data", str(data), "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(NST + ["serve", "--data", str(data), "--port", str(port), "--token-file", str(tokens)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {tokens.read_text().split()[1]}"}
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"nst serve exited {proc.returncode}: {proc.stderr.read().decode()[-800:]}")
         try:
-            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/v1/health", headers=auth, timeout=2).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             pass
@@ -109,11 +111,11 @@ def start_server(data: Path, env: dict) -> tuple[subprocess.Popen, str]:
     raise SystemExit("nst serve did not answer /v1/health within 120 s")
 
 
-def client(url: str, rows: list, poll: float, latencies: list, tag: str) -> list:
-    """Submit ``rows`` then poll them until final; returns [(id, final status)]; appends (sent at, seconds) of
-    every GET /v1/jobs/{id} to ``latencies``."""
+def client(url: str, token: str, rows: list, poll: float, latencies: list, tag: str) -> list:
+    """Submit ``rows`` as the client of ``token``, then poll them until final; returns [(id, final status)];
+    appends (sent at, seconds) of every GET /v1/jobs/{id} to ``latencies``."""
     ids = []
-    with httpx.Client(base_url=url, timeout=30) as http:
+    with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
         for k, row in enumerate(rows):
             files = [("content", ("content.jpg", Path(row["content"]).read_bytes(), "image/jpeg")),
                      ("style", ("style.jpg", Path(row["style"]).read_bytes(), "image/jpeg"))]
@@ -141,9 +143,9 @@ def client(url: str, rows: list, poll: float, latencies: list, tag: str) -> list
     return list(status.items())
 
 
-def check_results(url: str, ids: list, size: int) -> None:
-    with httpx.Client(base_url=url, timeout=30) as http:
-        for job_id in ids:
+def check_results(url: str, tokens: list, ids: list, size: int) -> None:
+    for token, job_id in zip(tokens, ids):
+        with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
             r = http.get(f"/v1/jobs/{job_id}/result")
             assert r.status_code == 200, (r.status_code, r.text)
             with Image.open(io.BytesIO(r.content)) as im:
@@ -153,18 +155,20 @@ def check_results(url: str, ids: list, size: int) -> None:
 def run_serve(rows: list, clients: int, poll: float, env: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        proc, url = start_server(data, env)
+        tokens = [secrets.token_hex(16) for _ in range(clients)]
+        (Path(tmp) / "tokens").write_text("".join(f"client{k} {t}\n" for k, t in enumerate(tokens)))
+        proc, url = start_server(data, Path(tmp) / "tokens", env)
         sampler = Sampler(proc.pid)
         sampler.start()
         latencies, tag = [], f"bench-{os.getpid()}-{time.time_ns()}"
         try:
             share = [rows[k::clients] for k in range(clients)]
             with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-                done = [f.result() for f in [pool.submit(client, url, part, poll, latencies, f"{tag}-{k}")
+                done = [f.result() for f in [pool.submit(client, url, tokens[k], part, poll, latencies, f"{tag}-{k}")
                                              for k, part in enumerate(share)]]
             outcomes = [s for part in done for _, s in part]
             ids = [j for part in done for j, _ in part]
-            check_results(url, ids, rows[0]["size"])
+            check_results(url, [tokens[k] for k, part in enumerate(done) for _ in part], ids, rows[0]["size"])
         finally:
             sampler.done.set()
             proc.send_signal(signal.SIGTERM)
