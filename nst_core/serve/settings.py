@@ -120,6 +120,9 @@ def add_arguments(p, number=float) -> None:
     p.add_argument("--retention", default="off", metavar="TIME",
                    help="delete final jobs this long after they end: 7d, 12h, 30m, seconds (default: off, "
                         "kept until deleted)")
+    p.add_argument("--drain-wait", type=float, default=0.0, metavar="S",
+                   help="on SIGTERM / Ctrl-C, seconds running jobs get to finish before they stop at their next "
+                        "checkpoint and go back to the queue for the next start (default: 0)")
     p.add_argument("--verbose", action="store_true", help="log every request on stderr (default: off)")
 
 
@@ -132,6 +135,8 @@ def _positive(value, option: str, whole: bool = False):
 def from_args(args) -> Settings:
     """The Settings of parsed ``nst serve`` arguments; NSTError (one line) for a bad value, and for a ``--host``
     that is not loopback without ``--token-file``."""
+    if not 0 <= args.drain_wait < float("inf"):
+        raise NSTError(f"--drain-wait must be a number of seconds >= 0, got {args.drain_wait}")
     if args.workers is not None and args.workers < 1:
         raise NSTError(f"--workers must be >= 1, got {args.workers}")
     if not 0 <= args.port <= 65535:
