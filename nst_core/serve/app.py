@@ -222,15 +222,15 @@ def _event(name: str, rec: JobRecord) -> str:
 async def _event_stream(request: Request, job_id: str, last: int):
     """SSE text: a progress event whenever the evaluations pass ``last`` (-1: a new stream, which starts with the
     job as it is) and at least every ``_EVENT_EVERY`` s while the job is queued or running, then one status event
-    when it is final. Ends early (the client reconnects with Last-Event-ID) when the job is deleted or the server
-    stops."""
+    when it is final. Ends early when the job is deleted, or is queued while the server stops (a drain); the
+    client reconnects with Last-Event-ID (to the next server). Streams still open when uvicorn stops are cut by it."""
     engine = request.app.state.engine
     sent_at = time.monotonic() if last >= 0 else 0.0  # a new stream starts with the state now, a resumed one not
     yield "retry: 2000\n\n"
-    while request.app.state.accepting:
+    while True:
         rec = await run_in_threadpool(engine.status, job_id)
-        if rec is None:
-            return
+        if rec is None or (rec.status == "queued" and not request.app.state.accepting):
+            return  # deleted; or the server is stopping and the job waits for the next start
         if rec.final:
             yield _event("status", rec)
             return
