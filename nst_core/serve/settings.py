@@ -96,7 +96,7 @@ def is_loopback(host: str) -> bool:
 def add_arguments(p, number=float) -> None:
     """``nst serve``'s options on the argparse parser ``p``; ``number``: the CLI's integer type."""
     p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
-                   help="address to listen on (default: 127.0.0.1; another than loopback needs --token-file)")
+                   help="address to listen on (default: 127.0.0.1; any other than loopback needs --token-file)")
     p.add_argument("--port", type=number, default=DEFAULT_PORT, metavar="P",
                    help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free one, printed on the first line)")
     p.add_argument("--data", metavar="DIR", default="nst-serve-data",
