@@ -27,10 +27,22 @@ __all__ = ["run", "listen"]
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on ``host``:``port`` (IPv4 or IPv6); NSTError (one line) when it cannot be."""
+    """A TCP socket listening on ``host``:``port`` (IPv4 or IPv6); NSTError (one line) when it cannot be.
+
+    Made with its protocol named (IPPROTO_TCP, not 0 as ``socket.create_server`` leaves it): asyncio turns Nagle's
+    algorithm off (TCP_NODELAY) only on accepted sockets whose protocol says TCP, and with it on, every request after
+    the first on a kept-alive connection waited for the client's delayed ACK: 44 ms for a 404, against 0.5 ms."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.create_server((host, port), family=family, backlog=128)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             proto=socket.IPPROTO_TCP)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(128)
+        except BaseException:
+            sock.close()
+            raise
     except (OSError, UnicodeError) as exc:
         raise NSTError(f"cannot listen on {host}:{port} ({one_line(getattr(exc, 'strerror', None) or exc)})") from None
     sock.set_inheritable(False)
