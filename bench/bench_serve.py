@@ -5,8 +5,9 @@
 The jobs: Tübingen in the styles of Starry Night, The Scream and Composition VII in turn, at --size, the default job
 otherwise (200 L-BFGS evaluations at one scale). Both run on the embedded cluster with its default workers.
 - nst serve: a real server process on 127.0.0.1 and a free port (started and warm before the clock starts), with a
-  token file of --clients clients (each within the default --max-queued 8); --clients threads submit the jobs (POST /v1/jobs, multipart, each with an Idempotency-Key and retried on a connection error),
-  then poll GET /v1/jobs/{id} every --poll s until their jobs are final. Every GET's latency is recorded; those sent
+  token file of --clients clients (each within the default --max-queued 8); --clients threads submit the jobs
+  (POST /v1/jobs, multipart, each with an Idempotency-Key and retried on a connection error), then poll
+  GET /v1/jobs/{id} every --poll s until their jobs are final. Every GET's latency is recorded; those sent
   while jobs were running (between the first job's start and the last one's end) are the "busy" ones.
 - nst batch: the same jobs as a manifest, one process from a cold start.
 Throughput of both is 60 x jobs / span, the span being from the first job's creation to the last one's finish as
