@@ -5,8 +5,9 @@
 The jobs: Tübingen in the styles of Starry Night, The Scream and Composition VII in turn, at --size, the default job
 otherwise (200 L-BFGS evaluations at one scale). Both run on the embedded cluster with its default workers.
 - nst serve: a real server process on 127.0.0.1 and a free port (started and warm before the clock starts), with a
-  token file of --clients clients (each within the default --max-queued 8); --clients threads submit the jobs (POST /v1/jobs, multipart, each with an Idempotency-Key and retried on a connection error),
-  then poll GET /v1/jobs/{id} every --poll s until their jobs are final. Every GET's latency is recorded; those sent
+  token file of --clients clients (each within the default --max-queued 8); --clients threads submit the jobs
+  (POST /v1/jobs, multipart, each with an Idempotency-Key and retried on a connection error), then poll
+  GET /v1/jobs/{id} every --poll s until their jobs are final. Every GET's latency is recorded; those sent
   while jobs were running (between the first job's start and the last one's end) are the "busy" ones.
 - nst batch: the same jobs as a manifest, one process from a cold start.
 Throughput of both is 60 x jobs / span, the span being from the first job's creation to the last one's finish as
@@ -54,13 +55,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def span(store: Path) -> tuple[float, float, list]:
-    """(first created, last finished, [statuses]) of a store's jobs."""
+def span(store: Path) -> tuple[float, float, list, float]:
+    """(first created, last finished, [statuses], median seconds of a job on its worker) of a store's jobs."""
     con = sqlite3.connect(store)
     first, last = con.execute("select min(created), max(finished) from nst_jobs").fetchone()
     statuses = [s for (s,) in con.execute("select status from nst_jobs")]
+    seconds = statistics.median(s for (s,) in con.execute("select seconds from nst_jobs"))
     con.close()
-    return first, last, statuses
+    return first, last, statuses, seconds
 
 
 def run_batch(rows: list, env: dict) -> dict:
@@ -68,10 +70,10 @@ def run_batch(rows: list, env: dict) -> dict:
         manifest = Path(tmp) / "m.jsonl"
         manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
         m = measure(NST + ["batch", str(manifest), "-o", str(Path(tmp) / "o"), "-q"], env)
-        first, last, statuses = span(Path(tmp) / "o" / "nst-jobs.sqlite")
+        first, last, statuses, job_s = span(Path(tmp) / "o" / "nst-jobs.sqlite")
     assert statuses.count("succeeded") == len(rows), f"nst batch: {statuses}"
-    return {"span_s": last - first, "jobs_per_min": 60 * len(rows) / (last - first), "wall_s": m["seconds"],
-            "peak_tree_mb": m["peak_mb"]}
+    return {"span_s": last - first, "jobs_per_min": 60 * len(rows) / (last - first), "job_s": job_s,
+            "wall_s": m["seconds"], "peak_tree_mb": m["peak_mb"]}
 
 
 class Sampler(threading.Thread):
@@ -176,13 +178,14 @@ def run_serve(rows: list, clients: int, poll: float, env: dict) -> dict:
         con = sqlite3.connect(data / "nst-jobs.sqlite")
         started, ended = con.execute("select min(started), max(finished) from nst_jobs").fetchone()
         con.close()
-        first, last, statuses = span(data / "nst-jobs.sqlite")
+        first, last, statuses, job_s = span(data / "nst-jobs.sqlite")
     assert code == 0, f"nst serve exited {code} after SIGTERM"
     assert outcomes.count("succeeded") == len(rows), outcomes
     assert len(statuses) == len(rows) == len(set(ids)), (len(statuses), len(set(ids)))  # none lost or duplicated
     busy = sorted(s for sent, s in latencies if started <= sent <= ended)
     q = statistics.quantiles(busy, n=100)
-    return {"span_s": last - first, "jobs_per_min": 60 * len(rows) / (last - first), "gets_busy": len(busy),
+    return {"span_s": last - first, "jobs_per_min": 60 * len(rows) / (last - first), "job_s": job_s,
+            "gets_busy": len(busy),
             "get_p50_ms": 1000 * statistics.median(busy), "get_p95_ms": 1000 * q[94],
             "get_max_ms": 1000 * busy[-1], "server_peak_mb": sampler.alone, "server_tree_peak_mb": sampler.tree}
 
@@ -194,6 +197,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--poll", type=float, default=0.25, help="seconds between a client's rounds of GETs")
+    ap.add_argument("--nice-ab", action="store_true",
+                    help="also nst serve with its embedded workers not reniced (NST_WORKER_NICE=0)")
     args = ap.parse_args()
     rows = batch_rows(args.jobs, args.size)
     for r in rows:
@@ -201,10 +206,13 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     print(f"machine: {machine()}; load average before: {load_avg()}", flush=True)
     results = {"nst serve": [], "nst batch": []}
+    if args.nice_ab:
+        results["nst serve, workers not reniced"] = []
     for r in range(args.rounds):
         for method in (list(results) if r % 2 == 0 else list(reversed(results))):
-            if method == "nst serve":
-                m = run_serve(rows, args.clients, args.poll, env)
+            if method.startswith("nst serve"):
+                m = run_serve(rows, args.clients, args.poll, dict(env, NST_WORKER_NICE="0") if "not" in method
+                              else env)
             else:
                 m = run_batch([dict(row, output=f"out{k:03d}.png") for k, row in enumerate(rows)], env)
             results[method].append(m)
@@ -219,6 +227,11 @@ def main() -> None:
           f"{s['get_p95_ms']:.1f} ms (target <= 50), max {s['get_max_ms']:.1f} ms")
     print(f"peak memory: server {s['server_peak_mb']:.0f} MB, server + workers {s['server_tree_peak_mb']:.0f} MB; "
           f"nst batch + workers {b['peak_tree_mb']:.0f} MB")
+    print(f"a job on its worker (median): serve {s['job_s']:.2f} s, batch {b['job_s']:.2f} s")
+    if args.nice_ab:
+        n = medians["nst serve, workers not reniced"]
+        print(f"workers not reniced: {n['jobs_per_min']:.2f} jobs/min, GET p50 {n['get_p50_ms']:.1f} ms, p95 "
+              f"{n['get_p95_ms']:.1f} ms, a job {n['job_s']:.2f} s")
     save_json("serve", {"machine": machine(), "jobs": args.jobs, "size": args.size, "clients": args.clients,
                         "rounds": args.rounds, "runs": results, "medians": medians, "load_after": load_avg()})
 

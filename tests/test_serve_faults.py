@@ -137,7 +137,7 @@ def test_server_killed_then_restarted_finishes_every_job_and_keeps_finished_resu
         kept = serving.wait_final(server["url"], first, timeout=WAIT)
         assert kept["status"] == "succeeded"
         before = check_result(server["url"], first, images, tmp_path)
-        others = [post(server, images, 600, key=f"job-{k}").json()["id"] for k in range(3)]
+        others = [post(server, images, 300, key=f"job-{k}").json()["id"] for k in range(3)]
         wait_for("two running jobs", lambda: sum(serving.get_job(server["url"], j)["progress"]["evaluations"] > 0
                                                  for j in others) == 2)
     finally:
@@ -156,7 +156,7 @@ def test_server_killed_then_restarted_finishes_every_job_and_keeps_finished_resu
             assert serving.wait_final(again["url"], j, timeout=WAIT)["status"] == "succeeded"
             check_result(again["url"], j, images, tmp_path)
         assert check_result(again["url"], first, images, tmp_path) == before  # finished before: intact
-        retried = post(again, images, 600, key="job-0")  # a client retrying its POST after the crash
+        retried = post(again, images, 300, key="job-0")  # a client retrying its POST after the crash
         assert retried.json()["id"] == others[0]
         listed = httpx.get(f"{again['url']}/v1/jobs", timeout=30).json()
         assert sorted(j["id"] for j in listed["jobs"]) == sorted([first] + others)

@@ -108,7 +108,7 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _client(scheduler: str | None, workers: int | None) -> tuple:
+def _client(scheduler: str | None, workers: int | None, worker_nice: int = 0) -> tuple:
     """(Client, LocalCluster or None): the scheduler at ``scheduler``, or an embedded cluster of ``workers``
     processes of one thread each, each declaring its memory limit as the resource MEMORY (MB) and running ONNX
     Runtime on its share of the cores (``NST_ORT_THREADS``, unless it is set already). Dask's nanny starts workers
@@ -125,6 +125,8 @@ def _client(scheduler: str | None, workers: int | None) -> tuple:
     limit_mb = int(total / n)
     cores = os.cpu_count() or 1
     env = {threads.ORT_THREADS_VAR: str(max(1, cores // n))} if threads.ort_threads() == 0 else {}
+    if worker_nice:
+        env[embedded.NICE_VAR] = str(int(worker_nice))
     spawn_env = {k: v for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ") or {}).items()
                  if k != "MALLOC_TRIM_THRESHOLD_"}  # see _client's docstring
     with dask.config.set({"distributed.scheduler.allowed-failures": MAX_ATTEMPTS - 1,
@@ -139,12 +141,13 @@ def _client(scheduler: str | None, workers: int | None) -> tuple:
 
 class Engine:
     """Jobs on Dask, recorded in ``store`` (see the module docstring). ``keep_inputs``: keep the input bytes in
-    the store (``resume`` needs them; ``nst batch`` rereads its files instead)."""
+    the store (``resume`` needs them; ``nst batch`` rereads its files instead). ``worker_nice``: the embedded
+    workers' niceness (a service gives its web process the CPU first: ``embedded``)."""
 
     def __init__(self, store: Store, scheduler: str | None = None, workers: int | None = None,
-                 keep_inputs: bool = True):
+                 keep_inputs: bool = True, worker_nice: int = 0):
         self.store, self.keep_inputs = store, keep_inputs
-        self.client, self.cluster = _client(scheduler, workers)
+        self.client, self.cluster = _client(scheduler, workers, worker_nice)
         self._futures: dict = {}  # job id -> its task's future
         self._runs: dict = {}  # job id -> run tokens seen started (attempts of this engine)
         self._suspended: set = set()  # job ids being handed back to the store as queued (``suspend``)

@@ -69,7 +69,8 @@ def run(args) -> int:
         store = open_store(where)
         held = lifecycle.claim(store)  # before the cluster starts: a second server on this store is one line
         try:
-            engine = Engine(store, scheduler=args.scheduler, workers=args.workers)
+            engine = Engine(store, scheduler=args.scheduler, workers=args.workers,
+                            worker_nice=lifecycle.worker_nice())
             try:
                 app = create_app(engine, settings)
             except BaseException:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import signal
 import sys
 import threading
@@ -41,10 +42,14 @@ import uvicorn
 
 from ..errors import NSTError
 from ..inputs.images import one_line
+from ..jobs import embedded
 from ..process.interrupts import STOP_SIGNALS
 
-__all__ = ["claim", "serve", "sweep", "drain", "SWEEP_EVERY", "STOP_WAIT", "ADVISORY_KEY"]
+__all__ = ["claim", "serve", "sweep", "drain", "worker_nice", "WORKER_NICE", "SWEEP_EVERY", "STOP_WAIT", "ADVISORY_KEY"]
 
+#: Niceness the embedded workers add to the server's (``$NST_WORKER_NICE`` overrides; 0: none), so that the web
+#: process gets a core at once when a request comes while the jobs keep every core busy (bench/bench_serve.py).
+WORKER_NICE = 10
 #: Seconds between two retention sweeps at most (sooner for a short retention).
 SWEEP_EVERY = 60.0
 #: Seconds a drain waits for the running jobs to reach their checkpoint after they are asked to stop.
@@ -56,6 +61,15 @@ _log = logging.getLogger("nst.serve")
 
 def say(text: str) -> None:
     print(f"nst serve: {text}", file=sys.stderr, flush=True)
+
+
+def worker_nice() -> int:
+    """The niceness the embedded workers add: ``$NST_WORKER_NICE`` if set (0 turns it off), else ``WORKER_NICE``."""
+    text = os.environ.get(embedded.NICE_VAR, "").strip()
+    try:
+        return max(0, int(text)) if text else WORKER_NICE
+    except ValueError:
+        raise NSTError(f"{embedded.NICE_VAR}={text!r}: expected a niceness 0..19") from None
 
 
 # ------------------------------------------------------------------------------------------------ one per store
