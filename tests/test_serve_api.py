@@ -30,7 +30,7 @@ from nst_core.serve.command import listen  # noqa: E402
 
 TOKENS = {"alice": "alice-" + "a1" * 16, "bob": "bob-" + "b2" * 16, "carol": "carol-" + "c3" * 16}
 SIZE = 72  # the smaller edge of the jobs' outputs (content 96 x 72)
-ITERATIONS = 500  # the round trip's budget: about 3 s on two quiet cores, six progress events (one per 0.5 s)
+ITERATIONS = 800  # the round trip's budget: about 5 s on two quiet cores, ten progress events (one per 0.5 s)
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -54,7 +54,8 @@ def server(tmp_path_factory, env):
     tmp = tmp_path_factory.mktemp("serve-api")
     tokens = tmp / "tokens.txt"
     tokens.write_text("# test clients\n" + "".join(f"{name} {token}\n" for name, token in TOKENS.items()))
-    s = serving.start_server(tmp, "--workers", "2", "--token-file", tokens, "--max-queued", "3", env=env,
+    s = serving.start_server(tmp, "--workers", "2", "--token-file", tokens, "--max-queued", "3",
+                             "--max-evaluations", "5000", env=env,
                              token=TOKENS["alice"])
     yield s
     status = serving.stop_server(s)
@@ -193,6 +194,7 @@ BAD = [  # (what, content, spec, status, words in the detail)
     ("negative weight", lambda im: im["content"], {"content-weight": -1}, 400, ("content weight", ">= 0")),
     ("size 0", lambda im: im["content"], {"size": 0}, 400, ("size",)),
     ("a server path", lambda im: im["content"], {"model": "/etc/passwd"}, 400, ("'model' is not an option",)),
+    ("over the evaluation limit", lambda im: im["content"], {"iterations": 6000}, 400, ("over this server's limit of 5000",)),
     ("too large for any worker", lambda im: im["content"], {"size": 40000}, 422, ("memory", "smaller size")),
 ]
 

@@ -43,6 +43,7 @@ from ..jobs.engine import Engine
 from ..jobs.store import STATUSES, JobRecord
 from ..jobs.worker import PREVIEW_SIDE
 from ..outputs.recipe import nst_version
+from ..schedule import plan
 from ..spec.spec import from_json, resolve, to_dict, to_json
 from . import problems, uploads
 from .problems import Problem
@@ -190,6 +191,10 @@ def _submit(request: Request, owner: str, form: dict, idempotency: str | None) -
     app = request.app
     engine, settings = app.state.engine, app.state.settings
     job = uploads.parse_spec(form["spec"])
+    budget = sum(b for _, b in plan(resolve(job)))
+    if settings.budget_limit is not None and budget > settings.budget_limit:
+        raise Problem(400, f"spec: {budget} evaluations in all, over this server's limit of {settings.budget_limit} "
+                           f"per job; ask for fewer iterations")
     inputs = uploads.check_inputs(job, form, settings.pixel_limit)
     key = hashlib.sha256(f"{owner}\0{idempotency}".encode()).hexdigest() if idempotency else None
     with app.state.submit_lock:  # one at a time: the queue count and the key lookup stay true until submitted

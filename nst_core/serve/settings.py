@@ -37,6 +37,7 @@ class Settings:
     queue_limit: int = 8              # a client's queued + running jobs (--max-queued 8); over it: 429
     retention: float | None = None    # seconds a final job is kept (--retention 7d; None: until deleted)
     clients: dict | None = None       # token -> client name (--token-file); None: no tokens, one client "local"
+    budget_limit: int | None = None   # objective evaluations of one job, all scales (--max-evaluations; None: any)
 
 
 def read_tokens(path) -> dict:
@@ -117,6 +118,9 @@ def add_arguments(p, number=float) -> None:
                    help="largest uploaded image, pixels, read from its header before decoding (default: 40e6)")
     p.add_argument("--max-queued", type=number, default=8, metavar="N",
                    help="queued + running jobs one client may have (default: 8)")
+    p.add_argument("--max-evaluations", type=number, default=0, metavar="N",
+                   help="objective evaluations one job may ask for, all scales together; more is refused at "
+                        "submission (default: 0, no limit)")
     p.add_argument("--retention", default="off", metavar="TIME",
                    help="delete final jobs this long after they end: 7d, 12h, 30m, seconds (default: off, "
                         "kept until deleted)")
@@ -146,7 +150,9 @@ def from_args(args) -> Settings:
                         pixel_limit=_positive(args.max_pixels, "--max-pixels", whole=True),
                         queue_limit=_positive(args.max_queued, "--max-queued", whole=True),
                         retention=parse_duration(args.retention),
-                        clients=read_tokens(args.token_file) if args.token_file else None)
+                        clients=read_tokens(args.token_file) if args.token_file else None,
+                        budget_limit=_positive(args.max_evaluations, "--max-evaluations", whole=True)
+                        if args.max_evaluations != 0 else None)
     if settings.clients is None and not is_loopback(args.host):
         raise NSTError(f"--host {args.host} is not a loopback address: without --token-file nst serve listens only "
                        f"on 127.0.0.1 / ::1; give --token-file to serve a network")
