@@ -216,7 +216,8 @@ def test_limits_hold_before_anything_is_decoded(server, images):
     # 42 MP declared: under Pillow's own limit (89 MP), over the server's (40 MP); its data would not decode
     detail = _problem(serving.submit(url, _bomb_png(7000, 6000), [images["style"]], {}, token=token), 422)
     assert "7000x6000" in detail and "over this server's limit of 40000000 pixels" in detail
-    chunks = (b"\0" * 2**20 for _ in range(30))  # no Content-Length: the server counts what it reads
+    part = b'--x\r\nContent-Disposition: form-data; name="content"; filename="a.jpg"\r\n\r\n\xff\xd8\xff'
+    chunks = iter([part] + [b"\0" * 2**20] * 30 + [b"\r\n--x--\r\n"])  # no Content-Length: counted as read
     r = httpx.post(f"{url}/v1/jobs", content=chunks, timeout=60,
                    headers=dict(serving.auth(token), **{"Content-Type": "multipart/form-data; boundary=x"}))
     assert "limit" in _problem(r, 413)

@@ -332,9 +332,7 @@ def _submission_routes(app: FastAPI) -> None:
             raise Problem(400, "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces")
         if idempotency is None:  # a retry of an earlier POST is answered even at the limit
             await run_in_threadpool(_queue_check, app.state.engine, settings, owner)
-        body = await uploads.read_body(request, settings.body_limit)
-        form = await uploads.parse_form(request, body)
-        del body
+        form = await uploads.read_form(request, settings.body_limit)
         rec, replayed = await run_in_threadpool(_submit, request, owner, form, idempotency)
         return _accepted(rec, replayed)
 
