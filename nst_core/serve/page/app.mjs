@@ -1,0 +1,218 @@
+// The page of `nst serve`: choose a photo and a painting, a preset and a size, submit to POST /v1/jobs, follow the
+// job's events (progress bar, the preview as it improves), cancel, download the result PNG. The job being watched
+// is remembered in localStorage, so a reloaded page follows it again. Errors are one line in #error.
+
+import { ApiError, connect, FINAL } from './api.mjs';
+
+const $ = (id) => document.getElementById(id);
+const PREVIEW_EVERY_MS = 1000; // the workers make a preview every 2 s; look twice as often
+const JOB_KEY = 'nst-serve-job';
+
+const state = { files: {}, job: null, abort: null, previewAt: 0, previewBusy: false, previews: 0, url: null };
+
+function showError(message) {
+  $('error').textContent = message;
+}
+
+function api() {
+  return connect({ token: $('token').value.trim() });
+}
+
+const fmt = (v) => (v === null || v === undefined ? '–'
+  : Math.abs(v) >= 1e5 || (Math.abs(v) < 1e-2 && v !== 0) ? v.toExponential(3) : v.toPrecision(5));
+
+function checkedInt(value, what, lo, hi) {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < lo || n > hi) throw new ApiError(`${what} must be a whole number from ${lo} to ${hi}, got ${value || 'nothing'}`);
+  return n;
+}
+
+function setFile(which, file) {
+  if (!file) return;
+  state.files[which] = file;
+  const thumb = $(`${which}-thumb`);
+  if (thumb.src) URL.revokeObjectURL(thumb.src);
+  thumb.src = URL.createObjectURL(file);
+  thumb.hidden = false;
+  thumb.onerror = () => showError(`the ${which === 'content' ? 'photo' : 'painting'} ${file.name}: this browser cannot show it (the server takes JPEG, PNG and WebP)`);
+  thumb.onload = () => { if ($('error').textContent.includes(file.name)) showError(''); };
+  updateButtons();
+}
+
+function updateButtons() {
+  const busy = state.job !== null;
+  $('start').disabled = busy || !state.files.content || !state.files.style;
+  $('cancel').disabled = !busy;
+}
+
+function showPicture(blob, evaluation) {
+  const img = $('preview');
+  const url = URL.createObjectURL(blob);
+  img.onload = () => { if (state.url && state.url !== url) URL.revokeObjectURL(state.url); state.url = url; };
+  img.src = url;
+  img.hidden = false;
+  img.dataset.evaluation = String(evaluation);
+  state.previews += 1;
+  img.dataset.previews = String(state.previews);
+}
+
+/** A progress document ({evaluations, budget, scale, scales, loss}) into the bar and the status line. */
+function showProgress(p) {
+  if (!p || p.evaluations === undefined) return;
+  $('progress').max = Math.max(1, p.budget || 1);
+  $('progress').value = Math.min(p.evaluations, p.budget || p.evaluations);
+  const scale = p.scales > 1 ? ` · scale ${p.scale} / ${p.scales}` : '';
+  $('status').textContent = `Running: evaluation ${p.evaluations} / ${p.budget}${scale} · best loss ${fmt(p.loss)}`;
+}
+
+async function refreshPreview(id, evaluation) {
+  const now = performance.now();
+  if (state.previewBusy || now - state.previewAt < PREVIEW_EVERY_MS || state.job !== id) return;
+  state.previewBusy = true;
+  state.previewAt = now;
+  try {
+    const blob = await api().preview(id, state.abort?.signal);
+    if (blob && state.job === id) showPicture(blob, evaluation);
+  } catch (e) {
+    if (e.name !== 'AbortError') showError(`the preview: ${e.message}`);
+  } finally {
+    state.previewBusy = false;
+  }
+}
+
+function onEvent(data) {
+  const progress = data.progress ?? data;
+  if (data.status === 'queued') $('status').textContent = 'Queued: waiting for a worker…';
+  if (progress.evaluations !== undefined) {
+    showProgress(progress);
+    if (progress.evaluations > 0) refreshPreview(state.job, progress.evaluations);
+  }
+}
+
+function baseName(file) {
+  return (file?.name || 'image').replace(/\.[^.]*$/, '').replace(/[^\w-]+/g, '_') || 'image';
+}
+
+async function finish(id, job) {
+  const link = $('download');
+  if (job.status === 'failed') {
+    showError(`the job failed: ${job.error || 'no reason given'}`);
+    $('status').textContent = 'Failed.';
+    return;
+  }
+  const { blob, partial } = await api().result(id);
+  showPicture(blob, job.progress?.evaluations ?? '');
+  const names = state.files.content && state.files.style ? `${baseName(state.files.content)}-${baseName(state.files.style)}` : `nst-${id.slice(0, 8)}`;
+  link.download = `${names}${partial ? '-partial' : ''}.png`;
+  if (link.href.startsWith('blob:')) URL.revokeObjectURL(link.href);
+  link.href = URL.createObjectURL(blob);
+  link.setAttribute('aria-disabled', 'false');
+  link.dataset.partial = String(partial);
+  const n = job.progress?.evaluations;
+  $('status').textContent = job.status === 'cancelled'
+    ? `Cancelled after ${n ?? '?'} evaluations: the download is the best picture so far.`
+    : `Done: ${n ?? '?'} evaluations, best loss ${fmt(job.progress?.loss)}.`;
+  if (job.status === 'succeeded') $('progress').value = $('progress').max;
+}
+
+/** Follows job `id` to its end: the events, the previews, then the result or the failure. */
+async function follow(id) {
+  state.job = id;
+  state.abort = new AbortController();
+  state.previews = 0;
+  localStorage.setItem(JOB_KEY, id);
+  updateButtons();
+  const client = api();
+  try {
+    let job = await client.status(id);
+    onEvent(job);
+    if (!FINAL.has(job.status)) job = await client.follow(id, onEvent, { signal: state.abort.signal });
+    await finish(id, job);
+    localStorage.removeItem(JOB_KEY);
+  } catch (e) {
+    if (e.name !== 'AbortError') {
+      showError(e.message.split('\n')[0]);
+      $('status').textContent = 'Stopped following the job.';
+    }
+    if (e instanceof ApiError && e.status === 404) localStorage.removeItem(JOB_KEY);
+  } finally {
+    state.job = null;
+    updateButtons();
+  }
+}
+
+async function submit() {
+  showError('');
+  const link = $('download');
+  link.setAttribute('aria-disabled', 'true');
+  $('progress').value = 0;
+  $('parts').textContent = '';
+  try {
+    const spec = {
+      preset: $('preset').value,
+      size: checkedInt($('size').value, 'the size', 64, 4096),
+      iterations: checkedInt($('iterations').value, 'the number of evaluations', 1, 100000),
+    };
+    $('start').disabled = true;
+    $('status').textContent = 'Uploading…';
+    const job = await api().submit(state.files.content, state.files.style, spec);
+    $('parts').textContent = `job ${job.id}`;
+    $('status').textContent = 'Queued: waiting for a worker…';
+    await follow(job.id);
+  } catch (e) {
+    showError(e.message.split('\n')[0]);
+    $('status').textContent = 'Not submitted.';
+    updateButtons();
+  }
+}
+
+async function cancel() {
+  if (!state.job) return;
+  $('cancel').disabled = true;
+  $('status').textContent = 'Cancelling…';
+  try {
+    await api().cancel(state.job);
+  } catch (e) {
+    showError(`cancel: ${e.message}`);
+    $('cancel').disabled = false;
+  }
+}
+
+async function showServer() {
+  try {
+    const h = await api().health();
+    const workers = Array.isArray(h.workers) ? h.workers.length : h.workers;
+    const queue = h.queue ?? h.queued ?? h.queue_length;
+    $('server').textContent = `Server: nst ${h.version ?? ''} · ${workers ?? '?'} worker(s) · ${queue ?? '?'} job(s) waiting`;
+  } catch (e) {
+    $('server').textContent = `Server: ${e.message}`;
+  }
+}
+
+function wire() {
+  for (const which of ['content', 'style']) {
+    $(`${which}-file`).addEventListener('change', (e) => setFile(which, e.target.files[0]));
+    const zone = $(`${which}-drop`);
+    zone.addEventListener('dragover', (e) => { e.preventDefault(); zone.classList.add('over'); });
+    zone.addEventListener('dragleave', () => zone.classList.remove('over'));
+    zone.addEventListener('drop', (e) => {
+      e.preventDefault();
+      zone.classList.remove('over');
+      setFile(which, e.dataTransfer.files[0]);
+    });
+  }
+  $('start').addEventListener('click', submit);
+  $('cancel').addEventListener('click', cancel);
+  const token = $('token');
+  token.value = sessionStorage.getItem('nst-serve-token') || '';
+  token.addEventListener('change', () => { sessionStorage.setItem('nst-serve-token', token.value.trim()); showServer(); });
+}
+
+wire();
+$('status').textContent = 'Choose a photo and a painting, then submit.';
+showServer();
+const pending = localStorage.getItem(JOB_KEY);
+if (pending) {
+  $('status').textContent = `Following job ${pending} again…`;
+  follow(pending);
+}

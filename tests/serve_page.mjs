@@ -1,0 +1,106 @@
+// The page of `nst serve` in Debian's chromium (headless, playwright-core from hosts/web), for
+// tests/test_serve_page.py:  node tests/serve_page.mjs URL OUTDIR CONTENT_FILE STYLE_FILE BAD_FILE
+// Writes OUTDIR/result.json:
+//   run:     the file inputs, preset, size 128, 60 evaluations, submit; the pictures the preview showed (their
+//            evaluation and pixels' SHA-256), the status line, the progress bar, the downloaded PNG's path
+//   cancel:  a second job of 100000 evaluations, cancelled once its progress shows; the partial PNG's path
+//   refused: the #error line after submitting BAD_FILE as the photo (the server's problem document)
+//   requests: every URL the browser asked for (pages and workers); consoleErrors: of the run and cancel parts
+import fs from 'node:fs';
+import path from 'node:path';
+import { launch } from '../hosts/web/test/browser.mjs';
+
+const [url, out, contentFile, styleFile, badFile] = process.argv.slice(2);
+const SIZE = process.env.NST_PAGE_SIZE || '128';
+const EVALUATIONS = process.env.NST_PAGE_EVALUATIONS || '60';
+const TIMEOUT = 120000;
+
+async function download(page, file) {
+  await page.waitForSelector('#download[aria-disabled="false"]', { timeout: TIMEOUT });
+  const [d] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
+  const saved = path.join(out, file);
+  await d.saveAs(saved);
+  return { path: saved, suggested: d.suggestedFilename() };
+}
+
+/** Until the download is offered: each picture the preview <img> showed, as {evaluation, sha256 of its decoded
+ * RGBA pixels} (the page counts its pictures in data-previews; the last one is the result itself). */
+async function watchPreviews(page) {
+  const seen = [];
+  let count = '0';
+  for (const end = Date.now() + TIMEOUT; Date.now() < end;) {
+    const now = await page.evaluate(async (last) => {
+      const img = document.getElementById('preview');
+      const done = document.getElementById('download').getAttribute('aria-disabled') === 'false';
+      if ((img.dataset.previews || '0') === last || !img.complete || !img.naturalWidth) return { done, count: last };
+      const canvas = new OffscreenCanvas(img.naturalWidth, img.naturalHeight);
+      const ctx = canvas.getContext('2d');
+      ctx.drawImage(img, 0, 0);
+      const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+      const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', pixels));
+      return { done, count: img.dataset.previews, evaluation: img.dataset.evaluation, size: [canvas.width, canvas.height],
+        sha256: Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('') };
+    }, count);
+    if (now.count !== count) {
+      count = now.count;
+      seen.push({ evaluation: now.evaluation, size: now.size, sha256: now.sha256 });
+    }
+    if (now.done) break;
+    await page.waitForTimeout(100);
+  }
+  return seen;
+}
+
+async function snapshot(page) {
+  return page.evaluate(() => ({
+    status: document.getElementById('status').textContent,
+    error: document.getElementById('error').textContent,
+    progress: [document.getElementById('progress').value, document.getElementById('progress').max],
+    server: document.getElementById('server').textContent,
+  }));
+}
+
+const result = { requests: [], consoleErrors: [] };
+const browser = await launch();
+try {
+  const { context } = browser;
+  context.on('request', (r) => result.requests.push(r.url()));
+  const page = await context.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') result.consoleErrors.push(m.text()); });
+  page.on('pageerror', (e) => result.consoleErrors.push(String(e)));
+  await page.goto(url);
+  await page.waitForFunction(() => document.getElementById('server').textContent !== '');
+
+  // one job, start to finish, through the page's controls
+  await page.setInputFiles('#content-file', contentFile);
+  await page.setInputFiles('#style-file', styleFile);
+  await page.selectOption('#preset', 'scream');
+  await page.fill('#size', SIZE);
+  await page.fill('#iterations', EVALUATIONS);
+  await page.click('#start');
+  const previews = await watchPreviews(page);
+  const run = await download(page, 'run.png');
+  Object.assign(run, await snapshot(page), { previews });
+  result.run = run;
+
+  // a long job, cancelled as soon as it runs: the download is its best picture so far
+  await page.fill('#iterations', '100000');
+  await page.click('#start');
+  await page.waitForFunction(() => document.getElementById('progress').value > 0, null, { timeout: TIMEOUT });
+  await page.click('#cancel');
+  await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Cancelled'), null, { timeout: TIMEOUT });
+  result.cancel = { ...(await download(page, 'cancelled.png')), ...(await snapshot(page)),
+    partial: await page.locator('#download').getAttribute('data-partial') };
+  await page.screenshot({ path: path.join(out, 'page.png') });
+
+  // a file the server refuses: its one-line problem document on the page (the browser logs the 4xx itself)
+  const errorsBefore = result.consoleErrors.length;
+  await page.setInputFiles('#content-file', badFile);
+  await page.click('#start');
+  await page.waitForFunction(() => document.getElementById('error').textContent !== '', null, { timeout: TIMEOUT });
+  result.refused = await snapshot(page);
+  result.refusedConsole = result.consoleErrors.splice(errorsBefore);
+} finally {
+  await browser.close();
+  fs.writeFileSync(path.join(out, 'result.json'), JSON.stringify(result, null, 1));
+}
