@@ -45,13 +45,15 @@ function updateButtons() {
   $('cancel').disabled = !busy;
 }
 
-function showPicture(blob, evaluation) {
+/** Shows a picture in #preview; kind: "preview" (a JPEG while the job runs) or "result" (the PNG). */
+function showPicture(blob, evaluation, kind) {
   const img = $('preview');
   const url = URL.createObjectURL(blob);
   img.onload = () => { if (state.url && state.url !== url) URL.revokeObjectURL(state.url); state.url = url; };
   img.src = url;
   img.hidden = false;
   img.dataset.evaluation = String(evaluation);
+  img.dataset.kind = kind;
   state.previews += 1;
   img.dataset.previews = String(state.previews);
 }
@@ -72,7 +74,7 @@ async function refreshPreview(id, evaluation) {
   state.previewAt = now;
   try {
     const blob = await api().preview(id, state.abort?.signal);
-    if (blob && state.job === id) showPicture(blob, evaluation);
+    if (blob && state.job === id) showPicture(blob, evaluation, 'preview');
   } catch (e) {
     if (e.name !== 'AbortError') showError(`the preview: ${e.message}`);
   } finally {
@@ -101,7 +103,7 @@ async function finish(id, job) {
     return;
   }
   const { blob, partial } = await api().result(id);
-  showPicture(blob, job.progress?.evaluations ?? '');
+  showPicture(blob, job.progress?.evaluations ?? '', 'result');
   const names = state.files.content && state.files.style ? `${baseName(state.files.content)}-${baseName(state.files.style)}` : `nst-${id.slice(0, 8)}`;
   link.download = `${names}${partial ? '-partial' : ''}.png`;
   if (link.href.startsWith('blob:')) URL.revokeObjectURL(link.href);

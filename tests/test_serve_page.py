@@ -1,0 +1,185 @@
+"""The page of `nst serve` (nst_core/serve/page/) in a real browser against a real server: a `nst serve` process
+on 127.0.0.1 (tests/serving.py) and Debian's chromium, headless, driven by playwright-core (tests/serve_page.mjs,
+which reuses hosts/web/test/browser.mjs: nothing downloads a browser).
+
+Through the page's own controls: choose the photo and the painting (the shared JPEGs), pick the scream preset and
+128 px, submit; the preview must show at least 2 different pictures while the job runs; the downloaded PNG is the
+server's result (the right size, painted, its recipe names the preset, size and evaluations the page sent). Then a
+long job is cancelled from the page (its download is the partial best picture), and a GIF is refused with the
+server's own one-line problem detail on the page. Every request the browser made stays on the server's origin
+(127.0.0.1), and the console has no errors.
+
+Without /usr/bin/chromium the browser test is skipped locally, with the reason; under CI it fails instead.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from nst_core.outputs.recipe import read_recipe
+from nst_core.spec.presets import DEFAULT_PRESET, PRESETS
+
+from serving import start_server, stop_server, submit
+
+REPO = Path(__file__).resolve().parents[1]
+PAGE = REPO / "nst_core" / "serve" / "page"
+WEB = REPO / "hosts" / "web"
+CHROMIUM = Path(os.environ.get("NST_CHROMIUM", "/usr/bin/chromium"))
+SIZE = 128
+EVALUATIONS = 200
+
+
+@pytest.fixture(scope="module")
+def node():
+    if not CHROMIUM.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing under CI (.ci/run installs Debian's chromium)")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); the page's test needs it")
+    path = shutil.which("node")
+    if path is None:
+        pytest.fail("node is not installed (playwright-core needs Node.js 20)")
+    if not (WEB / "node_modules" / "playwright-core").is_dir():
+        pytest.fail("hosts/web/node_modules/playwright-core is missing: run `make test` (it runs npm ci there)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, env):
+    srv = start_server(tmp_path_factory.mktemp("serve_page"), env=env)
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def gif(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gif") / "photo.gif"
+    Image.new("RGB", (64, 48), (200, 120, 40)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def e2e(node, server, images_dir, gif, tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve_page_e2e")
+    files = [images_dir / "tubingen.jpg", images_dir / "starry_night.jpg", gif]
+    r = subprocess.run([node, str(REPO / "tests" / "serve_page.mjs"), server["url"].rstrip("/") + "/", str(out),
+                        *map(str, files)], cwd=REPO, capture_output=True, text=True, timeout=240,
+                       env=dict(os.environ, NST_PAGE_SIZE=str(SIZE), NST_PAGE_EVALUATIONS=str(EVALUATIONS)))
+    result = json.loads((out / "result.json").read_text()) if (out / "result.json").is_file() else {}
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + json.dumps(result)[-3000:]
+    return result
+
+
+def expected_size(photo: Path) -> tuple:
+    """(width, height) of the photo with its smaller edge at SIZE, the other edge in proportion (within 1 px)."""
+    with Image.open(photo) as im:
+        w, h = im.size
+    return (SIZE, h * SIZE / w) if w <= h else (w * SIZE / h, SIZE)
+
+
+def painted_against(path: Path, photo: Path) -> float:
+    """Mean absolute difference (0..255) between the picture at `path` and the photo resized to its size."""
+    with Image.open(path) as im, Image.open(photo) as ph:
+        got = np.asarray(im.convert("RGB"), np.float64)
+        ref = np.asarray(ph.convert("RGB").resize(im.size, Image.BILINEAR), np.float64)
+    return float(np.abs(got - ref).mean())
+
+
+def test_page_round_trip(e2e, images_dir, capsys):
+    """Submit from the page; >= 2 different previews while it runs; the download is the server's painted PNG with
+    the page's preset, size and evaluations in its recipe."""
+    run = e2e["run"]
+    previews = [p for p in run["previews"] if p["kind"] == "preview"]
+    with capsys.disabled():
+        print(f"\nserve page: {len(previews)} previews shown "
+              f"(evaluations {[p['evaluation'] for p in previews]}), {len({p['sha256'] for p in previews})} different; "
+              f"status {run['status']!r}")
+    assert len({p["sha256"] for p in previews}) >= 2, run["previews"]
+    assert all(max(p["size"]) <= 256 for p in previews)
+    assert run["previews"][-1]["kind"] == "result"
+    assert run["status"].startswith(f"Done: {EVALUATIONS} evaluations"), run["status"]
+    assert run["progress"][0] == run["progress"][1] > 0 and run["error"] == ""
+    assert run["suggested"] == "tubingen-starry_night.png"
+    photo = images_dir / "tubingen.jpg"
+    with Image.open(run["path"]) as im:
+        assert im.format == "PNG"
+        size = im.size
+    assert all(abs(a - b) <= 1 for a, b in zip(size, expected_size(photo))), (size, expected_size(photo))
+    assert tuple(run["previews"][-1]["size"]) == size  # the result itself is what the page showed last
+    spec, provenance = read_recipe(run["path"])
+    assert (spec.preset, spec.size, spec.iterations) == ("scream", SIZE, EVALUATIONS)
+    assert painted_against(Path(run["path"]), photo) > 5.0  # scream's strokes, not the photo
+
+
+def test_page_cancel_downloads_the_partial_picture(e2e, images_dir):
+    """A 100000-evaluation job cancelled from the page: the status says so, the download is marked partial and is
+    a valid PNG with its recipe, after far fewer evaluations than asked."""
+    c = e2e["cancel"]
+    assert c["partial"] == "true" and c["suggested"] == "tubingen-starry_night-partial.png", c
+    done = int(re.match(r"Cancelled after (\d+) evaluations", c["status"]).group(1))
+    assert 1 <= done < 100000
+    with Image.open(c["path"]) as im:
+        assert im.format == "PNG"
+        im.load()
+    spec, _ = read_recipe(c["path"])
+    assert spec.iterations == 100000
+
+
+def test_page_shows_the_servers_problem_detail(e2e, server, gif, images_dir):
+    """A GIF as the photo: the page shows, in one line, the detail of the problem document the server answers to
+    the same upload sent directly."""
+    shown = e2e["refused"]["error"]
+    r = submit(server["url"], gif.read_bytes(), [(images_dir / "starry_night.jpg").read_bytes()],
+               {"preset": "scream", "size": SIZE, "iterations": EVALUATIONS})
+    assert r.status_code in (400, 415, 422) and r.headers["content-type"].startswith("application/problem+json")
+    assert shown == r.json()["detail"] and "\n" not in shown and shown
+    assert e2e["refused"]["status"] == "Not submitted."
+    # the browser itself logs the refused request; nothing else
+    assert all(re.match(r"Failed to load resource: .* status of 4\d\d", m) for m in e2e["refusedConsole"]), e2e
+
+
+def test_page_stays_on_its_server(e2e, server):
+    """No request leaves the server's origin on 127.0.0.1 (no CDN, no font, no update check), and no console
+    errors during the round trip and the cancel."""
+    origin = urlsplit(server["url"])
+    assert origin.hostname == "127.0.0.1"
+    own = f"{origin.scheme}://{origin.netloc}"
+    foreign = [u for u in e2e["requests"] if not (u.startswith(own + "/") or u.startswith(f"blob:{own}/")
+                                                   or u.startswith("data:"))]
+    assert foreign == [] and len(e2e["requests"]) > 5
+    assert e2e["consoleErrors"] == []
+
+
+def test_page_files_are_served(server):
+    """GET / is the page; its script, modules and style sheet come from /page/ with types a browser accepts; the
+    preset menu lists exactly nst's presets."""
+    base = server["url"].rstrip("/")
+    with httpx.Client(timeout=10) as client:
+        page = client.get(base + "/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert page.text == (PAGE / "index.html").read_text()
+        for name in sorted(p.name for p in PAGE.iterdir()):
+            r = client.get(f"{base}/page/{name}")
+            assert r.status_code == 200 and r.content == (PAGE / name).read_bytes(), name
+            kind = {".mjs": "text/javascript", ".css": "text/css", ".html": "text/html"}[Path(name).suffix]
+            assert r.headers["content-type"].split(";")[0] == kind, (name, r.headers["content-type"])
+    assert re.findall(r'<option value="(\w+)"', page.text) == list(PRESETS)
+    assert re.findall(r'<option value="(\w+)" selected>', page.text) == [DEFAULT_PRESET]
+
+
+def test_page_event_stream_parser():
+    """The page's event-stream parser (sse.mjs) under `node --test` on hand-written streams."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (the page's parser tests need Node.js 20)")
+    r = subprocess.run([node, "--test", "tests/serve_page_sse.test.mjs"], cwd=REPO, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "# fail 0" in r.stdout and "# pass 3" in r.stdout
