@@ -1,7 +1,7 @@
 // The page of `nst serve` in Debian's chromium (headless, playwright-core from hosts/web), for
 // tests/test_serve_page.py:  node tests/serve_page.mjs URL OUTDIR CONTENT_FILE STYLE_FILE BAD_FILE
 // Writes OUTDIR/result.json:
-//   run:     the file inputs, preset, size 128, 60 evaluations, submit; the pictures the preview showed (their
+//   run:     the file inputs, preset, size 128, 500 evaluations, submit; the pictures the preview showed (their
 //            evaluation and pixels' SHA-256), the status line, the progress bar, the downloaded PNG's path
 //   cancel:  a second job of 100000 evaluations, cancelled once its progress shows; the partial PNG's path
 //   refused: the #error line after submitting BAD_FILE as the photo (the server's problem document)
@@ -12,7 +12,7 @@ import { launch } from '../hosts/web/test/browser.mjs';
 
 const [url, out, contentFile, styleFile, badFile] = process.argv.slice(2);
 const SIZE = process.env.NST_PAGE_SIZE || '128';
-const EVALUATIONS = process.env.NST_PAGE_EVALUATIONS || '60';
+const EVALUATIONS = process.env.NST_PAGE_EVALUATIONS || '500';
 const TIMEOUT = 120000;
 
 async function download(page, file) {
@@ -23,8 +23,8 @@ async function download(page, file) {
   return { path: saved, suggested: d.suggestedFilename() };
 }
 
-/** Until the download is offered: each picture the preview <img> showed, as {evaluation, sha256 of its decoded
- * RGBA pixels} (the page counts its pictures in data-previews; the last one is the result itself). */
+/** Until the download is offered: each picture the preview <img> showed, as {kind: "preview" or "result",
+ * evaluation, size, sha256 of its decoded RGBA pixels} (the page counts its pictures in data-previews). */
 async function watchPreviews(page) {
   const seen = [];
   let count = '0';
@@ -38,12 +38,12 @@ async function watchPreviews(page) {
       ctx.drawImage(img, 0, 0);
       const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
       const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', pixels));
-      return { done, count: img.dataset.previews, evaluation: img.dataset.evaluation, size: [canvas.width, canvas.height],
+      return { done, count: img.dataset.previews, kind: img.dataset.kind, evaluation: img.dataset.evaluation, size: [canvas.width, canvas.height],
         sha256: Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('') };
     }, count);
     if (now.count !== count) {
       count = now.count;
-      seen.push({ evaluation: now.evaluation, size: now.size, sha256: now.sha256 });
+      seen.push({ kind: now.kind, evaluation: now.evaluation, size: now.size, sha256: now.sha256 });
     }
     if (now.done) break;
     await page.waitForTimeout(100);
@@ -77,10 +77,12 @@ try {
   await page.selectOption('#preset', 'scream');
   await page.fill('#size', SIZE);
   await page.fill('#iterations', EVALUATIONS);
+  const started = Date.now();
   await page.click('#start');
   const previews = await watchPreviews(page);
+  const seconds = (Date.now() - started) / 1000;
   const run = await download(page, 'run.png');
-  Object.assign(run, await snapshot(page), { previews });
+  Object.assign(run, await snapshot(page), { previews, seconds });
   result.run = run;
 
   // a long job, cancelled as soon as it runs: the download is its best picture so far

@@ -34,7 +34,7 @@ PAGE = REPO / "nst_core" / "serve" / "page"
 WEB = REPO / "hosts" / "web"
 CHROMIUM = Path(os.environ.get("NST_CHROMIUM", "/usr/bin/chromium"))
 SIZE = 128
-EVALUATIONS = 200
+EVALUATIONS = 500
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_page_round_trip(e2e, images_dir, capsys):
     with capsys.disabled():
         print(f"\nserve page: {len(previews)} previews shown "
               f"(evaluations {[p['evaluation'] for p in previews]}), {len({p['sha256'] for p in previews})} different; "
-              f"status {run['status']!r}")
+              f"status {run['status']!r} after {run['seconds']:.1f} s")
     assert len({p["sha256"] for p in previews}) >= 2, run["previews"]
     assert all(max(p["size"]) <= 256 for p in previews)
     assert run["previews"][-1]["kind"] == "result"

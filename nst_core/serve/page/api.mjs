@@ -94,10 +94,12 @@ export function connect({ base = location.origin, token = '' } = {}) {
       await request('POST', `${jobPath(id)}/cancel`);
     },
 
-    /** The current preview as a Blob (a JPEG), or null while the job has none yet. */
-    async preview(id, signal) {
-      const r = await request('GET', `${jobPath(id)}/preview`, { signal, ok: [204, 404, 409] });
-      return r.status === 200 ? r.blob() : null;
+    /** The current preview: {blob (a JPEG), tag (its ETag)}, or null while the job has none yet or when it is
+     * still the one tagged `tag` (sent as If-None-Match: an unchanged preview is not downloaded again). */
+    async preview(id, { tag = '', signal } = {}) {
+      const headers = tag ? { 'If-None-Match': tag } : {};
+      const r = await request('GET', `${jobPath(id)}/preview`, { headers, signal, ok: [204, 304, 409] });
+      return r.status === 200 ? { blob: await r.blob(), tag: r.headers.get('ETag') || '' } : null;
     },
 
     /** The result PNG: {blob, partial} (partial: a cancelled job's best picture so far). */

@@ -8,7 +8,7 @@ const $ = (id) => document.getElementById(id);
 const PREVIEW_EVERY_MS = 1000; // the workers make a preview every 2 s; look twice as often
 const JOB_KEY = 'nst-serve-job';
 
-const state = { files: {}, job: null, abort: null, previewAt: 0, previewBusy: false, previews: 0, url: null };
+const state = { files: {}, job: null, abort: null, previewAt: 0, previewBusy: false, previewTag: '', previews: 0, url: null };
 
 function showError(message) {
   $('error').textContent = message;
@@ -73,8 +73,11 @@ async function refreshPreview(id, evaluation) {
   state.previewBusy = true;
   state.previewAt = now;
   try {
-    const blob = await api().preview(id, state.abort?.signal);
-    if (blob && state.job === id) showPicture(blob, evaluation, 'preview');
+    const found = await api().preview(id, { tag: state.previewTag, signal: state.abort?.signal });
+    if (found && state.job === id) {
+      state.previewTag = found.tag;
+      showPicture(found.blob, evaluation, 'preview');
+    }
   } catch (e) {
     if (e.name !== 'AbortError') showError(`the preview: ${e.message}`);
   } finally {
@@ -102,6 +105,10 @@ async function finish(id, job) {
     $('status').textContent = 'Failed.';
     return;
   }
+  if (job.status === 'cancelled' && !(job.progress?.evaluations > 0)) {
+    $('status').textContent = 'Cancelled before it started: there is no picture.';
+    return;
+  }
   const { blob, partial } = await api().result(id);
   showPicture(blob, job.progress?.evaluations ?? '', 'result');
   const names = state.files.content && state.files.style ? `${baseName(state.files.content)}-${baseName(state.files.style)}` : `nst-${id.slice(0, 8)}`;
@@ -122,6 +129,7 @@ async function follow(id) {
   state.job = id;
   state.abort = new AbortController();
   state.previews = 0;
+  state.previewTag = '';
   localStorage.setItem(JOB_KEY, id);
   updateButtons();
   const client = api();
@@ -183,9 +191,10 @@ async function cancel() {
 async function showServer() {
   try {
     const h = await api().health();
-    const workers = Array.isArray(h.workers) ? h.workers.length : h.workers;
-    const queue = h.queue ?? h.queued ?? h.queue_length;
-    $('server').textContent = `Server: nst ${h.version ?? ''} · ${workers ?? '?'} worker(s) · ${queue ?? '?'} job(s) waiting`;
+    const workers = Array.isArray(h.workers) ? h.workers.length : '?';
+    const queue = h.queue || {};
+    $('server').textContent = `Server: nst ${h.version} · ${workers} worker(s) · ${queue.running ?? '?'} job(s) `
+      + `running, ${queue.queued ?? '?'} queued`;
   } catch (e) {
     $('server').textContent = `Server: ${e.message}`;
   }
