@@ -65,16 +65,27 @@ def gif(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def e2e(node, server, images_dir, gif, tmp_path_factory):
-    out = tmp_path_factory.mktemp("serve_page_e2e")
-    files = [images_dir / "tubingen.jpg", images_dir / "starry_night.jpg", gif]
-    r = subprocess.run([node, str(REPO / "tests" / "serve_page.mjs"), server["url"].rstrip("/") + "/", str(out),
-                        *map(str, files)], cwd=REPO, capture_output=True, text=True, timeout=240,
+def drive(node, mode, url, out, *args) -> dict:
+    """`node tests/serve_page.mjs MODE URL OUT *args`: its result.json."""
+    r = subprocess.run([node, str(REPO / "tests" / "serve_page.mjs"), mode, url.rstrip("/") + "/", str(out),
+                        *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=240,
                        env=dict(os.environ, NST_PAGE_SIZE=str(SIZE), NST_PAGE_EVALUATIONS=str(EVALUATIONS)))
     result = json.loads((out / "result.json").read_text()) if (out / "result.json").is_file() else {}
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + json.dumps(result)[-3000:]
     return result
+
+
+@pytest.fixture(scope="module")
+def e2e(node, server, images_dir, gif, tmp_path_factory):
+    return drive(node, "run", server["url"], tmp_path_factory.mktemp("serve_page_e2e"), images_dir / "tubingen.jpg",
+                 images_dir / "starry_night.jpg", gif)
+
+
+def foreign_requests(requests, url) -> list:
+    """The URLs of `requests` that are not on the origin of `url` (its blob: URLs count as its own)."""
+    origin = urlsplit(url)
+    own = f"{origin.scheme}://{origin.netloc}"
+    return [u for u in requests if not (u.startswith(own + "/") or u.startswith(f"blob:{own}/") or u.startswith("data:"))]
 
 
 def expected_size(photo: Path) -> tuple:
@@ -148,13 +159,35 @@ def test_page_shows_the_servers_problem_detail(e2e, server, gif, images_dir):
 def test_page_stays_on_its_server(e2e, server):
     """No request leaves the server's origin on 127.0.0.1 (no CDN, no font, no update check), and no console
     errors during the round trip and the cancel."""
-    origin = urlsplit(server["url"])
-    assert origin.hostname == "127.0.0.1"
-    own = f"{origin.scheme}://{origin.netloc}"
-    foreign = [u for u in e2e["requests"] if not (u.startswith(own + "/") or u.startswith(f"blob:{own}/")
-                                                   or u.startswith("data:"))]
-    assert foreign == [] and len(e2e["requests"]) > 5
+    assert urlsplit(server["url"]).hostname == "127.0.0.1"
+    assert foreign_requests(e2e["requests"], server["url"]) == [] and len(e2e["requests"]) > 5
     assert e2e["consoleErrors"] == []
+
+
+def test_page_with_a_token(node, env, images_dir, tmp_path):
+    """A server with --token-file: before a token is typed the page says the server asks for one and shows the
+    401's one-line detail on submitting; with the token typed, every /v1 request carries it as Bearer and the job
+    comes back as a PNG (64 px, 20 evaluations)."""
+    token = "page-test-token-7f3a"
+    (tmp_path / "tokens").write_text(f"alice {token}\n")
+    srv = start_server(tmp_path, "--token-file", tmp_path / "tokens", env=env, token=token)
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        t = drive(node, "token", srv["url"], out, images_dir / "tubingen.jpg", images_dir / "starry_night.jpg", token)
+        refused = submit(srv["url"], (images_dir / "tubingen.jpg").read_bytes(),
+                         [(images_dir / "starry_night.jpg").read_bytes()], {"size": 64})
+    finally:
+        stop_server(srv)
+    assert "asks for a token" in t["before"]["server"], t["before"]
+    assert refused.status_code == 401 and t["before"]["error"] == refused.json()["detail"], t["before"]
+    assert all(re.match(r"Failed to load resource: .* status of 401", m) for m in t["beforeConsole"]), t
+    assert t["auth"] and all(a == f"Bearer {token}" for _, a in t["auth"]), t["auth"]
+    assert any(u.endswith("/result") for u, _ in t["auth"]) and any(u.endswith("/events") for u, _ in t["auth"])
+    assert t["after"]["status"].startswith("Done: 20 evaluations") and t["after"]["error"] == ""
+    with Image.open(t["after"]["path"]) as im:
+        assert im.format == "PNG" and min(im.size) == 64
+    assert t["consoleErrors"] == [] and foreign_requests(t["requests"], srv["url"]) == []
 
 
 def test_page_files_are_served(server):

@@ -6,6 +6,7 @@ import { ApiError, connect, FINAL } from './api.mjs';
 
 const $ = (id) => document.getElementById(id);
 const PREVIEW_EVERY_MS = 1000; // the workers make a preview every 2 s; look twice as often
+const HEALTH_EVERY_MS = 3000; // the server line (workers, jobs running and queued) while a job is followed
 const JOB_KEY = 'nst-serve-job';
 
 const state = { files: {}, job: null, abort: null, previewAt: 0, previewBusy: false, previewTag: '', previews: 0, url: null };
@@ -133,6 +134,7 @@ async function follow(id) {
   localStorage.setItem(JOB_KEY, id);
   updateButtons();
   const client = api();
+  const health = setInterval(showServer, HEALTH_EVERY_MS);
   try {
     let job = await client.status(id);
     onEvent(job);
@@ -146,6 +148,8 @@ async function follow(id) {
     }
     if (e instanceof ApiError && e.status === 404) localStorage.removeItem(JOB_KEY);
   } finally {
+    clearInterval(health);
+    showServer();
     state.job = null;
     updateButtons();
   }
@@ -196,7 +200,7 @@ async function showServer() {
     $('server').textContent = `Server: nst ${h.version} · ${workers} worker(s) · ${queue.running ?? '?'} job(s) `
       + `running, ${queue.queued ?? '?'} queued`;
   } catch (e) {
-    $('server').textContent = `Server: ${e.message}`;
+    $('server').textContent = e.status === 401 ? `Server: asks for a token (${e.message})` : `Server: ${e.message}`;
   }
 }
 
