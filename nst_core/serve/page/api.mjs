@@ -110,9 +110,11 @@ export function connect({ base = location.origin, token = '' } = {}) {
     },
 
     /** Follows GET /v1/jobs/{id}/events until its final `status` event, whose data (a job document) it returns.
-     * onProgress(data, event) for every other event (`progress`, a `status` that is not final). A dropped stream is opened again with Last-Event-ID
-     * (after the server's `retry:` or 1 s), at most `attempts` times in a row without an event. */
-    async follow(id, onProgress, { signal, attempts = 5 } = {}) {
+     * onProgress(data, event) for every other event (`progress`, a `status` that is not final). A dropped stream
+     * is opened again with Last-Event-ID after the server's `retry:` (or 1 s), at most `attempts` times in a row
+     * without an event in between (a server restarting on the same --data: its jobs go on); onDrop(failures) is
+     * called before each new try. */
+    async follow(id, onProgress, { signal, attempts = 30, onDrop = () => {} } = {}) {
       let lastId = '';
       let retry = 1000;
       for (let failures = 0; failures < attempts;) {
@@ -140,13 +142,16 @@ export function connect({ base = location.origin, token = '' } = {}) {
             }
           } catch (e) {
             if (!(e instanceof TypeError)) throw e; // TypeError: the connection broke; try again
+          } finally {
+            reader.cancel().catch(() => {});
           }
           if (parser.retry !== null) retry = parser.retry;
         }
         failures += 1;
+        onDrop(failures);
         await new Promise((resolve) => setTimeout(resolve, retry));
       }
-      throw new ApiError(`lost the job's event stream ${attempts} times in a row; reload the page to follow it again`);
+      throw new ApiError(`lost the job's event stream ${attempts} times in a row; reload the page to follow the job again`);
     },
   };
 }

@@ -9,7 +9,8 @@ const PREVIEW_EVERY_MS = 1000; // the workers make a preview every 2 s; look twi
 const HEALTH_EVERY_MS = 3000; // the server line (workers, jobs running and queued) while a job is followed
 const JOB_KEY = 'nst-serve-job';
 
-const state = { files: {}, job: null, abort: null, previewAt: 0, previewBusy: false, previewTag: '', previews: 0, url: null };
+const state = { files: {}, job: null, abort: null, previewAt: 0, previewBusy: false, previewTag: '', previews: 0, url: null,
+  firstSeen: null };
 
 function showError(message) {
   $('error').textContent = message;
@@ -65,7 +66,12 @@ function showProgress(p) {
   $('progress').max = Math.max(1, p.budget || 1);
   $('progress').value = Math.min(p.evaluations, p.budget || p.evaluations);
   const scale = p.scales > 1 ? ` · scale ${p.scale} / ${p.scales}` : '';
-  $('status').textContent = `Running: evaluation ${p.evaluations} / ${p.budget}${scale} · best loss ${fmt(p.loss)}`;
+  const now = performance.now();
+  const first = state.firstSeen;
+  if (p.evaluations > 0 && (!first || p.evaluations < first.evaluations)) state.firstSeen = { now, evaluations: p.evaluations };
+  const seconds = state.firstSeen ? (now - state.firstSeen.now) / 1000 : 0;
+  const rate = seconds >= 1 ? ` · ${((p.evaluations - state.firstSeen.evaluations) / seconds).toFixed(1)} evaluations/s` : '';
+  $('status').textContent = `Running: evaluation ${p.evaluations} / ${p.budget}${scale} · best loss ${fmt(p.loss)}${rate}`;
 }
 
 async function refreshPreview(id, evaluation) {
@@ -131,6 +137,7 @@ async function follow(id) {
   state.abort = new AbortController();
   state.previews = 0;
   state.previewTag = '';
+  state.firstSeen = null;
   localStorage.setItem(JOB_KEY, id);
   updateButtons();
   const client = api();
@@ -138,7 +145,8 @@ async function follow(id) {
   try {
     let job = await client.status(id);
     onEvent(job);
-    if (!FINAL.has(job.status)) job = await client.follow(id, onEvent, { signal: state.abort.signal });
+    const onDrop = (n) => { $('status').textContent = `The server does not answer; trying again (${n})…`; };
+    if (!FINAL.has(job.status)) job = await client.follow(id, onEvent, { signal: state.abort.signal, onDrop });
     await finish(id, job);
     localStorage.removeItem(JOB_KEY);
   } catch (e) {
