@@ -26,7 +26,7 @@ from ..inputs.images import one_line
 from ..jobs.engine import Engine
 from ..jobs.store import open_store
 from .app import create_app
-from .settings import from_args, is_loopback
+from .settings import from_args
 
 __all__ = ["run", "listen"]
 
@@ -78,10 +78,7 @@ def _url(sock: socket.socket) -> str:
 
 def run(args) -> int:
     """``nst serve`` with parsed ``args`` (see ``settings.add_arguments``); returns the exit status."""
-    settings = from_args(args)
-    if settings.clients is None and not is_loopback(args.host):
-        raise NSTError(f"--host {args.host} is not a loopback address: without --token-file nst serve listens only "
-                       f"on 127.0.0.1 / ::1; give --token-file to serve a network")
+    settings = from_args(args)  # a non-loopback --host without --token-file is refused there
     sock = listen(args.host, args.port)
     try:
         where = args.store

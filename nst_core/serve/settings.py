@@ -1,7 +1,7 @@
 """``nst serve``'s settings: the command's options, checked in one line each, as a frozen ``Settings``.
 
     p = subparsers.add_parser("serve"); add_arguments(p, number=int)      # cli.py (this module is light: stdlib only)
-    settings = from_args(args)                                             # NSTError (one line) for a bad value
+    settings = from_args(args)              # NSTError (one line) for a bad value or a public --host without tokens
 
 Token file (``--token-file F``): one client per line, ``NAME TOKEN``; blank lines and lines starting with ``#`` are
 skipped. Names and tokens are unique; a token has at least ``MIN_TOKEN_CHARS`` characters (``secrets.token_hex(16)``
@@ -130,14 +130,19 @@ def _positive(value, option: str, whole: bool = False):
 
 
 def from_args(args) -> Settings:
-    """The Settings of parsed ``nst serve`` arguments; NSTError (one line) for a bad value."""
+    """The Settings of parsed ``nst serve`` arguments; NSTError (one line) for a bad value, and for a ``--host``
+    that is not loopback without ``--token-file``."""
     if args.workers is not None and args.workers < 1:
         raise NSTError(f"--workers must be >= 1, got {args.workers}")
     if not 0 <= args.port <= 65535:
         raise NSTError(f"--port must be 0..65535, got {args.port}")
-    return Settings(data=Path(args.data),
-                    body_limit=int(_positive(args.max_body_mb, "--max-body-mb") * 2**20),
-                    pixel_limit=_positive(args.max_pixels, "--max-pixels", whole=True),
-                    queue_limit=_positive(args.max_queued, "--max-queued", whole=True),
-                    retention=parse_duration(args.retention),
-                    clients=read_tokens(args.token_file) if args.token_file else None)
+    settings = Settings(data=Path(args.data),
+                        body_limit=int(_positive(args.max_body_mb, "--max-body-mb") * 2**20),
+                        pixel_limit=_positive(args.max_pixels, "--max-pixels", whole=True),
+                        queue_limit=_positive(args.max_queued, "--max-queued", whole=True),
+                        retention=parse_duration(args.retention),
+                        clients=read_tokens(args.token_file) if args.token_file else None)
+    if settings.clients is None and not is_loopback(args.host):
+        raise NSTError(f"--host {args.host} is not a loopback address: without --token-file nst serve listens only "
+                       f"on 127.0.0.1 / ::1; give --token-file to serve a network")
+    return settings

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import threading
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from ..errors import NSTError
 from ..inputs.images import one_line, open_image
@@ -40,6 +41,9 @@ _NOT_OPTIONS = {"content": "send the content image as the multipart file 'conten
                 "model": "the model is the server's; it is not chosen per job"}
 _FORM_FIELDS = ("content", "style", "spec")
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+#: Images decoded at once by the web process: a 40 MP image is ~120 MB decoded, and the request threads are many.
+DECODES_AT_ONCE = 2
+_DECODING = threading.BoundedSemaphore(DECODES_AT_ONCE)
 #: POST /v1/jobs's request body in OpenAPI terms (the route reads the body itself, to limit it first).
 OPENAPI_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object",
@@ -66,11 +70,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         if length > limit:
             raise Problem(413, f"{too_big}: Content-Length is {length}", {"Connection": "close"})
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Problem(413, too_big, {"Connection": "close"})
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Problem(413, too_big, {"Connection": "close"})
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise Problem(400, "the client went away before the request body ended") from None
     return b"".join(chunks)
 
 
@@ -210,7 +217,8 @@ def check_image(name: str, data: bytes, pixel_limit: int) -> str:
     if width < 1 or height < 1:
         raise Problem(422, f"{name}: the header says {width}x{height} pixels")
     try:
-        open_image(name, data)
+        with _DECODING:
+            open_image(name, data)
     except NSTError as exc:
         raise Problem(422, one_line(exc)) from None
     return kind
