@@ -2,7 +2,8 @@
 // tests/test_serve_page.py. Two runs, each writing OUTDIR/result.json:
 //   node tests/serve_page.mjs run URL OUTDIR CONTENT_FILE STYLE_FILE BAD_FILE
 //     run:     the file inputs, preset scream, size 128 px, 100000 evaluations, submit; watch the preview until it
-//              has shown 2 different pictures after the first evaluation, cancel, download the best picture so far. Records each picture the
+//              has shown 2 different pictures after the first evaluation (reloading the page after the first of
+//              them: it follows the same job again), cancel, download the best picture so far. Records each picture the
 //              preview showed (kind, evaluation, size, pixels' SHA-256), the status line, the progress bar, the
 //              downloaded PNG's path and name
 //     refused: the #error line after submitting BAD_FILE as the photo (the server's problem document)
@@ -63,8 +64,8 @@ async function snapshot(page) {
   }));
 }
 
-async function chooseAndSubmit(page, preset, size, evaluations) {
-  await page.setInputFiles('#content-file', contentFile);
+async function chooseAndSubmit(page, preset, size, evaluations, photo = contentFile) {
+  await page.setInputFiles('#content-file', photo);
   await page.setInputFiles('#style-file', styleFile);
   await page.selectOption('#preset', preset);
   await page.fill('#size', size);
@@ -78,19 +79,24 @@ async function run(page, result) {
   await chooseAndSubmit(page, 'scream', '128', '100000');
   // 2 different pictures after the first evaluation (the workers' first preview is the start: the photo itself)
   const distinct = (seen) => new Set(seen.filter((p) => p.kind === 'preview' && Number(p.evaluation) > 1).map((p) => p.sha256)).size;
-  const previews = await watchPreviews(page, (seen) => distinct(seen) >= 2);
+  const previews = await watchPreviews(page, (seen) => distinct(seen) >= 1);
+  // a reload in the middle: the page follows the same job again (localStorage), its previews go on
+  await page.reload();
+  await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Running'), null, { timeout: TIMEOUT });
+  const reloaded = await page.evaluate(() => ({ cancel: !document.getElementById('cancel').disabled,
+    status: document.getElementById('status').textContent }));
+  previews.push(...await watchPreviews(page, (seen) => distinct([...previews, ...seen]) >= 2));
   const seconds = (Date.now() - started) / 1000;
   await page.click('#cancel');
   await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Cancelled'), null, { timeout: TIMEOUT });
   const shown = previews.length ? previews[previews.length - 1].count : '0';
   previews.push(...await watchPreviews(page, (seen) => seen.some((p) => p.kind === 'result'), shown));
-  result.run = { ...(await download(page, 'run.png')), ...(await snapshot(page)), previews, seconds };
+  result.run = { ...(await download(page, 'run.png')), ...(await snapshot(page)), previews, seconds, reloaded };
   await page.screenshot({ path: path.join(out, 'page.png') });
 
   // a file the server refuses: its one-line problem document on the page (the browser logs the 4xx itself)
   const errorsBefore = result.consoleErrors.length;
-  await page.setInputFiles('#content-file', extra);
-  await page.click('#start');
+  await chooseAndSubmit(page, 'scream', '128', '100', extra); // the reload forgot the files: both again
   await page.waitForFunction(() => document.getElementById('error').textContent !== '', null, { timeout: TIMEOUT });
   result.refused = await snapshot(page);
   result.refusedConsole = result.consoleErrors.splice(errorsBefore);

@@ -103,7 +103,8 @@ def painted_against(path: Path, photo: Path) -> float:
 
 
 def test_page_round_trip(e2e, images_dir, capsys):
-    """Submit a 100000-evaluation job from the page; the preview shows >= 2 different pictures while it runs;
+    """Submit a 100000-evaluation job from the page; the preview shows >= 2 different pictures while it runs
+    (the page reloaded after the first: it follows the same job again, and its download keeps the files' names);
     cancel; the download is the server's partial PNG: the photo's proportions, painted, and its recipe holds the
     preset, size and evaluations the page sent."""
     run = e2e["run"]
@@ -115,6 +116,7 @@ def test_page_round_trip(e2e, images_dir, capsys):
     assert len({p["sha256"] for p in previews if int(p["evaluation"]) > 1}) >= 2, run["previews"]  # not the photo
     assert all(max(p["size"]) <= 256 for p in previews)
     assert run["previews"][-1]["kind"] == "result"
+    assert run["reloaded"]["cancel"] and run["reloaded"]["status"].startswith("Running: evaluation"), run["reloaded"]
     done = int(re.match(r"Cancelled after (\d+) evaluations", run["status"]).group(1))
     assert int(previews[-1]["evaluation"]) <= done < 100000 and run["error"] == ""
     assert run["partial"] == "true" and run["suggested"] == "tubingen-starry_night-partial.png", run

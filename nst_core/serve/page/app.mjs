@@ -105,7 +105,7 @@ function baseName(file) {
   return (file?.name || 'image').replace(/\.[^.]*$/, '').replace(/[^\w-]+/g, '_') || 'image';
 }
 
-async function finish(id, job) {
+async function finish(id, job, name) {
   const link = $('download');
   if (job.status === 'failed') {
     showError(`the job failed: ${job.error || 'no reason given'}`);
@@ -118,8 +118,7 @@ async function finish(id, job) {
   }
   const { blob, partial } = await api().result(id);
   showPicture(blob, job.progress?.evaluations ?? '', 'result');
-  const names = state.files.content && state.files.style ? `${baseName(state.files.content)}-${baseName(state.files.style)}` : `nst-${id.slice(0, 8)}`;
-  link.download = `${names}${partial ? '-partial' : ''}.png`;
+  link.download = `${name}${partial ? '-partial' : ''}.png`;
   if (link.href.startsWith('blob:')) URL.revokeObjectURL(link.href);
   link.href = URL.createObjectURL(blob);
   link.setAttribute('aria-disabled', 'false');
@@ -131,14 +130,15 @@ async function finish(id, job) {
   if (job.status === 'succeeded') $('progress').value = $('progress').max;
 }
 
-/** Follows job `id` to its end: the events, the previews, then the result or the failure. */
-async function follow(id) {
+/** Follows job `id` to its end: the events, the previews, then the result or the failure; `name`: the download's
+ * file name without ".png". The job is remembered in localStorage until then, so a reloaded page follows it again. */
+async function follow(id, name = `nst-${id.slice(0, 8)}`) {
   state.job = id;
   state.abort = new AbortController();
   state.previews = 0;
   state.previewTag = '';
   state.firstSeen = null;
-  localStorage.setItem(JOB_KEY, id);
+  localStorage.setItem(JOB_KEY, JSON.stringify({ id, name }));
   updateButtons();
   const client = api();
   const health = setInterval(showServer, HEALTH_EVERY_MS);
@@ -147,7 +147,7 @@ async function follow(id) {
     onEvent(job);
     const onDrop = (n) => { $('status').textContent = `The server does not answer; trying again (${n})…`; };
     if (!FINAL.has(job.status)) job = await client.follow(id, onEvent, { signal: state.abort.signal, onDrop });
-    await finish(id, job);
+    await finish(id, job, name);
     localStorage.removeItem(JOB_KEY);
   } catch (e) {
     if (e.name !== 'AbortError') {
@@ -180,7 +180,7 @@ async function submit() {
     const job = await api().submit(state.files.content, state.files.style, spec);
     $('parts').textContent = `job ${job.id}`;
     $('status').textContent = 'Queued: waiting for a worker…';
-    await follow(job.id);
+    await follow(job.id, `${baseName(state.files.content)}-${baseName(state.files.style)}`);
   } catch (e) {
     showError(e.message.split('\n')[0]);
     $('status').textContent = 'Not submitted.';
@@ -234,8 +234,17 @@ function wire() {
 wire();
 $('status').textContent = 'Choose a photo and a painting, then submit.';
 showServer();
-const pending = localStorage.getItem(JOB_KEY);
+function remembered() {
+  try {
+    const job = JSON.parse(localStorage.getItem(JOB_KEY));
+    return job && typeof job.id === 'string' && /^[0-9a-f]{32}$/.test(job.id) ? job : null;
+  } catch {
+    return null;
+  }
+}
+
+const pending = remembered();
 if (pending) {
-  $('status').textContent = `Following job ${pending} again…`;
-  follow(pending);
+  $('status').textContent = `Following job ${pending.id} again…`;
+  follow(pending.id, String(pending.name || '').replace(/[^\w-]+/g, '_') || undefined);
 }
