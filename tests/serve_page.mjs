@@ -7,6 +7,7 @@
 //              preview showed (kind, evaluation, size, pixels' SHA-256), the status line, the progress bar, the
 //              downloaded PNG's path and name
 //     refused: the #error line after submitting BAD_FILE as the photo (the server's problem document)
+//     list:    the job list's rows, the download its Show button offers, the list after its Delete button
 //   node tests/serve_page.mjs token URL OUTDIR CONTENT_FILE STYLE_FILE TOKEN   (a server with --token-file)
 //     before:  the server line and #error when submitting without the token; after: the same job with TOKEN typed
 //              into the token field (64 px, 20 evaluations) run to its end and downloaded; auth: the Authorization
@@ -100,6 +101,18 @@ async function run(page, result) {
   await page.waitForFunction(() => document.getElementById('error').textContent !== '', null, { timeout: TIMEOUT });
   result.refused = await snapshot(page);
   result.refusedConsole = result.consoleErrors.splice(errorsBefore);
+
+  // the job list: the cancelled job's row; Show offers its picture again; Delete removes it
+  const rows = () => page.evaluate(() => [...document.querySelectorAll('#jobs tbody tr')].map((r) => ({
+    id: r.dataset.id, status: r.dataset.status, cells: [...r.cells].map((c) => c.textContent) })));
+  await page.evaluate(() => document.getElementById('download').setAttribute('aria-disabled', 'true'));
+  result.list = { before: await rows() };
+  await page.click('#jobs tbody tr:first-child button:text("Show")');
+  result.list.shown = await download(page, 'shown.png');
+  await page.click('#jobs tbody tr:first-child button:text("Delete")');
+  await page.waitForFunction(() => document.querySelectorAll('#jobs tbody tr').length === 0, null, { timeout: TIMEOUT });
+  result.list.after = { rows: await rows(), note: await page.locator('#jobs-note').textContent(),
+    status: await page.locator('#status').textContent() };
 }
 
 /** The run on a server with --token-file (see the top). */

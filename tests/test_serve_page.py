@@ -53,7 +53,7 @@ def node():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, env):
-    srv = start_server(tmp_path_factory.mktemp("serve_page"), env=env)
+    srv = start_server(tmp_path_factory.mktemp("serve_page"), "--workers", "1", env=env)  # one job at a time here
     yield srv
     stop_server(srv)
 
@@ -144,6 +144,23 @@ def test_page_shows_the_servers_problem_detail(e2e, server, gif, images_dir):
     assert all(re.match(r"Failed to load resource: .* status of 4\d\d", m) for m in e2e["refusedConsole"]), e2e
 
 
+def test_page_job_list(e2e, server):
+    """The list shows the cancelled job (status, evaluations, preset and size); its Show button offers the same
+    partial PNG again, its Delete button deletes the job on the server."""
+    rows, run = e2e["list"]["before"], e2e["run"]
+    assert len(rows) == 1 and rows[0]["status"] == "cancelled", rows
+    cells = rows[0]["cells"]
+    assert cells[1].startswith("cancelled (partial)") and cells[2].endswith(" / 100000") and cells[3] == "scream, 128 px", cells
+    assert int(cells[2].split(" / ")[0]) == int(re.match(r"Cancelled after (\d+)", run["status"]).group(1))
+    shown = e2e["list"]["shown"]
+    assert shown["suggested"] == f"nst-{rows[0]['id'][:8]}-partial.png" and shown["partial"] == "true"
+    assert Path(shown["path"]).read_bytes() == Path(run["path"]).read_bytes()
+    after = e2e["list"]["after"]
+    assert after["rows"] == [] and after["note"] == "None yet." and after["status"] == f"Deleted job {rows[0]['id']}."
+    r = httpx.get(f"{server['url']}/v1/jobs/{rows[0]['id']}", timeout=10)
+    assert r.status_code == 404 and httpx.get(f"{server['url']}/v1/jobs", timeout=10).json()["jobs"] == []
+
+
 def test_page_stays_on_its_server(e2e, server):
     """No request leaves the server's origin on 127.0.0.1 (no CDN, no font, no update check), and no console
     errors during the round trip and the cancel."""
@@ -159,7 +176,7 @@ def test_page_with_a_token(node, env, images_dir, tmp_path):
     recipe."""
     token = "page-test-token-7f3a"
     (tmp_path / "tokens").write_text(f"alice {token}\n")
-    srv = start_server(tmp_path, "--token-file", tmp_path / "tokens", env=env, token=token)
+    srv = start_server(tmp_path, "--token-file", tmp_path / "tokens", "--workers", "1", env=env, token=token)
     try:
         out = tmp_path / "out"
         out.mkdir()

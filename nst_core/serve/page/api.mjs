@@ -86,6 +86,15 @@ export function connect({ base = location.origin, token = '' } = {}) {
       }
     },
 
+    /** GET /v1/jobs: {jobs (newest first), limit, offset, next (null: no older ones)}. */
+    async jobs({ limit = 10, offset = 0 } = {}) {
+      return (await request('GET', `/v1/jobs?limit=${limit}&offset=${offset}`)).json();
+    },
+
+    async remove(id) {
+      await request('DELETE', jobPath(id));
+    },
+
     async status(id) {
       return (await request('GET', jobPath(id))).json();
     },

@@ -8,9 +8,10 @@ const $ = (id) => document.getElementById(id);
 const PREVIEW_EVERY_MS = 1000; // the workers make a preview every 2 s; look twice as often
 const HEALTH_EVERY_MS = 3000; // the server line (workers, jobs running and queued) while a job is followed
 const JOB_KEY = 'nst-serve-job';
+const JOBS_PER_PAGE = 10;
 
 const state = { files: {}, job: null, abort: null, previewAt: 0, previewBusy: false, previewTag: '', previews: 0, url: null,
-  firstSeen: null };
+  firstSeen: null, jobsOffset: 0 };
 
 function showError(message) {
   $('error').textContent = message;
@@ -140,8 +141,9 @@ async function follow(id, name = `nst-${id.slice(0, 8)}`) {
   state.firstSeen = null;
   localStorage.setItem(JOB_KEY, JSON.stringify({ id, name }));
   updateButtons();
+  showJobs();
   const client = api();
-  const health = setInterval(showServer, HEALTH_EVERY_MS);
+  const health = setInterval(refresh, HEALTH_EVERY_MS);
   try {
     let job = await client.status(id);
     onEvent(job);
@@ -157,9 +159,9 @@ async function follow(id, name = `nst-${id.slice(0, 8)}`) {
     if (e instanceof ApiError && e.status === 404) localStorage.removeItem(JOB_KEY);
   } finally {
     clearInterval(health);
-    showServer();
     state.job = null;
     updateButtons();
+    refresh();
   }
 }
 
@@ -212,6 +214,78 @@ async function showServer() {
   }
 }
 
+function button(text, onClick, disabled = false) {
+  const b = document.createElement('button');
+  b.textContent = text;
+  b.disabled = disabled;
+  b.addEventListener('click', onClick);
+  return b;
+}
+
+/** Shows a job of the list: a final one's picture and download, or follows one that is not final. */
+async function openJob(job) {
+  showError('');
+  if (!FINAL.has(job.status)) {
+    follow(job.id);
+    return;
+  }
+  try {
+    await finish(job.id, job, `nst-${job.id.slice(0, 8)}`);
+  } catch (e) {
+    showError(e.message.split('\n')[0]);
+  }
+}
+
+async function remove(job) {
+  if (state.job === job.id) state.abort.abort();
+  try {
+    await api().remove(job.id);
+    $('status').textContent = `Deleted job ${job.id}.`;
+  } catch (e) {
+    showError(`delete: ${e.message.split('\n')[0]}`);
+  }
+  showJobs();
+}
+
+/** One row of the job list (every text set as text: nothing the server sends becomes markup). */
+function jobRow(job) {
+  const row = document.createElement('tr');
+  row.dataset.id = job.id;
+  row.dataset.status = job.status;
+  const p = job.progress || {};
+  const spec = job.spec || {};
+  const created = job.created ? new Date(job.created).toLocaleString() : '';
+  const status = job.status + (job.partial ? ' (partial)' : '') + (job.error ? `: ${job.error}` : '');
+  for (const text of [created, status, `${p.evaluations ?? '?'} / ${p.budget ?? '?'}`,
+    `${spec.preset ?? spec.task ?? ''}, ${spec.size ?? '?'} px`]) {
+    row.insertCell().textContent = text;
+  }
+  const actions = row.insertCell();
+  const busy = state.job !== null && state.job !== job.id;
+  actions.append(button(FINAL.has(job.status) ? 'Show' : 'Watch', () => openJob(job), busy || state.job === job.id),
+    button('Delete', () => remove(job)));
+  return row;
+}
+
+async function showJobs() {
+  let page;
+  try {
+    page = await api().jobs({ limit: JOBS_PER_PAGE, offset: state.jobsOffset });
+  } catch (e) {
+    $('jobs-note').textContent = e.status === 401 ? 'Type your token to see your jobs.' : `The job list: ${e.message}`;
+    return;
+  }
+  $('jobs').tBodies[0].replaceChildren(...page.jobs.map(jobRow));
+  $('jobs-note').textContent = page.jobs.length ? '' : state.jobsOffset ? 'No older jobs.' : 'None yet.';
+  $('older').hidden = !page.next;
+  $('newer').hidden = state.jobsOffset === 0;
+}
+
+function refresh() {
+  showServer();
+  showJobs();
+}
+
 function wire() {
   for (const which of ['content', 'style']) {
     $(`${which}-file`).addEventListener('change', (e) => setFile(which, e.target.files[0]));
@@ -228,12 +302,11 @@ function wire() {
   $('cancel').addEventListener('click', cancel);
   const token = $('token');
   token.value = sessionStorage.getItem('nst-serve-token') || '';
-  token.addEventListener('change', () => { sessionStorage.setItem('nst-serve-token', token.value.trim()); showServer(); });
+  token.addEventListener('change', () => { sessionStorage.setItem('nst-serve-token', token.value.trim()); refresh(); });
+  $('older').addEventListener('click', () => { state.jobsOffset += JOBS_PER_PAGE; showJobs(); });
+  $('newer').addEventListener('click', () => { state.jobsOffset = Math.max(0, state.jobsOffset - JOBS_PER_PAGE); showJobs(); });
 }
 
-wire();
-$('status').textContent = 'Choose a photo and a painting, then submit.';
-showServer();
 function remembered() {
   try {
     const job = JSON.parse(localStorage.getItem(JOB_KEY));
@@ -243,6 +316,9 @@ function remembered() {
   }
 }
 
+wire();
+$('status').textContent = 'Choose a photo and a painting, then submit.';
+refresh();
 const pending = remembered();
 if (pending) {
   $('status').textContent = `Following job ${pending.id} again…`;
