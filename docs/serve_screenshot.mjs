@@ -8,7 +8,7 @@ const [url, contentFile, styleFile, out, size = '256', evaluations = '300', shar
 const browser = await launch();
 try {
   const page = await browser.context.newPage();
-  await page.setViewportSize({ width: 1000, height: 900 });
+  await page.setViewportSize({ width: 1000, height: 960 });
   await page.goto(url);
   await page.waitForFunction(() => document.getElementById('server').textContent !== '');
   await page.setInputFiles('#content-file', contentFile);
