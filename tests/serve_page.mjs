@@ -8,6 +8,8 @@
 //              downloaded PNG's path and name
 //     refused: the #error line after submitting BAD_FILE as the photo (the server's problem document)
 //     list:    the job list's rows, the download its Show button offers, the list after its Delete button
+//     dropped: the sizes of the two thumbnails after the photo was dropped on the painting's zone (the photo's is
+//              the GIF's by then)
 //   node tests/serve_page.mjs token URL OUTDIR CONTENT_FILE STYLE_FILE TOKEN   (a server with --token-file)
 //     before:  the server line and #error when submitting without the token; after: the same job with TOKEN typed
 //              into the token field (64 px, 20 evaluations) run to its end and downloaded; auth: the Authorization
@@ -113,6 +115,19 @@ async function run(page, result) {
   await page.waitForFunction(() => document.querySelectorAll('#jobs tbody tr').length === 0, null, { timeout: TIMEOUT });
   result.list.after = { rows: await rows(), note: await page.locator('#jobs-note').textContent(),
     status: await page.locator('#status').textContent() };
+
+  // drag and drop: the photo dropped on the painting's zone becomes the painting (its thumbnail shows it)
+  const dt = await page.evaluateHandle(({ bytes, name }) => {
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([Uint8Array.from(atob(bytes), (c) => c.charCodeAt(0))], name, { type: 'image/jpeg' }));
+    return transfer;
+  }, { bytes: fs.readFileSync(contentFile).toString('base64'), name: path.basename(contentFile) });
+  await page.dispatchEvent('#style-drop', 'drop', { dataTransfer: dt });
+  await page.waitForFunction(() => { const t = document.getElementById('style-thumb'); return t.complete && t.naturalWidth > 0; });
+  result.dropped = await page.evaluate(() => {
+    const [photo, painting] = ['content-thumb', 'style-thumb'].map((id) => document.getElementById(id));
+    return { photo: [photo.naturalWidth, photo.naturalHeight], painting: [painting.naturalWidth, painting.naturalHeight] };
+  });
 }
 
 /** The run on a server with --token-file (see the top). */

@@ -161,6 +161,15 @@ def test_page_job_list(e2e, server):
     assert r.status_code == 404 and httpx.get(f"{server['url']}/v1/jobs", timeout=10).json()["jobs"] == []
 
 
+def test_page_takes_a_dropped_file(e2e, images_dir):
+    """The photo dropped on the painting's zone becomes the painting: its thumbnail shows the photo (its size)."""
+    with Image.open(images_dir / "tubingen.jpg") as im:
+        size = list(im.size)
+    with Image.open(images_dir / "starry_night.jpg") as im:
+        assert list(im.size) != size  # else the check below could not tell
+    assert e2e["dropped"]["painting"] == size
+
+
 def test_page_stays_on_its_server(e2e, server):
     """No request leaves the server's origin on 127.0.0.1 (no CDN, no font, no update check), and no console
     errors during the round trip and the cancel."""
