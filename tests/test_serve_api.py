@@ -4,10 +4,12 @@ What is checked comes from outside the code under test: the images' bytes and SH
 of what comes back, the evaluation counts the events carry, the HTTP statuses the issue names."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
 import re
+import socket
 import struct
 import subprocess
 import time
@@ -24,10 +26,11 @@ pytest.importorskip("distributed")
 import serving  # noqa: E402  (tests/serving.py)
 from nst_core.outputs.recipe import read_recipe  # noqa: E402
 from nst_core.serve import uploads  # noqa: E402
+from nst_core.serve.command import listen  # noqa: E402
 
 TOKENS = {"alice": "alice-" + "a1" * 16, "bob": "bob-" + "b2" * 16, "carol": "carol-" + "c3" * 16}
 SIZE = 72  # the smaller edge of the jobs' outputs (content 96 x 72)
-ITERATIONS = 500  # the round trip's budget: about 3 s on two quiet cores, six progress events (one per 0.5 s)
+ITERATIONS = 800  # the round trip's budget: about 5 s on two quiet cores, ten progress events (one per 0.5 s)
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -51,7 +54,8 @@ def server(tmp_path_factory, env):
     tmp = tmp_path_factory.mktemp("serve-api")
     tokens = tmp / "tokens.txt"
     tokens.write_text("# test clients\n" + "".join(f"{name} {token}\n" for name, token in TOKENS.items()))
-    s = serving.start_server(tmp, "--workers", "2", "--token-file", tokens, "--max-queued", "3", env=env,
+    s = serving.start_server(tmp, "--workers", "2", "--token-file", tokens, "--max-queued", "3",
+                             "--max-evaluations", "5000", env=env,
                              token=TOKENS["alice"])
     yield s
     status = serving.stop_server(s)
@@ -190,6 +194,7 @@ BAD = [  # (what, content, spec, status, words in the detail)
     ("negative weight", lambda im: im["content"], {"content-weight": -1}, 400, ("content weight", ">= 0")),
     ("size 0", lambda im: im["content"], {"size": 0}, 400, ("size",)),
     ("a server path", lambda im: im["content"], {"model": "/etc/passwd"}, 400, ("'model' is not an option",)),
+    ("over the evaluation limit", lambda im: im["content"], {"iterations": 6000}, 400, ("over this server's limit of 5000",)),
     ("too large for any worker", lambda im: im["content"], {"size": 40000}, 422, ("memory", "smaller size")),
 ]
 
@@ -376,3 +381,26 @@ def test_header_sizes_agree_with_pillow(fmt, mode, options):
         with Image.open(io.BytesIO(data)) as im:
             assert uploads.header_size(data, fmt) == im.size == size
     assert uploads.sniff(b"GIF89a" + bytes(20)) is None and uploads.header_size(b"\xff\xd8\xff", "JPEG") is None
+
+
+def test_connections_of_the_listening_socket_have_nagle_off():
+    """asyncio (which uvicorn serves with) sets TCP_NODELAY only on connections whose socket says IPPROTO_TCP;
+    with Nagle on, each request after the first on a kept-alive connection waited for a delayed ACK (~40 ms)."""
+    async def main():
+        seen = asyncio.get_running_loop().create_future()
+
+        def accepted(reader, writer):
+            sock = writer.get_extra_info("socket")
+            seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        sock = listen("127.0.0.1", 0)
+        server = await asyncio.start_server(accepted, sock=sock)
+        reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        try:
+            return await asyncio.wait_for(seen, 30)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(main()) != 0

@@ -43,6 +43,7 @@ from ..jobs.engine import Engine
 from ..jobs.store import STATUSES, JobRecord
 from ..jobs.worker import PREVIEW_SIDE
 from ..outputs.recipe import nst_version
+from ..schedule import plan
 from ..spec.spec import from_json, resolve, to_dict, to_json
 from . import problems, uploads
 from .problems import Problem
@@ -190,6 +191,10 @@ def _submit(request: Request, owner: str, form: dict, idempotency: str | None) -
     app = request.app
     engine, settings = app.state.engine, app.state.settings
     job = uploads.parse_spec(form["spec"])
+    budget = sum(b for _, b in plan(resolve(job)))
+    if settings.budget_limit is not None and budget > settings.budget_limit:
+        raise Problem(400, f"spec: {budget} evaluations in all, over this server's limit of {settings.budget_limit} "
+                           f"per job; ask for fewer iterations")
     inputs = uploads.check_inputs(job, form, settings.pixel_limit)
     key = hashlib.sha256(f"{owner}\0{idempotency}".encode()).hexdigest() if idempotency else None
     with app.state.submit_lock:  # one at a time: the queue count and the key lookup stay true until submitted
@@ -222,15 +227,15 @@ def _event(name: str, rec: JobRecord) -> str:
 async def _event_stream(request: Request, job_id: str, last: int):
     """SSE text: a progress event whenever the evaluations pass ``last`` (-1: a new stream, which starts with the
     job as it is) and at least every ``_EVENT_EVERY`` s while the job is queued or running, then one status event
-    when it is final. Ends early (the client reconnects with Last-Event-ID) when the job is deleted or the server
-    stops."""
+    when it is final. Ends early when the job is deleted, or is queued while the server stops (a drain); the
+    client reconnects with Last-Event-ID (to the next server). Streams still open when uvicorn stops are cut by it."""
     engine = request.app.state.engine
     sent_at = time.monotonic() if last >= 0 else 0.0  # a new stream starts with the state now, a resumed one not
     yield "retry: 2000\n\n"
-    while request.app.state.accepting:
+    while True:
         rec = await run_in_threadpool(engine.status, job_id)
-        if rec is None:
-            return
+        if rec is None or (rec.status == "queued" and not request.app.state.accepting):
+            return  # deleted; or the server is stopping and the job waits for the next start
         if rec.final:
             yield _event("status", rec)
             return

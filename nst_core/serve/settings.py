@@ -37,6 +37,7 @@ class Settings:
     queue_limit: int = 8              # a client's queued + running jobs (--max-queued 8); over it: 429
     retention: float | None = None    # seconds a final job is kept (--retention 7d; None: until deleted)
     clients: dict | None = None       # token -> client name (--token-file); None: no tokens, one client "local"
+    budget_limit: int | None = None   # objective evaluations of one job, all scales (--max-evaluations; None: any)
 
 
 def read_tokens(path) -> dict:
@@ -96,7 +97,7 @@ def is_loopback(host: str) -> bool:
 def add_arguments(p, number=float) -> None:
     """``nst serve``'s options on the argparse parser ``p``; ``number``: the CLI's integer type."""
     p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
-                   help="address to listen on (default: 127.0.0.1; another than loopback needs --token-file)")
+                   help="address to listen on (default: 127.0.0.1; any other than loopback needs --token-file)")
     p.add_argument("--port", type=number, default=DEFAULT_PORT, metavar="P",
                    help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free one, printed on the first line)")
     p.add_argument("--data", metavar="DIR", default="nst-serve-data",
@@ -117,9 +118,15 @@ def add_arguments(p, number=float) -> None:
                    help="largest uploaded image, pixels, read from its header before decoding (default: 40e6)")
     p.add_argument("--max-queued", type=number, default=8, metavar="N",
                    help="queued + running jobs one client may have (default: 8)")
+    p.add_argument("--max-evaluations", type=number, default=0, metavar="N",
+                   help="objective evaluations one job may ask for, all scales together; more is refused at "
+                        "submission (default: 0, no limit)")
     p.add_argument("--retention", default="off", metavar="TIME",
                    help="delete final jobs this long after they end: 7d, 12h, 30m, seconds (default: off, "
                         "kept until deleted)")
+    p.add_argument("--drain-wait", type=float, default=0.0, metavar="S",
+                   help="on SIGTERM / Ctrl-C, seconds running jobs get to finish before they stop at their next "
+                        "checkpoint and go back to the queue for the next start (default: 0)")
     p.add_argument("--verbose", action="store_true", help="log every request on stderr (default: off)")
 
 
@@ -132,6 +139,8 @@ def _positive(value, option: str, whole: bool = False):
 def from_args(args) -> Settings:
     """The Settings of parsed ``nst serve`` arguments; NSTError (one line) for a bad value, and for a ``--host``
     that is not loopback without ``--token-file``."""
+    if not 0 <= args.drain_wait < float("inf"):
+        raise NSTError(f"--drain-wait must be a number of seconds >= 0, got {args.drain_wait}")
     if args.workers is not None and args.workers < 1:
         raise NSTError(f"--workers must be >= 1, got {args.workers}")
     if not 0 <= args.port <= 65535:
@@ -141,7 +150,9 @@ def from_args(args) -> Settings:
                         pixel_limit=_positive(args.max_pixels, "--max-pixels", whole=True),
                         queue_limit=_positive(args.max_queued, "--max-queued", whole=True),
                         retention=parse_duration(args.retention),
-                        clients=read_tokens(args.token_file) if args.token_file else None)
+                        clients=read_tokens(args.token_file) if args.token_file else None,
+                        budget_limit=_positive(args.max_evaluations, "--max-evaluations", whole=True)
+                        if args.max_evaluations != 0 else None)
     if settings.clients is None and not is_loopback(args.host):
         raise NSTError(f"--host {args.host} is not a loopback address: without --token-file nst serve listens only "
                        f"on 127.0.0.1 / ::1; give --token-file to serve a network")
