@@ -318,6 +318,9 @@ def test_queue_limit_then_delete(server, images):
 
 def test_list_pages_and_status_filter(server, images):
     url, token = server["url"], TOKENS["alice"]
+    for _ in range(3):  # jobs of its own, so that it runs alone too
+        r = serving.submit(url, images["content"], [images["style"]], {"size": SIZE, "iterations": 3}, token=token)
+        serving.wait_final(url, r.json()["id"], token)
     everything = httpx.get(f"{url}/v1/jobs?limit=100", headers=serving.auth(token)).json()["jobs"]
     assert len(everything) >= 3
     seen, path = [], "/v1/jobs?limit=2"
@@ -405,3 +408,14 @@ def test_connections_of_the_listening_socket_have_nagle_off():
             server.close()
 
     assert asyncio.run(main()) != 0
+
+
+def test_page_files_need_no_token_and_no_name_becomes_a_path(server):
+    url = server["url"]
+    page = httpx.get(url + "/", timeout=30)  # no token: the page carries no data
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert httpx.get(url + "/v1/health").headers["x-content-type-options"] == "nosniff"
+    for name in ("..%2fapp.py", "..%2f..%2fcli.py", "%2e%2e", "app.py", ".", "..%2F__init__.py"):
+        r = httpx.get(f"{url}/page/{name}", timeout=30)
+        assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json"), name
