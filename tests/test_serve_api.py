@@ -245,7 +245,7 @@ def test_tokens_and_ownership(server, images):
     job_id = r.json()["id"]
     for token, words in ((None, "needs a token"), ("x" * 40, "not one this server knows")):
         for method, path in (("GET", f"/v1/jobs/{job_id}"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs"),
-                             ("GET", "/v1/health")):
+                             ("GET", "/v1/health"), ("GET", "/v1/openapi.json")):
             r = httpx.request(method, url + path, headers=serving.auth(token), timeout=30)
             assert words in _problem(r, 401) and r.headers["www-authenticate"].startswith("Bearer")
     bob = serving.auth(TOKENS["bob"])
