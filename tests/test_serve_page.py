@@ -3,12 +3,15 @@ on 127.0.0.1 (tests/serving.py) and Debian's chromium, headless, driven by playw
 which reuses hosts/web/test/browser.mjs: nothing downloads a browser).
 
 Through the page's own controls: choose the photo and the painting (the shared JPEGs), pick the scream preset,
-128 px and 100000 evaluations, submit; the preview must show at least 2 different pictures while the job runs (the
-job is then cancelled from the page, so the test takes the same time on a quiet and on a loaded machine); the
-downloaded PNG is the server's partial result (the right size, painted, its recipe names the preset, size and
-evaluations the page sent). A GIF is refused with the server's own one-line problem detail on the page. A second
-server, with --token-file, is used through the page's Token field, with a 20-evaluation job run to its end. Every
-request the browser made stays on the server's origin (127.0.0.1), and the console has no errors.
+128 px and 100000 evaluations, submit, reload the page in the middle (it follows the same job again); the preview
+must show at least 2 different pictures after the start while the job runs (the job is then cancelled from the page,
+so the test takes the same time on a quiet and on a loaded machine); the downloaded PNG is the server's partial
+result (the right size, painted, its recipe names the preset, size and evaluations the page sent). A GIF is refused
+with the server's own one-line problem detail on the page; the job list shows, offers again and deletes the job; a
+dropped file is taken. A second server, with --token-file, is used through the page's Token field; it is stopped
+(SIGTERM) and started again on the same port and --data while a job runs, and the page follows that job through
+the restart; a 20-evaluation job then runs to Done. Every request the browser made stays on the server's origin
+(127.0.0.1), and the console has no errors (but the refused requests' own lines).
 
 Without /usr/bin/chromium the browser test is skipped locally, with the reason; under CI it fails instead.
 """
