@@ -12,7 +12,6 @@ import re
 import socket
 import struct
 import subprocess
-import time
 import zlib
 
 import httpx
@@ -216,7 +215,8 @@ def test_limits_hold_before_anything_is_decoded(server, images):
     # 42 MP declared: under Pillow's own limit (89 MP), over the server's (40 MP); its data would not decode
     detail = _problem(serving.submit(url, _bomb_png(7000, 6000), [images["style"]], {}, token=token), 422)
     assert "7000x6000" in detail and "over this server's limit of 40000000 pixels" in detail
-    chunks = (b"\0" * 2**20 for _ in range(30))  # no Content-Length: the server counts what it reads
+    part = b'--x\r\nContent-Disposition: form-data; name="content"; filename="a.jpg"\r\n\r\n\xff\xd8\xff'
+    chunks = iter([part] + [b"\0" * 2**20] * 30 + [b"\r\n--x--\r\n"])  # no Content-Length: counted as read
     r = httpx.post(f"{url}/v1/jobs", content=chunks, timeout=60,
                    headers=dict(serving.auth(token), **{"Content-Type": "multipart/form-data; boundary=x"}))
     assert "limit" in _problem(r, 413)
@@ -317,6 +317,9 @@ def test_queue_limit_then_delete(server, images):
 
 def test_list_pages_and_status_filter(server, images):
     url, token = server["url"], TOKENS["alice"]
+    for _ in range(3):  # jobs of its own, so that it runs alone too
+        r = serving.submit(url, images["content"], [images["style"]], {"size": SIZE, "iterations": 3}, token=token)
+        serving.wait_final(url, r.json()["id"], token)
     everything = httpx.get(f"{url}/v1/jobs?limit=100", headers=serving.auth(token)).json()["jobs"]
     assert len(everything) >= 3
     seen, path = [], "/v1/jobs?limit=2"
@@ -404,3 +407,14 @@ def test_connections_of_the_listening_socket_have_nagle_off():
             server.close()
 
     assert asyncio.run(main()) != 0
+
+
+def test_page_files_need_no_token_and_no_name_becomes_a_path(server):
+    url = server["url"]
+    page = httpx.get(url + "/", timeout=30)  # no token: the page carries no data
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert httpx.get(url + "/v1/health").headers["x-content-type-options"] == "nosniff"
+    for name in ("..%2fapp.py", "..%2f..%2fcli.py", "%2e%2e", "app.py", ".", "..%2F__init__.py"):
+        r = httpx.get(f"{url}/page/{name}", timeout=30)
+        assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json"), name

@@ -286,10 +286,38 @@ def _page_files() -> dict:
     return {p.name: p for p in PAGE.iterdir() if p.is_file() and not p.name.startswith(".")}
 
 
+#: The page's Content-Security-Policy: the browser itself refuses anything not from this server (scripts, styles,
+#: requests), images may also be the page's own blob: / data: URLs (the chosen files, the previews).
+PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; object-src 'none'; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
 def _file_response(path: Path) -> FileResponse:
     kind = "text/javascript" if path.suffix == ".mjs" else (mimetypes.guess_type(path.name)[0] or
                                                              "application/octet-stream")
-    return FileResponse(path, media_type=kind, headers={"Cache-Control": "no-cache"})
+    return FileResponse(path, media_type=kind, headers={"Cache-Control": "no-cache",
+                                                        "Content-Security-Policy": PAGE_CSP})
+
+
+class _NoSniff:
+    """ASGI middleware: every answer says ``X-Content-Type-Options: nosniff`` (a browser must not guess that an
+    uploaded picture or a JSON body is a page) and ``Referrer-Policy: no-referrer``."""
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", ())) + self.HEADERS
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 def create_app(engine: Engine, settings: Settings) -> FastAPI:
@@ -302,6 +330,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         _token_digest(t): name for t, name in settings.clients.items()}
     app.state.submit_lock, app.state.previews = threading.Lock(), {}
     problems.install(app)
+    app.add_middleware(_NoSniff)
     for add in (_submission_routes, _job_routes, _image_routes, _service_routes, _page_routes):
         add(app)
     return app
@@ -332,9 +361,7 @@ def _submission_routes(app: FastAPI) -> None:
             raise Problem(400, "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces")
         if idempotency is None:  # a retry of an earlier POST is answered even at the limit
             await run_in_threadpool(_queue_check, app.state.engine, settings, owner)
-        body = await uploads.read_body(request, settings.body_limit)
-        form = await uploads.parse_form(request, body)
-        del body
+        form = await uploads.read_form(request, settings.body_limit)
         rec, replayed = await run_in_threadpool(_submit, request, owner, form, idempotency)
         return _accepted(rec, replayed)
 
