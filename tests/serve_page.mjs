@@ -11,9 +11,12 @@
 //     dropped: the sizes of the two thumbnails after the photo was dropped on the painting's zone (the photo's is
 //              the GIF's by then)
 //   node tests/serve_page.mjs token URL OUTDIR CONTENT_FILE STYLE_FILE TOKEN   (a server with --token-file)
-//     before:  the server line and #error when submitting without the token; after: the same job with TOKEN typed
-//              into the token field (64 px, 20 evaluations) run to its end and downloaded; auth: the Authorization
-//              header of every /v1 request made after the token was typed
+//     before:    the server line and #error when submitting without the token
+//     restarted: the same job (64 px, 100000 evaluations) with TOKEN typed into the token field; "RUNNING" is
+//                printed once it runs (the test then restarts the server); the status lines seen until it runs
+//                again, then cancelled and its partial picture downloaded
+//     after:     a 20-evaluation job run to its end and downloaded
+//     auth:      the Authorization header of every /v1 request made after the token was typed
 // Both record every URL the browser asked for (pages and workers) and the console's errors.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -133,7 +136,7 @@ async function run(page, result) {
 /** The run on a server with --token-file (see the top). */
 async function withToken(page, result) {
   await page.waitForFunction(() => document.getElementById('server').textContent.includes('token'));
-  await chooseAndSubmit(page, 'starry_night', '64', '20');
+  await chooseAndSubmit(page, 'starry_night', '64', '100000');
   await page.waitForFunction(() => document.getElementById('error').textContent !== '', null, { timeout: TIMEOUT });
   result.before = await snapshot(page);
   result.beforeConsole = result.consoleErrors.splice(0);
@@ -143,6 +146,28 @@ async function withToken(page, result) {
   await page.dispatchEvent('#token', 'change');
   await page.waitForFunction(() => document.getElementById('server').textContent.includes('worker'));
   await page.click('#start');
+
+  // the test restarts the server once "RUNNING" is out; the page must follow the job through it
+  await page.waitForFunction(() => document.getElementById('progress').value > 0, null, { timeout: TIMEOUT });
+  const errorsBefore = result.consoleErrors.length;
+  console.log('RUNNING');
+  const statuses = [];
+  for (const end = Date.now() + TIMEOUT; Date.now() < end;) {
+    const status = await page.locator('#status').textContent();
+    const kind = status.replace(/[\d.]+/g, 'N');
+    if (statuses[statuses.length - 1] !== kind) statuses.push(kind);
+    if (statuses.length > 2 && kind.startsWith('Running')) break; // running again after the restart
+    await page.waitForTimeout(100);
+  }
+  await page.click('#cancel');
+  await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Cancelled'), null, { timeout: TIMEOUT });
+  result.restarted = { ...(await download(page, 'restarted.png')), ...(await snapshot(page)), statuses };
+  result.restartConsole = result.consoleErrors.splice(errorsBefore);
+
+  // a short job to its end
+  await page.fill('#iterations', '20');
+  await page.click('#start');
+  await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Done'), null, { timeout: TIMEOUT });
   result.after = { ...(await download(page, 'token.png')), ...(await snapshot(page)) };
   result.auth = auth;
 }

@@ -3,12 +3,15 @@ on 127.0.0.1 (tests/serving.py) and Debian's chromium, headless, driven by playw
 which reuses hosts/web/test/browser.mjs: nothing downloads a browser).
 
 Through the page's own controls: choose the photo and the painting (the shared JPEGs), pick the scream preset,
-128 px and 100000 evaluations, submit; the preview must show at least 2 different pictures while the job runs (the
-job is then cancelled from the page, so the test takes the same time on a quiet and on a loaded machine); the
-downloaded PNG is the server's partial result (the right size, painted, its recipe names the preset, size and
-evaluations the page sent). A GIF is refused with the server's own one-line problem detail on the page. A second
-server, with --token-file, is used through the page's Token field, with a 20-evaluation job run to its end. Every
-request the browser made stays on the server's origin (127.0.0.1), and the console has no errors.
+128 px and 100000 evaluations, submit, reload the page in the middle (it follows the same job again); the preview
+must show at least 2 different pictures after the start while the job runs (the job is then cancelled from the page,
+so the test takes the same time on a quiet and on a loaded machine); the downloaded PNG is the server's partial
+result (the right size, painted, its recipe names the preset, size and evaluations the page sent). A GIF is refused
+with the server's own one-line problem detail on the page; the job list shows, offers again and deletes the job; a
+dropped file is taken. A second server, with --token-file, is used through the page's Token field; it is stopped
+(SIGTERM) and started again on the same port and --data while a job runs, and the page follows that job through
+the restart; a 20-evaluation job then runs to Done. Every request the browser made stays on the server's origin
+(127.0.0.1), and the console has no errors (but the refused requests' own lines).
 
 Without /usr/bin/chromium the browser test is skipped locally, with the reason; under CI it fails instead.
 """
@@ -178,27 +181,51 @@ def test_page_stays_on_its_server(e2e, server):
     assert e2e["consoleErrors"] == []
 
 
-def test_page_with_a_token(node, env, images_dir, tmp_path):
+def test_page_with_a_token_through_a_restart(node, env, images_dir, tmp_path):
     """A server with --token-file: before a token is typed the page says the server asks for one and shows the
-    401's one-line detail on submitting; with the token typed, every /v1 request carries it as Bearer, and the job
-    (64 px, 20 evaluations) runs to its end: "Done", a full progress bar, the whole PNG (not partial) with its
-    recipe."""
+    401's one-line detail on submitting; with the token typed, every /v1 request carries it as Bearer. While a job
+    (64 px, 100000 evaluations) runs, the server is stopped (SIGTERM: the job goes back to the queue) and started
+    again on the same port and --data: the page says it lost the server and follows the job again; cancelled
+    there, its partial picture downloads. A 20-evaluation job then runs to its end: "Done", a full progress bar,
+    the whole PNG (not partial) with its recipe."""
     token = "page-test-token-7f3a"
     (tmp_path / "tokens").write_text(f"alice {token}\n")
-    srv = start_server(tmp_path, "--token-file", tmp_path / "tokens", "--workers", "1", env=env, token=token)
+    args = ["--token-file", tmp_path / "tokens", "--workers", "1", "--data", tmp_path / "data"]
+    srv = start_server(tmp_path, *args, env=env, token=token)
+    out = tmp_path / "out"
+    out.mkdir()
+    page = subprocess.Popen([node, str(REPO / "tests" / "serve_page.mjs"), "token", srv["url"] + "/", str(out),
+                             images_dir / "tubingen.jpg", images_dir / "starry_night.jpg", token],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out = tmp_path / "out"
-        out.mkdir()
-        t = drive(node, "token", srv["url"], out, images_dir / "tubingen.jpg", images_dir / "starry_night.jpg", token)
+        line = page.stdout.readline()  # "RUNNING" (or "" if the driver failed)
         refused = submit(srv["url"], (images_dir / "tubingen.jpg").read_bytes(),
                          [(images_dir / "starry_night.jpg").read_bytes()], {"size": 64})
+        assert stop_server(srv) == 0
+        if line.strip() == "RUNNING":
+            port = urlsplit(srv["url"]).port
+            srv = start_server(tmp_path, *args, "--port", port, env=env, token=token)
+        stdout, stderr = page.communicate(timeout=240)
+        jobs = httpx.get(srv["url"] + "/v1/jobs", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
     finally:
+        page.kill()
         stop_server(srv)
+    t = json.loads((out / "result.json").read_text()) if (out / "result.json").is_file() else {}
+    assert line.strip() == "RUNNING" and page.returncode == 0, line + stdout[-2000:] + stderr[-3000:] + json.dumps(t)
     assert "asks for a token" in t["before"]["server"], t["before"]
     assert refused.status_code == 401 and t["before"]["error"] == refused.json()["detail"], t["before"]
     assert all(re.match(r"Failed to load resource: .* status of 401", m) for m in t["beforeConsole"]), t
     assert t["auth"] and all(a == f"Bearer {token}" for _, a in t["auth"]), t["auth"]
     assert any(u.endswith("/result") for u, _ in t["auth"]) and any(u.endswith("/events") for u, _ in t["auth"])
+    restarted = t["restarted"]
+    lost = [k for k, s in enumerate(restarted["statuses"]) if s.startswith("The server does not answer")]
+    assert lost and restarted["statuses"][0].startswith("Running"), restarted["statuses"]  # running, lost,
+    assert restarted["statuses"][-1].startswith("Running"), restarted["statuses"]  # followed again
+    rec = next(j for j in jobs["jobs"] if j["spec"]["iterations"] == 100000)
+    assert rec["status"] == "cancelled" and rec["partial"], rec
+    assert restarted["partial"] == "true" and restarted["status"].startswith("Cancelled after"), restarted
+    spec, _ = read_recipe(restarted["path"])
+    assert (spec.preset, spec.size, spec.iterations) == ("starry_night", 64, 100000)
     after = t["after"]
     assert after["status"].startswith("Done: 20 evaluations") and after["error"] == "", after
     assert after["progress"][0] == after["progress"][1] == 20
@@ -207,6 +234,8 @@ def test_page_with_a_token(node, env, images_dir, tmp_path):
         assert im.format == "PNG" and min(im.size) == 64
     spec, _ = read_recipe(after["path"])
     assert (spec.preset, spec.size, spec.iterations) == ("starry_night", 64, 20)
+    # while the server was away the browser logs the refused connections (and a 503 while it drained); else nothing
+    assert all(re.match(r"Failed to load resource: (net::ERR_\w+|.* status of 503)", m) for m in t["restartConsole"]), t
     assert t["consoleErrors"] == [] and foreign_requests(t["requests"], srv["url"]) == []
 
 

@@ -147,7 +147,10 @@ async function follow(id, name = `nst-${id.slice(0, 8)}`) {
   try {
     let job = await client.status(id);
     onEvent(job);
-    const onDrop = (n) => { $('status').textContent = `The server does not answer; trying again (${n})…`; };
+    const onDrop = (n) => {
+      state.firstSeen = null; // a restarted server runs the job again from its start: measure the rate anew
+      $('status').textContent = `The server does not answer; trying again (${n})…`;
+    };
     if (!FINAL.has(job.status)) job = await client.follow(id, onEvent, { signal: state.abort.signal, onDrop });
     await finish(id, job, name);
     localStorage.removeItem(JOB_KEY);
