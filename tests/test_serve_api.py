@@ -29,7 +29,7 @@ from nst_core.serve.command import listen  # noqa: E402
 
 TOKENS = {"alice": "alice-" + "a1" * 16, "bob": "bob-" + "b2" * 16, "carol": "carol-" + "c3" * 16}
 SIZE = 72  # the smaller edge of the jobs' outputs (content 96 x 72)
-ITERATIONS = 600  # the round trip's budget: about 4 s on two quiet cores (12 s at load average 9), 8 progress events
+ITERATIONS = 600  # the round trip's budget: about 4 s on two quiet cores (~9 s at load average 9), 8 progress events
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
