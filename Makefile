@@ -16,7 +16,7 @@ $(BIN)/nst: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch==2.13.0 first: any other torch request would download a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[cpu,export,dev,jobs,video]'
+	$(BIN)/pip install -q -e '.[cpu,export,dev,jobs,video,serve]'
 	touch $@
 
 demo: $(BIN)/nst

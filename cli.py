@@ -11,6 +11,7 @@
     nst bundle  DIR [--preset NAME ...] | --check DIR   float32 models + manifest for other hosts
     nst serve-web [--bundle DIR] [--port P]     the browser host (hosts/web) and a bundle on http://127.0.0.1:P/
     nst batch MANIFEST -o OUTDIR [--workers N | --scheduler ADDR] [--store URL]   many jobs on Dask workers
+    nst serve [--host ADDR] [--port P] [--data DIR] [--token-file F] ...   the HTTP service (needs the serve extra)
 
 Exit status: 0 success; 2 a problem with the input (bad option, image, model or output path; one line on stderr
 ``nst: error: ...``, never a traceback); 3 the optimisation diverged (NaN or infinite loss / gradient: the best
@@ -42,6 +43,7 @@ from pathlib import Path
 
 from nst_core.errors import NSTError
 from nst_core.process import interrupts, memory, streams
+from nst_core.serve import settings as serve_settings
 from nst_core.spec import presets
 from nst_core.spec.spec import (ADAM_LR, DEFAULT_ITERATIONS, GD_LR, LBFGS_HISTORY, WHOLE_WEIGHT, Spec, override,
                                 resolve, to_dict)
@@ -497,6 +499,19 @@ def _add_batch_command(sub) -> None:
     p.set_defaults(func=_cmd_batch)
 
 
+def _add_serve_command(sub) -> None:
+    """serve: the HTTP service (nst_core.serve; its options are nst_core/serve/settings.py's)."""
+    p = sub.add_parser("serve", help="serve style transfer over HTTP: a /v1 API and a page (needs the serve extra)",
+                       description="An HTTP service: POST /v1/jobs (multipart content, style, spec), progress as "
+                                   "Server-Sent Events, previews, results with their recipe, cancel; a page at /. "
+                                   "Jobs run on Dask workers (an embedded cluster, or --scheduler) and are recorded "
+                                   "in a store (SQLite under --data, or --store). OpenAPI: /v1/openapi.json.",
+                       epilog="Exit status: 0 stopped by SIGTERM / Ctrl-C, 2 a bad option, a port in use, or a "
+                              "non-loopback --host without --token-file.")
+    serve_settings.add_arguments(p, number=_int)
+    p.set_defaults(func=_cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nst", description="Optimization-based neural style transfer on ONNX Runtime "
                                              "(SqueezeNet 1.1 features, CS231n losses).",
@@ -510,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_commands(sub)
     _add_host_commands(sub)
     _add_batch_command(sub)
+    _add_serve_command(sub)
     return parser
 
 
@@ -793,6 +809,16 @@ def _cmd_batch(args) -> int:
         raise NSTError(f"--workers must be >= 1, got {args.workers}")
     return run_batch(args.manifest, args.output, scheduler=args.scheduler, workers=args.workers, store=args.store,
                      quiet=args.quiet)
+
+
+def _cmd_serve(args) -> int:
+    serve_settings.from_args(args)  # a bad option is one line before the heavy imports (checked again by run)
+    try:
+        from nst_core.serve.command import run
+    except ImportError as exc:
+        raise NSTError(f"nst serve needs the serve extra ({exc.name} is missing): "
+                       "pip install 'nst-onnx[serve]'") from None
+    return run(args)
 
 
 def _cmd_info(args) -> int:

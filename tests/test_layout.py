@@ -11,7 +11,7 @@ PACKAGE = REPO / "nst_core"
 #: The stages of the data flow, top to bottom (nst_core/__init__.py's docstring): a module may import its own
 #: stage and those before it, never a later one.
 STAGES = ("errors", "process", "inputs", "spec", "network", "losses", "objective", "optim", "schedule", "outputs",
-          "api", "compare", "hosts", "jobs", "video")
+          "api", "compare", "hosts", "jobs", "video", "serve")
 #: Imports allowed inside functions: optional dependencies, imported where they are needed.
 OPTIONAL = ("matplotlib", "torch", "export")
 

@@ -6,6 +6,7 @@
     engine.status(job_id).status / .progress / .error;  engine.cancel(job_id);  engine.result(job_id) -> PNG bytes
     engine.preview(job_id) -> JPEG bytes of the best image so far;  engine.delete(job_id)
     engine.jobs(status="running");  engine.workers();  engine.next_finished(timeout=1.0) -> a job id or None
+    engine.suspend()   # a server stopping: its jobs go back to queued at their next checkpoint, for a restart
     engine.close()
 
 The API an HTTP layer sits on: submit, status, cancel, result, preview, delete, jobs, workers, and ``resume``
@@ -22,6 +23,9 @@ Faults
       cluster's do) run only as many jobs at once as their memory holds.
     - Cancel: a queued job's task is dropped; a running job's flag is set on every worker and its optimizer stops
       after the evaluation under way, its best picture becoming the (partial) result.
+    - Suspend (a service stopping on SIGTERM): the same stop at the job's next checkpoint (the end of the evaluation
+      under way), but the job goes back to queued with its best picture so far as its preview and its attempts
+      counted, for ``resume`` in the next process; a job that ends on its own first keeps its final state.
 """
 from __future__ import annotations
 
@@ -86,6 +90,16 @@ def memory_estimate_mb(job: Spec, inputs) -> float | None:
     return memory.estimate_peak_mb(height * width, job.optimizer, histories(job)[-1], plan(job)[-1][1])
 
 
+def _thumbnail_jpeg(png: bytes) -> bytes:
+    """A PNG as the JPEG preview of the workers' (``worker.PREVIEW_SIDE`` px at most on its longer side)."""
+    with Image.open(io.BytesIO(png)) as im:
+        image = im.convert("RGB")
+    image.thumbnail((_worker.PREVIEW_SIDE, _worker.PREVIEW_SIDE), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
 def default_workers() -> int:
     """Worker processes of the embedded cluster: one per core, each running ONNX Runtime on one thread. Measured on 2
     cores, quiet (bench/bench_batch.py, 24 jobs at 192 px): 2 workers x 1 thread 12.1 jobs/min, 1 worker x 2
@@ -94,7 +108,7 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _client(scheduler: str | None, workers: int | None) -> tuple:
+def _client(scheduler: str | None, workers: int | None, worker_nice: int = 0) -> tuple:
     """(Client, LocalCluster or None): the scheduler at ``scheduler``, or an embedded cluster of ``workers``
     processes of one thread each, each declaring its memory limit as the resource MEMORY (MB) and running ONNX
     Runtime on its share of the cores (``NST_ORT_THREADS``, unless it is set already). Dask's nanny starts workers
@@ -111,6 +125,8 @@ def _client(scheduler: str | None, workers: int | None) -> tuple:
     limit_mb = int(total / n)
     cores = os.cpu_count() or 1
     env = {threads.ORT_THREADS_VAR: str(max(1, cores // n))} if threads.ort_threads() == 0 else {}
+    if worker_nice:
+        env[embedded.NICE_VAR] = str(int(worker_nice))
     spawn_env = {k: v for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ") or {}).items()
                  if k != "MALLOC_TRIM_THRESHOLD_"}  # see _client's docstring
     with dask.config.set({"distributed.scheduler.allowed-failures": MAX_ATTEMPTS - 1,
@@ -125,14 +141,16 @@ def _client(scheduler: str | None, workers: int | None) -> tuple:
 
 class Engine:
     """Jobs on Dask, recorded in ``store`` (see the module docstring). ``keep_inputs``: keep the input bytes in
-    the store (``resume`` needs them; ``nst batch`` rereads its files instead)."""
+    the store (``resume`` needs them; ``nst batch`` rereads its files instead). ``worker_nice``: the embedded
+    workers' niceness (a service gives its web process the CPU first: ``embedded``)."""
 
     def __init__(self, store: Store, scheduler: str | None = None, workers: int | None = None,
-                 keep_inputs: bool = True):
+                 keep_inputs: bool = True, worker_nice: int = 0):
         self.store, self.keep_inputs = store, keep_inputs
-        self.client, self.cluster = _client(scheduler, workers)
+        self.client, self.cluster = _client(scheduler, workers, worker_nice)
         self._futures: dict = {}  # job id -> its task's future
         self._runs: dict = {}  # job id -> run tokens seen started (attempts of this engine)
+        self._suspended: set = set()  # job ids being handed back to the store as queued (``suspend``)
         self._events: queue.Queue = queue.Queue()
         self._finished: queue.Queue = queue.Queue()
         self._info, self._info_at = {}, 0.0
@@ -153,6 +171,7 @@ class Engine:
         inputs = list(inputs)
         steps = plan(job)
         need = memory_estimate_mb(job, inputs)
+        rerun = job_id is not None
         if job_id is None:
             job_id = self.store.add(to_json(job), [i.describe() for i in inputs], key=key, batch=batch, line=line,
                                     output=output, owner=owner, budget=sum(b for _, b in steps), scales=len(steps),
@@ -164,6 +183,8 @@ class Engine:
         if refused:
             self.fail(job_id, refused)
             return job_id
+        if rerun:  # a cancel or suspend flag of an earlier run may linger on workers that outlived its engine
+            self.client.run(_worker.clear_cancelled, [job_id], on_error="ignore")
         self._submitted += 1
         payload = [dict(i.describe(), data=i.data) for i in inputs]
         resources = {"MEMORY": need} if need is not None and self._all_declare_memory() else None
@@ -242,6 +263,26 @@ class Engine:
                 self._finish(rec.id, "cancelled", error="cancelled before it started")
         return ids
 
+    def suspend(self, job_ids=None) -> list:
+        """Hand jobs of this engine (all if None) back to the store as queued, for ``resume`` in another process (a
+        service stopping): one that has not started has its task dropped now; a running one stops at its next
+        checkpoint (after the evaluation under way; ``active()`` loses it then), its best picture so far becoming
+        the job's preview, its attempt counted. One that ends on its own first is recorded as usual. Returns the
+        ids asked."""
+        ids = [j for j in (self.active() if job_ids is None else job_ids) if j in self._futures]
+        if not ids:
+            return []
+        self._suspended.update(ids)
+        self.client.run(_worker.mark_cancelled, ids, on_error="ignore")
+        for job_id in ids:
+            future = self._futures.get(job_id)
+            if future is not None and not self._runs.get(job_id):  # no start seen: drop the task
+                self._futures.pop(job_id, None)  # before its done callback can run
+                future.cancel()
+                self._suspended.discard(job_id)
+                self.store.update(job_id, status="queued", worker=None)
+        return ids
+
     def workers(self) -> list:
         """``[{"address", "nthreads", "memory_limit_mb", "resources"}, ...]`` of the cluster's workers now."""
         info = self.client.scheduler_info(n_workers=-1).get("workers", {})
@@ -317,6 +358,10 @@ class Engine:
         if rec is None or rec.final:
             self._futures.pop(job_id, None)
             return
+        if job_id in self._suspended and (future.cancelled() or future.exception() is not None
+                                          or future.result()["status"] == "cancelled"):
+            self._hand_back(job_id, None if future.cancelled() or future.exception() else future.result())
+            return
         if future.cancelled():
             self._finish(job_id, "cancelled", error="cancelled")
             return
@@ -337,7 +382,21 @@ class Engine:
         self.store.finish(job_id, status, png=png, **fields)
         self._futures.pop(job_id, None)
         self._runs.pop(job_id, None)
+        self._suspended.discard(job_id)
         self._finished.put(job_id)
+
+    def _hand_back(self, job_id: str, reply: dict | None) -> None:
+        """A suspended job stopped at its checkpoint (``reply``: its worker's, None when it did not run): queued
+        again, with the evaluations it reached and its picture so far as the preview."""
+        fields = {}
+        if reply is not None:
+            fields.update(evaluations=reply["evaluations"], loss=reply["loss"])
+            if reply["png"]:
+                fields["preview"] = _thumbnail_jpeg(reply["png"])
+        self.store.update(job_id, status="queued", worker=None, **fields)
+        self._futures.pop(job_id, None)
+        self._runs.pop(job_id, None)
+        self._suspended.discard(job_id)
 
     def fail(self, job_id: str, message: str) -> None:
         """End a job of the store that cannot run (its inputs are gone, ...) as failed with ``message``."""

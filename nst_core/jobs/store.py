@@ -6,6 +6,7 @@
     store.update(job_id, status="running", attempts=1, started=time.time())
     record = store.get(job_id); record.status, record.progress
     png = store.result(job_id); jpeg = store.preview(job_id); store.delete(job_id)
+    store.expire(before=time.time() - 7 * 86400); store.drop_unused_blobs()     # retention
 
 Statuses: queued, running, succeeded, failed, cancelled (the last three are final). Times are UNIX seconds
 (float, UTC). ``inputs``: ``[{"role": "content" | "style", "path": str, "sha256": hex}, ...]``; their bytes may
@@ -251,6 +252,31 @@ class Store:
     def delete(self, job_id: str) -> bool:
         """Forget a job (its inputs' blobs stay: other jobs may share them); False when there was none."""
         return self._write(JOBS.delete().where(JOBS.c.id == job_id)).rowcount > 0
+
+    def expire(self, before: float) -> int:
+        """Forget the final jobs that finished before ``before`` (UNIX seconds); how many."""
+        gone = sa.and_(JOBS.c.status.in_(FINAL), JOBS.c.finished < before)
+        return self._write(JOBS.delete().where(gone)).rowcount
+
+    def drop_unused_blobs(self) -> int:
+        """Forget the kept input bytes that no job names any more (after ``delete`` / ``expire``); how many. The
+        names are read and the bytes deleted in one transaction that new jobs wait for (this process's lock on
+        SQLite, a table lock on PostgreSQL), so that an ``add`` naming a blob cannot slip in between and lose it."""
+        def sweep(conn):
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("LOCK TABLE nst_jobs IN SHARE ROW EXCLUSIVE MODE"))
+            named = {i["sha256"] for (text,) in conn.execute(sa.select(JOBS.c.inputs)) for i in json.loads(text)}
+            stored = {d for (d,) in conn.execute(sa.select(BLOBS.c.sha256))}
+            unused = sorted(stored - named)
+            for k in range(0, len(unused), 500):
+                conn.execute(BLOBS.delete().where(BLOBS.c.sha256.in_(unused[k:k + 500])))
+            return len(unused)
+
+        if self._lock is None:
+            with self.engine.begin() as conn:
+                return sweep(conn)
+        with self._lock, self.engine.begin() as conn:
+            return sweep(conn)
 
     def put_blob(self, digest: str, data: bytes) -> None:
         """Keep an input's bytes under their SHA-256 (once)."""

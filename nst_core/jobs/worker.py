@@ -37,7 +37,8 @@ from ..outputs.files import png_bytes
 from ..schedule import plan, scale_table
 from ..spec.spec import from_json
 
-__all__ = ["run_job", "mark_cancelled", "preview_jpeg", "TOPIC", "PROGRESS_EVERY", "PREVIEW_EVERY", "PREVIEW_SIDE"]
+__all__ = ["run_job", "mark_cancelled", "clear_cancelled", "preview_jpeg", "TOPIC", "PROGRESS_EVERY", "PREVIEW_EVERY",
+           "PREVIEW_SIDE"]
 
 TOPIC = "nst-jobs"
 #: Seconds between two progress events of a running job.
@@ -60,6 +61,12 @@ def mark_cancelled(job_ids) -> dict:
             watch.asked_at = found[job_id] = watch.evaluations
     _CANCELLED.update(job_ids)
     return found
+
+
+def clear_cancelled(job_ids) -> None:
+    """Forget the cancel flags of jobs about to run again (a suspended job resumed by a new engine: the flag that
+    stopped it stays set on the workers where it did not run)."""
+    _CANCELLED.difference_update(job_ids)
 
 
 def _where() -> str:
