@@ -23,7 +23,9 @@ The model (``objective_model``):
              style_loss           float64 []   (0 without style taps)
              grad_image           float32 [1, 3, H, W]   d(content_loss + style_loss)/d(image)
 Feature maps and gradients are float32 (like the network); the sums of squares are accumulated in float64.
-Weights are inputs, so one model serves any weights; the sizes H, W stay dynamic.
+Weights are inputs, so one model serves any weights; the sizes H, W stay dynamic. With ``tv=True`` (what
+``make_objective`` runs) the TV term is inside too: input ``tv_weight`` float64 [], output ``tv_loss`` float64 []
+(``OUTPUTS_TV``), its differences float32, their squares summed in float64, and dTV/dx added into ``grad_image``.
 
 ``objective_model_f32`` is the same objective with NO float64 tensor anywhere (for ORT builds without double
 kernels: WebAssembly, mobile), TV inside the graph and the total as an output; ``targets_model`` computes the loss
@@ -54,12 +56,14 @@ from onnx import TensorProto, helper, numpy_helper
 from . import vjp
 
 __all__ = ["objective_model", "objective_model_f32", "targets_model", "CONTENT_TARGET", "CONTENT_WEIGHT",
-           "TV_WEIGHT", "gram_input", "style_weight_input", "OUTPUTS", "OUTPUTS_F32", "CONTENT_IMAGE", "STYLE_IMAGE"]
+           "TV_WEIGHT", "gram_input", "style_weight_input", "OUTPUTS", "OUTPUTS_TV", "OUTPUTS_F32", "CONTENT_IMAGE",
+           "STYLE_IMAGE"]
 
 CONTENT_TARGET = "content_target"
 CONTENT_WEIGHT = "content_weight"
 TV_WEIGHT = "tv_weight"
 OUTPUTS = ("content_loss", "style_loss", "grad_image")
+OUTPUTS_TV = ("content_loss", "style_loss", "tv_loss", "grad_image")  # objective_model(..., tv=True)
 OUTPUTS_F32 = ("loss", "content_loss", "style_loss", "tv_loss", "grad_image")
 CONTENT_IMAGE = "content_image"
 STYLE_IMAGE = "style_image"
@@ -143,42 +147,46 @@ def _scalar(name: str, dtype: int = TensorProto.DOUBLE) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, dtype, [])
 
 
-def _tv(b: _Builder, image: str) -> tuple[str, str]:
-    """(w_t * (sum dv^2 + sum dh^2) float32 [], its gradient w.r.t. the image float32 [1, 3, H, W]), dv / dh the
-    vertical / horizontal neighbour differences (nst_core.losses.tv_loss's formula), weight input ``tv_weight``."""
+def _tv(b: _Builder, image: str, f32: bool = True) -> tuple[str, str]:
+    """(w_t * (sum dv^2 + sum dh^2) [], its gradient w.r.t. the image float32 [1, 3, H, W]), dv / dh the
+    vertical / horizontal neighbour differences of the float32 image (nst_core.losses.tv_loss's formula), weight
+    input ``tv_weight``. The differences and the gradient are float32; the sums of squares float32 tree sums with
+    ``f32``, else float64 (``_sum_squares``) with a float64 weight and loss."""
     big = np.iinfo(np.int64).max
     parts, grads = [], []
     for axis in (2, 3):
         diff = b.op("Sub", [b.op("Slice", [image, b.ints([1]), b.ints([big]), b.ints([axis])], "next"),
                             b.op("Slice", [image, b.ints([0]), b.ints([-1]), b.ints([axis])], "prev")], "tv_diff")
-        parts.append(_sum_squares_f32(b, diff))
+        parts.append((_sum_squares_f32 if f32 else _sum_squares)(b, diff))
         before, after = [0] * 8, [0] * 8
         before[axis], after[4 + axis] = 1, 1
         grads.append(b.op("Sub", [b.op("Pad", [diff, b.ints(before)], "to_next"),
                                   b.op("Pad", [diff, b.ints(after)], "to_prev")], "tv_grad"))
     loss = b.op("Mul", [b.op("Add", parts, "tv_sum"), TV_WEIGHT], "tv_loss")
     scale = b.op("Add", [TV_WEIGHT, TV_WEIGHT], "two_w")
-    return loss, b.op("Mul", [b.op("Add", grads, "tv_grad"), scale], "tv_grad")
+    return loss, b.op("Mul", [b.op("Add", grads, "tv_grad"), scale if f32 else _to_float(b, scale)], "tv_grad")
 
 
 def objective_model(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Sequence[str],
-                    input_name: str = "image", maxpool: str = "scatter") -> onnx.ModelProto:
+                    input_name: str = "image", maxpool: str = "scatter", tv: bool = False) -> onnx.ModelProto:
     """The one-model objective (see the module docstring) of the feature model `model`.
 
     content_tap: the tap (output name, e.g. 'features.3') of the content loss, or None; style_taps: the taps of the
-    style loss (may be empty, not both). A tap may be both. maxpool: the MaxPool backward (``vjp.build_vjp``)."""
-    return _assemble(model, content_tap, style_taps, input_name, maxpool, f32=False)
+    style loss (may be empty, not both). A tap may be both. maxpool: the MaxPool backward (``vjp.build_vjp``).
+    tv: also the TV term (``OUTPUTS_TV``): input ``tv_weight`` float64 [], output ``tv_loss`` float64 [] (float32
+    neighbour differences of the image, their squares summed in float64), and ``grad_image`` includes dTV/dx."""
+    return _assemble(model, content_tap, style_taps, input_name, maxpool, f32=False, tv=tv)
 
 
 def objective_model_f32(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Sequence[str],
                         input_name: str = "image", maxpool: str = "scatter") -> onnx.ModelProto:
     """``objective_model`` without float64: float32 weights and losses (tree-summed), the TV term inside and the
     total ``loss`` as an output (``OUTPUTS_F32``, see the module docstring). Same arguments."""
-    return _assemble(model, content_tap, style_taps, input_name, maxpool, f32=True)
+    return _assemble(model, content_tap, style_taps, input_name, maxpool, f32=True, tv=True)
 
 
 def _assemble(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Sequence[str], input_name: str,
-              maxpool: str, f32: bool) -> onnx.ModelProto:
+              maxpool: str, f32: bool, tv: bool) -> onnx.ModelProto:
     style_taps = list(dict.fromkeys(style_taps))
     taps = list(dict.fromkeys(([content_tap] if content_tap else []) + style_taps))
     if not taps:
@@ -228,14 +236,15 @@ def _assemble(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Se
     n_forward = len(v.forward_nodes)
     nodes = list(graph.node)
     tail = []
-    if f32:  # TV on the image, the total, and dTV/dx added to the network's gradient
-        tv_loss, tv_grad = _tv(b, input_name)
+    if tv:  # TV on the image and dTV/dx added to the network's gradient (and with f32, the total)
+        tv_loss, tv_grad = _tv(b, input_name, f32)
         inputs.append(_scalar(TV_WEIGHT, weight_type))
         for node in nodes[n_forward:]:
             node.output[:] = ["loss/grad_network" if o == "grad_image" else o for o in node.output]
-        total = b.op("Sum", [content_loss or zero, style_loss or zero, tv_loss], "total")
-        finals += [helper.make_node("Identity", [tv_loss], ["tv_loss"], name="tv_loss"),
-                   helper.make_node("Identity", [total], ["loss"], name="loss")]
+        finals.append(helper.make_node("Identity", [tv_loss], ["tv_loss"], name="tv_loss"))
+        if f32:
+            total = b.op("Sum", [content_loss or zero, style_loss or zero, tv_loss], "total")
+            finals.append(helper.make_node("Identity", [total], ["loss"], name="loss"))
         tail = [helper.make_node("Add", ["loss/grad_network", tv_grad], ["grad_image"], name="grad_image_total")]
     del graph.node[:]
     graph.node.extend(_topological(nodes[:n_forward] + b.nodes + finals + nodes[n_forward:] + tail))
@@ -243,7 +252,7 @@ def _assemble(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Se
     graph.input.extend(inputs)
     grad_out = [o for o in graph.output if o.name == OUTPUTS[2]]
     del graph.output[:]
-    names = OUTPUTS_F32[:-1] if f32 else OUTPUTS[:-1]
+    names = OUTPUTS_F32[:-1] if f32 else OUTPUTS_TV[:-1] if tv else OUTPUTS[:-1]
     graph.output.extend([_scalar(n, weight_type) for n in names] + grad_out)
     used = {i for n in graph.node for i in n.input}
     graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in b.constants.items() if n in used)
