@@ -25,7 +25,8 @@ The model (``objective_model``):
 Feature maps and gradients are float32 (like the network); the sums of squares are accumulated in float64.
 Weights are inputs, so one model serves any weights; the sizes H, W stay dynamic. With ``tv=True`` (what
 ``make_objective`` runs) the TV term is inside too: input ``tv_weight`` float64 [], output ``tv_loss`` float64 []
-(``OUTPUTS_TV``), its differences float32, their squares summed in float64, and dTV/dx added into ``grad_image``.
+(``OUTPUTS_TV``), its differences float32 (``_tv_by_convs``), their squares summed in float64, and dTV/dx added
+into ``grad_image``.
 
 ``objective_model_f32`` is the same objective with NO float64 tensor anywhere (for ORT builds without double
 kernels: WebAssembly, mobile), TV inside the graph and the total as an output; ``targets_model`` computes the loss
@@ -147,24 +148,45 @@ def _scalar(name: str, dtype: int = TensorProto.DOUBLE) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, dtype, [])
 
 
-def _tv(b: _Builder, image: str, f32: bool = True) -> tuple[str, str]:
-    """(w_t * (sum dv^2 + sum dh^2) [], its gradient w.r.t. the image float32 [1, 3, H, W]), dv / dh the
-    vertical / horizontal neighbour differences of the float32 image (nst_core.losses.tv_loss's formula), weight
-    input ``tv_weight``. The differences and the gradient are float32; the sums of squares float32 tree sums with
-    ``f32``, else float64 (``_sum_squares``) with a float64 weight and loss."""
+def _tv(b: _Builder, image: str) -> tuple[str, str]:
+    """(w_t * (sum dv^2 + sum dh^2) float32 [], its gradient w.r.t. the image float32 [1, 3, H, W]), dv / dh the
+    vertical / horizontal neighbour differences (nst_core.losses.tv_loss's formula), weight input ``tv_weight``."""
     big = np.iinfo(np.int64).max
     parts, grads = [], []
     for axis in (2, 3):
         diff = b.op("Sub", [b.op("Slice", [image, b.ints([1]), b.ints([big]), b.ints([axis])], "next"),
                             b.op("Slice", [image, b.ints([0]), b.ints([-1]), b.ints([axis])], "prev")], "tv_diff")
-        parts.append((_sum_squares_f32 if f32 else _sum_squares)(b, diff))
+        parts.append(_sum_squares_f32(b, diff))
         before, after = [0] * 8, [0] * 8
         before[axis], after[4 + axis] = 1, 1
         grads.append(b.op("Sub", [b.op("Pad", [diff, b.ints(before)], "to_next"),
                                   b.op("Pad", [diff, b.ints(after)], "to_prev")], "tv_grad"))
     loss = b.op("Mul", [b.op("Add", parts, "tv_sum"), TV_WEIGHT], "tv_loss")
     scale = b.op("Add", [TV_WEIGHT, TV_WEIGHT], "two_w")
-    return loss, b.op("Mul", [b.op("Add", grads, "tv_grad"), scale if f32 else _to_float(b, scale)], "tv_grad")
+    return loss, b.op("Mul", [b.op("Add", grads, "tv_grad"), scale], "tv_grad")
+
+
+def _tv_by_convs(b: _Builder, image: str) -> tuple[str, str]:
+    """TV for the float64-summed objective: (w_t * (sum dv^2 + sum dh^2) float64 [], its gradient float32
+    [1, 3, H, W]) in two grouped Convs. The image is extended by its own last row and column (Pad, edge), so one
+    2x2 Conv gives each channel's dv and dh (-1 / +1 taps: each difference rounded once, as a Sub would) with an
+    exact zero where a neighbour is missing; their squares are summed in float64. The gradient, 2w (dv[i-1, j] -
+    dv[i, j] + dh[i, j-1] - dh[i, j]) (missing terms zero), is the second Conv (zero padding before) with the
+    weights scaled by 2w. Fewer, larger kernels than Slice / Sub / Pad (bench/bench_bundle.py, DESIGN-NOTES)."""
+    channels = 3
+    diff_w = np.zeros((2 * channels, 1, 2, 2), b.np_dtype)  # out 2c: x[i+1, j] - x[i, j]; 2c+1: x[i, j+1] - x[i, j]
+    grad_w = np.zeros((channels, 2, 2, 2), b.np_dtype)  # in (dv, dh) of channel c -> dTV/dx of channel c / 2w
+    for c in range(channels):
+        diff_w[2 * c, 0] = [[-1, 0], [1, 0]]
+        diff_w[2 * c + 1, 0] = [[-1, 1], [0, 0]]
+        grad_w[c] = [[[0, 1], [0, -1]], [[0, 0], [1, -1]]]
+    extended = b.op("Pad", [image, b.ints([0, 0, 0, 0, 0, 0, 1, 1])], "edge", mode="edge")
+    diffs = b.op("Conv", [extended, b.const(diff_w, hint="tv_diff_w")], "tv_diff", group=channels,
+                 kernel_shape=[2, 2])
+    loss = b.op("Mul", [_sum_squares(b, diffs), TV_WEIGHT], "tv_loss")
+    scale = _to_float(b, b.op("Add", [TV_WEIGHT, TV_WEIGHT], "two_w"))
+    weights = b.op("Mul", [b.const(grad_w, hint="tv_grad_w"), scale], "tv_grad_w")
+    return loss, b.op("Conv", [diffs, weights], "tv_grad", group=channels, kernel_shape=[2, 2], pads=[1, 1, 0, 0])
 
 
 def objective_model(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Sequence[str],
@@ -237,7 +259,7 @@ def _assemble(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Se
     nodes = list(graph.node)
     tail = []
     if tv:  # TV on the image and dTV/dx added to the network's gradient (and with f32, the total)
-        tv_loss, tv_grad = _tv(b, input_name, f32)
+        tv_loss, tv_grad = (_tv if f32 else _tv_by_convs)(b, input_name)
         inputs.append(_scalar(TV_WEIGHT, weight_type))
         for node in nodes[n_forward:]:
             node.output[:] = ["loss/grad_network" if o == "grad_image" else o for o in node.output]
