@@ -166,13 +166,15 @@ def _tv(b: _Builder, image: str) -> tuple[str, str]:
     return loss, b.op("Mul", [b.op("Add", grads, "tv_grad"), scale], "tv_grad")
 
 
-def _tv_by_convs(b: _Builder, image: str) -> tuple[str, str]:
+def _tv_by_convs(b: _Builder, image: str, after: Optional[str] = None) -> tuple[str, str]:
     """TV for the float64-summed objective: (w_t * (sum dv^2 + sum dh^2) float64 [], its gradient float32
     [1, 3, H, W]) in two grouped Convs. The image is extended by its own last row and column (Pad, edge), so one
     2x2 Conv gives each channel's dv and dh (-1 / +1 taps: each difference rounded once, as a Sub would) with an
     exact zero where a neighbour is missing; their squares are summed in float64. The gradient, 2w (dv[i-1, j] -
     dv[i, j] + dh[i, j-1] - dh[i, j]) (missing terms zero), is the second Conv (zero padding before) with the
-    weights scaled by 2w. Fewer, larger kernels than Slice / Sub / Pad (bench/bench_bundle.py, DESIGN-NOTES)."""
+    weights scaled by 2w. Fewer, larger kernels than Slice / Sub / Pad (bench/bench_bundle.py, DESIGN-NOTES).
+    after: a tensor that must exist before TV starts (``vjp.Builder.zero_after``, fed to the edge Pad's unused
+    constant_value input): TV's image-sized tensors then live after the backward, not through it."""
     channels = 3
     diff_w = np.zeros((2 * channels, 1, 2, 2), b.np_dtype)  # out 2c: x[i+1, j] - x[i, j]; 2c+1: x[i, j+1] - x[i, j]
     grad_w = np.zeros((channels, 2, 2, 2), b.np_dtype)  # in (dv, dh) of channel c -> dTV/dx of channel c / 2w
@@ -180,7 +182,8 @@ def _tv_by_convs(b: _Builder, image: str) -> tuple[str, str]:
         diff_w[2 * c, 0] = [[-1, 0], [1, 0]]
         diff_w[2 * c + 1, 0] = [[-1, 1], [0, 0]]
         grad_w[c] = [[[0, 1], [0, -1]], [[0, 0], [1, -1]]]
-    extended = b.op("Pad", [image, b.ints([0, 0, 0, 0, 0, 0, 1, 1])], "edge", mode="edge")
+    wait = [b.zero_after(after)] if after else []
+    extended = b.op("Pad", [image, b.ints([0, 0, 0, 0, 0, 0, 1, 1]), *wait], "edge", mode="edge")
     diffs = b.op("Conv", [extended, b.const(diff_w, hint="tv_diff_w")], "tv_diff", group=channels,
                  kernel_shape=[2, 2])
     loss = b.op("Mul", [_sum_squares(b, diffs), TV_WEIGHT], "tv_loss")
@@ -259,10 +262,10 @@ def _assemble(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Se
     nodes = list(graph.node)
     tail = []
     if tv:  # TV on the image and dTV/dx added to the network's gradient (and with f32, the total)
-        tv_loss, tv_grad = (_tv if f32 else _tv_by_convs)(b, input_name)
-        inputs.append(_scalar(TV_WEIGHT, weight_type))
         for node in nodes[n_forward:]:
             node.output[:] = ["loss/grad_network" if o == "grad_image" else o for o in node.output]
+        tv_loss, tv_grad = _tv(b, input_name) if f32 else _tv_by_convs(b, input_name, after="loss/grad_network")
+        inputs.append(_scalar(TV_WEIGHT, weight_type))
         finals.append(helper.make_node("Identity", [tv_loss], ["tv_loss"], name="tv_loss"))
         if f32:
             total = b.op("Sum", [content_loss or zero, style_loss or zero, tv_loss], "total")
