@@ -25,8 +25,8 @@ The model (``objective_model``):
 Feature maps and gradients are float32 (like the network); the sums of squares are accumulated in float64.
 Weights are inputs, so one model serves any weights; the sizes H, W stay dynamic. With ``tv=True`` (what
 ``make_objective`` runs) the TV term is inside too: input ``tv_weight`` float64 [], output ``tv_loss`` float64 []
-(``OUTPUTS_TV``), its differences float32 (``_tv_by_convs``), their squares summed in float64, and dTV/dx added
-into ``grad_image``.
+(``OUTPUTS_TV``), its differences float32 (``_tv_by_convs``), per-pixel float32 sums of their squares summed in
+float64, and dTV/dx added into ``grad_image``.
 
 ``objective_model_f32`` is the same objective with NO float64 tensor anywhere (for ORT builds without double
 kernels: WebAssembly, mobile), TV inside the graph and the total as an output; ``targets_model`` computes the loss
@@ -170,7 +170,8 @@ def _tv_by_convs(b: _Builder, image: str, after: Optional[str] = None) -> tuple[
     """TV for the float64-summed objective: (w_t * (sum dv^2 + sum dh^2) float64 [], its gradient float32
     [1, 3, H, W]) in two grouped Convs. The image is extended by its own last row and column (Pad, edge), so one
     2x2 Conv gives each channel's dv and dh (-1 / +1 taps: each difference rounded once, as a Sub would) with an
-    exact zero where a neighbour is missing; their squares are summed in float64. The gradient, 2w (dv[i-1, j] -
+    exact zero where a neighbour is missing; each pixel's six squares are summed in float32, those sums in float64.
+    The gradient, 2w (dv[i-1, j] -
     dv[i, j] + dh[i, j-1] - dh[i, j]) (missing terms zero), is the second Conv (zero padding before) with the
     weights scaled by 2w. Fewer, larger kernels than Slice / Sub / Pad (bench/bench_bundle.py, DESIGN-NOTES).
     after: a tensor that must exist before TV starts (``vjp.Builder.zero_after``, fed to the edge Pad's unused
@@ -186,7 +187,12 @@ def _tv_by_convs(b: _Builder, image: str, after: Optional[str] = None) -> tuple[
     extended = b.op("Pad", [image, b.ints([0, 0, 0, 0, 0, 0, 1, 1]), *wait], "edge", mode="edge")
     diffs = b.op("Conv", [extended, b.const(diff_w, hint="tv_diff_w")], "tv_diff", group=channels,
                  kernel_shape=[2, 2])
-    loss = b.op("Mul", [_sum_squares(b, diffs), TV_WEIGHT], "tv_loss")
+    # Each pixel's 6 squares summed in float32 (ReduceSumSquare over the channels: 7 roundings at most, 4e-7 relative),
+    # the image-sized rest in float64: no float64 copy of the differences (that Cast and its sum were 11 of TV's
+    # 19 ms in ORT's profile at 512 px).
+    per_pixel = b.op("ReduceSumSquare", [diffs, b.ints([1])], "tv_sumsq", keepdims=0)
+    total = b.op("ReduceSum", [b.op("Cast", [per_pixel], "f64", to=TensorProto.DOUBLE)], "tv_sum", keepdims=0)
+    loss = b.op("Mul", [total, TV_WEIGHT], "tv_loss")
     scale = _to_float(b, b.op("Add", [TV_WEIGHT, TV_WEIGHT], "two_w"))
     weights = b.op("Mul", [b.const(grad_w, hint="tv_grad_w"), scale], "tv_grad_w")
     return loss, b.op("Conv", [diffs, weights], "tv_grad", group=channels, kernel_shape=[2, 2], pads=[1, 1, 0, 0])
@@ -199,7 +205,8 @@ def objective_model(model: onnx.ModelProto, content_tap: Optional[str], style_ta
     content_tap: the tap (output name, e.g. 'features.3') of the content loss, or None; style_taps: the taps of the
     style loss (may be empty, not both). A tap may be both. maxpool: the MaxPool backward (``vjp.build_vjp``).
     tv: also the TV term (``OUTPUTS_TV``): input ``tv_weight`` float64 [], output ``tv_loss`` float64 [] (float32
-    neighbour differences of the image, their squares summed in float64), and ``grad_image`` includes dTV/dx."""
+    neighbour differences of the image, per-pixel float32 sums of squares summed in float64), and ``grad_image``
+    includes dTV/dx."""
     return _assemble(model, content_tap, style_taps, input_name, maxpool, f32=False, tv=tv)
 
 

@@ -13,10 +13,9 @@ One evaluation at x (float64 [1, 3, H, W], ImageNet-normalised pixels), split pa
 The default fused path replaces all but the first line by one ONNX Runtime call of ``network.objective`` (the same
 formulas as ONNX nodes, ``nst_core.lossgraph``), TV included: its neighbour differences are taken of x32 in float32
 and their squares summed in float64, and the float32 gradient (network + TV) is converted to float64 once. Against
-the split path's float64 TV, TV's loss is off by 5e-11 to 1.3e-9 relative and the gradient's distance grew from
+the split path's float64 TV, TV's loss is off by 2e-10 to 3e-9 relative and the gradient's distance grew from
 1.58-1.74e-7 to 1.61-1.76e-7 (relative L2), the float32 network's own level (bench/bench_bundle.py's precision rows,
-192-1024 px); the time per evaluation was the same as with NumPy's TV within the shared machine's noise
-(DESIGN-NOTES.md, issue 25).
+192-1024 px); the time per evaluation is the same as with NumPy's TV (DESIGN-NOTES.md, issue 25).
 
 Layers are torchvision's indices into SqueezeNet 1.1's ``features`` (0..12); the network's taps are named
 ``features.<layer>`` (``model.tap_name``). Target features and Gram matrices come from ``targets`` once per run.
