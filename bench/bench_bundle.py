@@ -9,9 +9,11 @@ Sections:
                calibration section, checked equal) at x = Tübingen + noise (seed 0, in the pixel box), smaller
                edge 192 / 512 / 1024 px. Reference: the split path (NumPy losses, float64
                sums, TV in float64 on float64 x). Against it: the current fused objective (float64 sums in ONNX,
-               TV in NumPy) and the bundle's objective.onnx (no float64 anywhere, tree-summed float32 squares, TV
-               inside). Loss and part relative errors, gradient relative L2, and median seconds per evaluation
-               of the fused objective and of objective.onnx (--repeats, after one warm-up).
+               TV inside: float32 differences, float64 sums), the fused objective as it was before issue 25 (TV in
+               NumPy in float64), and the bundle's objective.onnx (no float64 anywhere, tree-summed float32
+               squares, TV inside). Loss and part relative errors, gradient relative L2 at x = the noisy start and
+               x = the content image (smooth: TV's differences small), and median seconds per evaluation at the
+               noisy start (--repeats, after one warm-up, the objectives alternating).
   sensitivity  128 px, 50 L-BFGS evaluations, style scale 1 and 100: the largest and the final relative gap of the
                loss history between `optim.lbfgs` as `nst stylize` runs it and the same run with a perturbation:
                loss x (1 + 1e-7), gradient x (1 + 1e-7 N(0,1)) elementwise, float64 pairs, the bundle's objective;
@@ -103,8 +105,8 @@ def _median_seconds(fn, x, repeats: int) -> float:
 
 
 def precision(sizes, repeats: int) -> list:
+    from nst_core.losses import tv_loss
     from nst_core.objective import make_objective
-    from nst_core.process.threads import single_threaded_blas
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_bundle_"))
     try:
@@ -114,7 +116,7 @@ def precision(sizes, repeats: int) -> list:
             b = _bundle(tmp / f"b{size}", size, opt.style_scale)
             lo, hi = p.bounds
             rng = np.random.default_rng(0)
-            x = np.clip(p.x0 + 0.3 * rng.standard_normal(p.x0.shape), lo, hi)
+            noisy = np.clip(p.x0 + 0.3 * rng.standard_normal(p.x0.shape), lo, hi)
             fused = p.objective
             from nst_core.network.model import Network, load_model, tap_name
             from nst_core.objective import targets
@@ -130,25 +132,53 @@ def precision(sizes, repeats: int) -> list:
                                    style_layers=opt.style_layers, style_weights=opt.effective_style_weights,
                                    tv_weight=cal.tv_weight, fused=False)
             f32 = _bundle_objective(b, size, expected_k=cal.size_factor)
-            with single_threaded_blas():
-                ref = split(x)
-                out = {"fused (float64 sums)": fused(x), "objective.onnx (float32)": f32(x)}
-                secs = {k: _median_seconds(fn, x, repeats) for k, fn in
-                        (("fused (float64 sums)", fused), ("objective.onnx (float32)", f32))}
-            g_ref = ref[1].ravel()
-            for name, (loss, grad, parts) in out.items():
-                g = np.asarray(grad, np.float64).ravel()
-                row = {"size": size, "shape": list(x.shape), "objective": name,
-                       "loss_rel": abs(loss - ref[0]) / ref[0],
-                       **{f"{k}_rel": abs(parts[k] - ref[2][k]) / ref[2][k] for k in ("content", "style", "tv")},
-                       "grad_rel_l2": float(np.linalg.norm(g - g_ref) / np.linalg.norm(g_ref)),
-                       "seconds": secs[name], "loss": loss}
-                rows.append(row)
-                print(f"{size:5d} px {name:26s} loss {row['loss_rel']:.2e} (content {row['content_rel']:.1e}, style "
-                      f"{row['style_rel']:.1e}, tv {row['tv_rel']:.1e}), grad rel L2 {row['grad_rel_l2']:.2e}, "
-                      f"{row['seconds'] * 1e3:.1f} ms/eval", flush=True)
+            no_tv = make_objective(net, content_target=ct, content_layer=opt.content_layer,
+                                   content_weight=cal.content_weight, style_targets=grams,
+                                   style_layers=opt.style_layers, style_weights=opt.effective_style_weights,
+                                   tv_weight=0.0)
+
+            def numpy_tv(x, no_tv=no_tv, w=cal.tv_weight):  # the fused objective before issue 25: TV in NumPy
+                loss, grad, parts = no_tv(x)
+                l_tv, g_tv = tv_loss(x, w)
+                return loss + l_tv, g_tv + grad, dict(parts, tv=l_tv)
+
+            objectives = (("fused (float64 sums, TV inside)", fused), ("fused, TV in NumPy (before)", numpy_tv),
+                          ("objective.onnx (float32)", f32))
+            for start, x in (("noise", noisy), ("content", np.clip(p.x0, lo, hi))):
+                rows += _precision_rows(size, start, x, split, objectives, repeats if start == "noise" else 0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def _precision_rows(size: int, start: str, x, split, objectives, repeats: int) -> list:
+    """One row per objective: its loss, parts and gradient against the split path's at x; seconds per evaluation
+    (medians of `repeats`, alternating objectives; none when 0)."""
+    from nst_core.process.threads import single_threaded_blas
+    rows = []
+    with single_threaded_blas():
+        ref = split(x)
+        out = {name: fn(x) for name, fn in objectives}
+        times = {name: [] for name, _ in objectives}
+        for _ in range(repeats):
+            for name, fn in objectives:
+                t = time.perf_counter()
+                fn(x)
+                times[name].append(time.perf_counter() - t)
+        secs = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
+    g_ref = ref[1].ravel()
+    for name, (loss, grad, parts) in out.items():
+        g = np.asarray(grad, np.float64).ravel()
+        row = {"size": size, "start": start, "shape": list(x.shape), "objective": name,
+               "loss_rel": abs(loss - ref[0]) / ref[0],
+               **{f"{k}_rel": abs(parts[k] - ref[2][k]) / (abs(ref[2][k]) or 1.0)  # content 0 at the content
+                  for k in ("content", "style", "tv")},
+               "grad_rel_l2": float(np.linalg.norm(g - g_ref) / np.linalg.norm(g_ref)),
+               "seconds": secs[name], "loss": loss}
+        rows.append(row)
+        print(f"{size:5d} px {start:7s} {name:31s} loss {row['loss_rel']:.2e} (content {row['content_rel']:.1e}, "
+              f"style {row['style_rel']:.1e}, tv {row['tv_rel']:.1e}), grad rel L2 {row['grad_rel_l2']:.2e}, "
+              f"{row['seconds'] * 1e3:.1f} ms/eval", flush=True)
     return rows
 
 

@@ -77,7 +77,7 @@ def ours_objective(size: int, style_size: int | None = None, fused: bool = True,
 
 def objective_session_inputs(size: int, maxpool: str = "scatter"):
     """(ONNX model, feeds) of the one-session objective exactly as ``make_objective`` runs it at `size`
-    (``Network.objective``'s model: float32 image in; TV is computed in NumPy)."""
+    (``Network.objective``'s model with TV: float32 image in, the losses and the float32 gradient out)."""
     import onnx
     from nst_core.network import lossgraph
     from nst_core.network.model import Network, tap_name
@@ -89,8 +89,10 @@ def objective_session_inputs(size: int, maxpool: str = "scatter"):
     cx, sx = inputs(size)
     ct, grams = targets(net, cx, sx, STARRY["content_layer"], STARRY["style_layers"])
     style = [tap_name(k) for k in STARRY["style_layers"]]
-    onnx_model = lossgraph.objective_model(model, tap_name(STARRY["content_layer"]), style, "image", maxpool=maxpool)
-    feeds = {"image": cx, lossgraph.CONTENT_TARGET: ct, lossgraph.CONTENT_WEIGHT: np.array(STARRY["content_weight"])}
+    onnx_model = lossgraph.objective_model(model, tap_name(STARRY["content_layer"]), style, "image", maxpool=maxpool,
+                                           tv=True)
+    feeds = {"image": cx, lossgraph.CONTENT_TARGET: ct, lossgraph.CONTENT_WEIGHT: np.array(STARRY["content_weight"]),
+             lossgraph.TV_WEIGHT: np.array(STARRY["tv_weight"])}
     for k, w in zip(STARRY["style_layers"], STARRY["style_weights"]):
         feeds[lossgraph.gram_input(tap_name(k))] = grams[k]
         feeds[lossgraph.style_weight_input(tap_name(k))] = np.array(float(w))

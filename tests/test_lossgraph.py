@@ -12,7 +12,7 @@ from PIL import Image
 
 from nst_core.network import lossgraph
 from nst_core.inputs.images import open_image, preprocess
-from nst_core.losses import content_loss, gram, style_loss
+from nst_core.losses import content_loss, gram, style_loss, tv_loss
 from nst_core.network.model import Network, session
 
 H, W = 96, 128
@@ -139,3 +139,33 @@ def test_model_is_standard_onnx(model):
     with pytest.raises(ValueError, match="content tap or a style tap"):
         lossgraph.objective_model(model, None, [])
 
+
+
+def test_tv_inside_the_float64_summed_objective(model, images):
+    """objective_model(tv=True): the content and style losses are those of the model without TV, TV's loss is
+    losses.tv_loss in float64 on the same float32 pixels within an a-priori bound of its float32 arithmetic (each
+    difference rounded once, each pixel's 6 squares summed in float32: 10u relative, u = 2^-24), and the gradient is
+    the network's plus TV's within the bound of its float32 operations: per element 8u times (2w the sum of the
+    |differences| that touch the pixel plus |the network's gradient|)."""
+    content, style, x = images
+    weights = {"features.1": 3e5, "features.4": 1e3}
+    network = Network(model, ["features.3", *weights], device="cpu")
+    target = network.forward(content)["features.3"]
+    feats = network.forward(style)
+    grams = {t: gram(feats[t]) for t in weights}
+    l_c, l_s, l_tv, grad = network.objective("features.3", target, 0.06, grams, weights, tv_weight=0.7)(x)
+    n_c, n_s, g_net = network.objective("features.3", target, 0.06, grams, weights)(x)
+    assert len(network._objectives) == 2 and grad.dtype == np.float32 and grad.shape == x.shape
+    assert l_c == pytest.approx(n_c, rel=1e-12) and l_s == pytest.approx(n_s, rel=1e-12)
+    pixels = x.astype(np.float32).astype(np.float64)
+    want, want_grad = tv_loss(pixels, 0.7)
+    u = 2.0 ** -24
+    assert abs(l_tv - want) <= 10 * u * want
+    dv, dh = np.abs(np.diff(pixels, axis=2)), np.abs(np.diff(pixels, axis=3))
+    touching = np.zeros_like(pixels)
+    touching[:, :, 1:] += dv
+    touching[:, :, :-1] += dv
+    touching[:, :, :, 1:] += dh
+    touching[:, :, :, :-1] += dh
+    bound = 8 * u * (2 * 0.7 * touching + np.abs(g_net.astype(np.float64)))
+    assert np.all(np.abs(grad - (g_net.astype(np.float64) + want_grad)) <= bound)

@@ -23,7 +23,10 @@ The model (``objective_model``):
              style_loss           float64 []   (0 without style taps)
              grad_image           float32 [1, 3, H, W]   d(content_loss + style_loss)/d(image)
 Feature maps and gradients are float32 (like the network); the sums of squares are accumulated in float64.
-Weights are inputs, so one model serves any weights; the sizes H, W stay dynamic.
+Weights are inputs, so one model serves any weights; the sizes H, W stay dynamic. With ``tv=True`` (what
+``make_objective`` runs) the TV term is inside too: input ``tv_weight`` float64 [], output ``tv_loss`` float64 []
+(``OUTPUTS_TV``), its differences float32 (``_tv_by_convs``), per-pixel float32 sums of their squares summed in
+float64, and dTV/dx added into ``grad_image``.
 
 ``objective_model_f32`` is the same objective with NO float64 tensor anywhere (for ORT builds without double
 kernels: WebAssembly, mobile), TV inside the graph and the total as an output; ``targets_model`` computes the loss
@@ -54,12 +57,14 @@ from onnx import TensorProto, helper, numpy_helper
 from . import vjp
 
 __all__ = ["objective_model", "objective_model_f32", "targets_model", "CONTENT_TARGET", "CONTENT_WEIGHT",
-           "TV_WEIGHT", "gram_input", "style_weight_input", "OUTPUTS", "OUTPUTS_F32", "CONTENT_IMAGE", "STYLE_IMAGE"]
+           "TV_WEIGHT", "gram_input", "style_weight_input", "OUTPUTS", "OUTPUTS_TV", "OUTPUTS_F32", "CONTENT_IMAGE",
+           "STYLE_IMAGE"]
 
 CONTENT_TARGET = "content_target"
 CONTENT_WEIGHT = "content_weight"
 TV_WEIGHT = "tv_weight"
 OUTPUTS = ("content_loss", "style_loss", "grad_image")
+OUTPUTS_TV = ("content_loss", "style_loss", "tv_loss", "grad_image")  # objective_model(..., tv=True)
 OUTPUTS_F32 = ("loss", "content_loss", "style_loss", "tv_loss", "grad_image")
 CONTENT_IMAGE = "content_image"
 STYLE_IMAGE = "style_image"
@@ -161,24 +166,59 @@ def _tv(b: _Builder, image: str) -> tuple[str, str]:
     return loss, b.op("Mul", [b.op("Add", grads, "tv_grad"), scale], "tv_grad")
 
 
+def _tv_by_convs(b: _Builder, image: str, after: Optional[str] = None) -> tuple[str, str]:
+    """TV for the float64-summed objective: (w_t * (sum dv^2 + sum dh^2) float64 [], its gradient float32
+    [1, 3, H, W]) in two grouped Convs. The image is extended by its own last row and column (Pad, edge), so one
+    2x2 Conv gives each channel's dv and dh (-1 / +1 taps: each difference rounded once, as a Sub would) with an
+    exact zero where a neighbour is missing; each pixel's six squares are summed in float32, those sums in float64.
+    The gradient, 2w (dv[i-1, j] -
+    dv[i, j] + dh[i, j-1] - dh[i, j]) (missing terms zero), is the second Conv (zero padding before) with the
+    weights scaled by 2w. Fewer, larger kernels than Slice / Sub / Pad (bench/bench_bundle.py, DESIGN-NOTES).
+    after: a tensor that must exist before TV starts (``vjp.Builder.zero_after``, fed to the edge Pad's unused
+    constant_value input): TV's image-sized tensors then live after the backward, not through it."""
+    channels = 3
+    diff_w = np.zeros((2 * channels, 1, 2, 2), b.np_dtype)  # out 2c: x[i+1, j] - x[i, j]; 2c+1: x[i, j+1] - x[i, j]
+    grad_w = np.zeros((channels, 2, 2, 2), b.np_dtype)  # in (dv, dh) of channel c -> dTV/dx of channel c / 2w
+    for c in range(channels):
+        diff_w[2 * c, 0] = [[-1, 0], [1, 0]]
+        diff_w[2 * c + 1, 0] = [[-1, 1], [0, 0]]
+        grad_w[c] = [[[0, 1], [0, -1]], [[0, 0], [1, -1]]]
+    wait = [b.zero_after(after)] if after else []
+    extended = b.op("Pad", [image, b.ints([0, 0, 0, 0, 0, 0, 1, 1]), *wait], "edge", mode="edge")
+    diffs = b.op("Conv", [extended, b.const(diff_w, hint="tv_diff_w")], "tv_diff", group=channels,
+                 kernel_shape=[2, 2])
+    # Each pixel's 6 squares summed in float32 (ReduceSumSquare over the channels: 7 roundings at most, 4e-7 relative),
+    # the image-sized rest in float64: no float64 copy of the differences (that Cast and its sum were 11 of TV's
+    # 19 ms in ORT's profile at 512 px).
+    per_pixel = b.op("ReduceSumSquare", [diffs, b.ints([1])], "tv_sumsq", keepdims=0)
+    total = b.op("ReduceSum", [b.op("Cast", [per_pixel], "f64", to=TensorProto.DOUBLE)], "tv_sum", keepdims=0)
+    loss = b.op("Mul", [total, TV_WEIGHT], "tv_loss")
+    scale = _to_float(b, b.op("Add", [TV_WEIGHT, TV_WEIGHT], "two_w"))
+    weights = b.op("Mul", [b.const(grad_w, hint="tv_grad_w"), scale], "tv_grad_w")
+    return loss, b.op("Conv", [diffs, weights], "tv_grad", group=channels, kernel_shape=[2, 2], pads=[1, 1, 0, 0])
+
+
 def objective_model(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Sequence[str],
-                    input_name: str = "image", maxpool: str = "scatter") -> onnx.ModelProto:
+                    input_name: str = "image", maxpool: str = "scatter", tv: bool = False) -> onnx.ModelProto:
     """The one-model objective (see the module docstring) of the feature model `model`.
 
     content_tap: the tap (output name, e.g. 'features.3') of the content loss, or None; style_taps: the taps of the
-    style loss (may be empty, not both). A tap may be both. maxpool: the MaxPool backward (``vjp.build_vjp``)."""
-    return _assemble(model, content_tap, style_taps, input_name, maxpool, f32=False)
+    style loss (may be empty, not both). A tap may be both. maxpool: the MaxPool backward (``vjp.build_vjp``).
+    tv: also the TV term (``OUTPUTS_TV``): input ``tv_weight`` float64 [], output ``tv_loss`` float64 [] (float32
+    neighbour differences of the image, per-pixel float32 sums of squares summed in float64), and ``grad_image``
+    includes dTV/dx."""
+    return _assemble(model, content_tap, style_taps, input_name, maxpool, f32=False, tv=tv)
 
 
 def objective_model_f32(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Sequence[str],
                         input_name: str = "image", maxpool: str = "scatter") -> onnx.ModelProto:
     """``objective_model`` without float64: float32 weights and losses (tree-summed), the TV term inside and the
     total ``loss`` as an output (``OUTPUTS_F32``, see the module docstring). Same arguments."""
-    return _assemble(model, content_tap, style_taps, input_name, maxpool, f32=True)
+    return _assemble(model, content_tap, style_taps, input_name, maxpool, f32=True, tv=True)
 
 
 def _assemble(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Sequence[str], input_name: str,
-              maxpool: str, f32: bool) -> onnx.ModelProto:
+              maxpool: str, f32: bool, tv: bool) -> onnx.ModelProto:
     style_taps = list(dict.fromkeys(style_taps))
     taps = list(dict.fromkeys(([content_tap] if content_tap else []) + style_taps))
     if not taps:
@@ -228,14 +268,15 @@ def _assemble(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Se
     n_forward = len(v.forward_nodes)
     nodes = list(graph.node)
     tail = []
-    if f32:  # TV on the image, the total, and dTV/dx added to the network's gradient
-        tv_loss, tv_grad = _tv(b, input_name)
-        inputs.append(_scalar(TV_WEIGHT, weight_type))
+    if tv:  # TV on the image and dTV/dx added to the network's gradient (and with f32, the total)
         for node in nodes[n_forward:]:
             node.output[:] = ["loss/grad_network" if o == "grad_image" else o for o in node.output]
-        total = b.op("Sum", [content_loss or zero, style_loss or zero, tv_loss], "total")
-        finals += [helper.make_node("Identity", [tv_loss], ["tv_loss"], name="tv_loss"),
-                   helper.make_node("Identity", [total], ["loss"], name="loss")]
+        tv_loss, tv_grad = _tv(b, input_name) if f32 else _tv_by_convs(b, input_name, after="loss/grad_network")
+        inputs.append(_scalar(TV_WEIGHT, weight_type))
+        finals.append(helper.make_node("Identity", [tv_loss], ["tv_loss"], name="tv_loss"))
+        if f32:
+            total = b.op("Sum", [content_loss or zero, style_loss or zero, tv_loss], "total")
+            finals.append(helper.make_node("Identity", [total], ["loss"], name="loss"))
         tail = [helper.make_node("Add", ["loss/grad_network", tv_grad], ["grad_image"], name="grad_image_total")]
     del graph.node[:]
     graph.node.extend(_topological(nodes[:n_forward] + b.nodes + finals + nodes[n_forward:] + tail))
@@ -243,7 +284,7 @@ def _assemble(model: onnx.ModelProto, content_tap: Optional[str], style_taps: Se
     graph.input.extend(inputs)
     grad_out = [o for o in graph.output if o.name == OUTPUTS[2]]
     del graph.output[:]
-    names = OUTPUTS_F32[:-1] if f32 else OUTPUTS[:-1]
+    names = OUTPUTS_F32[:-1] if f32 else OUTPUTS_TV[:-1] if tv else OUTPUTS[:-1]
     graph.output.extend([_scalar(n, weight_type) for n in names] + grad_out)
     used = {i for n in graph.node for i in n.input}
     graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in b.constants.items() if n in used)

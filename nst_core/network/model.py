@@ -344,17 +344,21 @@ class Network:
         return sess.run(["grad_image"], feeds)[0]
 
     def objective(self, content_tap: str | None, content_target, content_weight: float, grams: dict,
-                  style_weights: dict):
+                  style_weights: dict, tv_weight: float = 0.0):
         """``run(x) -> (content_loss, style_loss, dL/dx)``: the network, the CS231n content and style losses and
-        their gradient in one ORT session (built once per (content_tap, style taps) and cached).
+        their gradient in one ORT session (built once per (content_tap, style taps, TV or not) and cached). With
+        a non-zero ``tv_weight`` the TV term is in the session too and ``run(x) -> (content_loss, style_loss,
+        tv_loss, dL/dx)``, dL/dx then including dTV/dx (``lossgraph.objective_model``'s ``tv``).
 
         content_tap: a tap or None; content_target float32 of that tap's shape; grams {tap: float32 [C, C]};
         style_weights {tap: w} (same keys). x float32 [1,3,H,W]; the losses are floats (float64 sums), dL/dx is
         float32 [1,3,H,W] (a new array)."""
         style_taps = tuple(style_weights)
-        key = (content_tap, style_taps)
+        tv = float(tv_weight) != 0.0
+        key = (content_tap, style_taps, tv)
         if key not in self._objectives:
-            model = lossgraph.objective_model(self._model, content_tap, style_taps, INPUT, maxpool=self._maxpool)
+            model = lossgraph.objective_model(self._model, content_tap, style_taps, INPUT, maxpool=self._maxpool,
+                                              tv=tv)
             self._objectives[key] = session(model, self._device, self._threads, self._optimization)
         sess = self._objectives[key]
         feeds = {}
@@ -364,10 +368,13 @@ class Network:
         for tap in style_taps:
             feeds[lossgraph.gram_input(tap)] = np.ascontiguousarray(grams[tap], dtype=np.float32)
             feeds[lossgraph.style_weight_input(tap)] = np.array(float(style_weights[tap]))
+        outputs = list(lossgraph.OUTPUTS_TV if tv else lossgraph.OUTPUTS)
+        if tv:
+            feeds[lossgraph.TV_WEIGHT] = np.array(float(tv_weight))
 
         def run(x: np.ndarray):
             feeds[INPUT] = np.ascontiguousarray(x, dtype=np.float32)
-            l_content, l_style, grad = sess.run(list(lossgraph.OUTPUTS), feeds)
-            return float(l_content), float(l_style), grad
+            *losses, grad = sess.run(outputs, feeds)
+            return (*(float(v) for v in losses), grad)
 
         return run

@@ -10,8 +10,12 @@ One evaluation at x (float64 [1, 3, H, W], ImageNet-normalised pixels), split pa
     L_t, dL/dx (TV) = tv_loss(x, tv_weight)             float64, on the pixels directly
     grad = dL/dx (TV) + dL/dx (network)                 the only up-conversion (float32 added into float64)
 
-The default fused path replaces the three middle lines by one ONNX Runtime call of ``network.objective`` (the same
-formulas as ONNX nodes, ``nst_core.lossgraph``); TV stays in NumPy, in float64.
+The default fused path replaces all but the first line by one ONNX Runtime call of ``network.objective`` (the same
+formulas as ONNX nodes, ``nst_core.lossgraph``), TV included: its neighbour differences are taken of x32 in float32
+and their squares summed in float64, and the float32 gradient (network + TV) is converted to float64 once. Against
+the split path's float64 TV, TV's loss is off by 2e-10 to 3e-9 relative and the gradient's distance grew from
+1.58-1.74e-7 to 1.61-1.76e-7 (relative L2), the float32 network's own level (bench/bench_bundle.py's precision rows,
+192-1024 px); the time per evaluation is the same as with NumPy's TV (DESIGN-NOTES.md, issue 25).
 
 Layers are torchvision's indices into SqueezeNet 1.1's ``features`` (0..12); the network's taps are named
 ``features.<layer>`` (``model.tap_name``). Target features and Gram matrices come from ``targets`` once per run.
@@ -45,9 +49,10 @@ def make_objective(network, *, content_target: Optional[np.ndarray], content_lay
     parts ``{"content": L_c, "style": L_s, "tv": L_t}``. Layers with zero weight are neither computed nor
     differentiated; with no weighted layer the network is skipped entirely (only TV).
 
-    fused: True (default) runs the network, the content and style losses and their gradient in ONE ONNX Runtime
+    fused: True (default) runs the network, the content, style and TV losses and their gradient in ONE ONNX Runtime
     session (``Network.objective``, ``nst_core.lossgraph``): the Gram products then use ORT's threads and the
     feature maps stay inside ORT (0.83x the split path's time per evaluation at 512 px, bench_objective.py).
+    Without a weighted network term, TV alone runs in NumPy.
     False runs the split path of the module docstring, with the NumPy losses of ``nst_core.losses``.
     """
     content_weight = float(content_weight)
@@ -100,6 +105,9 @@ def make_objective(network, *, content_target: Optional[np.ndarray], content_lay
                 cotangents[name] = np.zeros_like(feats[name])
         return l_content, l_style, network.backward(cotangents)
 
+    if uses_network and fused and tv_weight != 0.0:
+        return _fused_with_tv(network.objective(content_tap if use_content else None, content_target32,
+                                                content_weight, s_targets, s_weights, tv_weight))
     network_terms = split_terms
     if uses_network and fused:
         network_terms = network.objective(content_tap if use_content else None, content_target32, content_weight,
@@ -120,4 +128,17 @@ def make_objective(network, *, content_target: Optional[np.ndarray], content_lay
         return loss, grad, {"content": l_content, "style": l_style, "tv": l_tv}
 
     objective.fresh_grad = True  # grad is a new array on every call: the optimizers need not copy it (nst_core.optim)
+    return objective
+
+
+def _fused_with_tv(run: Callable) -> Callable:
+    """The objective of ``make_objective`` from a session that computes TV too (``Network.objective`` with a
+    tv_weight): one ORT call, and the float32 gradient converted to float64 once."""
+
+    def objective(x: np.ndarray):
+        l_content, l_style, l_tv, grad = run(x.astype(np.float32))
+        parts = {"content": l_content, "style": l_style, "tv": l_tv}
+        return l_content + l_style + l_tv, grad.astype(np.float64), parts
+
+    objective.fresh_grad = True
     return objective
