@@ -810,6 +810,7 @@ def _cmd_batch(args) -> int:
 
 
 def _cmd_serve(args) -> int:
+    serve_settings.from_args(args)  # a bad option is one line before the heavy imports (checked again by run)
     try:
         from nst_core.serve.command import run
     except ImportError as exc:

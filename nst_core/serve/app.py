@@ -31,16 +31,19 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from PIL import Image
+from pydantic import BaseModel, Field
 
 from ..jobs.engine import Engine
 from ..jobs.store import STATUSES, JobRecord
 from ..jobs.worker import PREVIEW_SIDE
 from ..outputs.recipe import nst_version
+from ..schedule import plan
 from ..spec.spec import from_json, resolve, to_dict, to_json
 from . import problems, uploads
 from .problems import Problem
@@ -57,7 +60,42 @@ _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _EVENT_POLL = 0.25  # seconds between two looks at the store of an events stream
 _EVENT_EVERY = 1.5  # a progress event at least this often while a job runs (the issue asks for 2 s)
 _RETRY_AFTER = "2"  # seconds: a client's next look at a job not finished
-_PROBLEM = {"content": {problems.MEDIA_TYPE: {}}}
+
+
+class ProgressModel(BaseModel):
+    evaluations: int = Field(description="objective evaluations done, over all scales")
+    budget: int = Field(description="evaluations the job will do in all")
+    scale: int = Field(description="the scale running, 1-based (0: not started)")
+    scales: int
+    loss: float | None = Field(description="the best loss so far")
+
+
+class JobModel(BaseModel):
+    id: str = Field(description="32 hex digits (128 random bits)")
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: ProgressModel
+    error: str | None = Field(description="why it failed or how it was cancelled, one line")
+    created: str = Field(description="RFC 3339, UTC")
+    started: str | None
+    finished: str | None
+    attempts: int = Field(description="runs started (a worker that died mid-job makes another)")
+    partial: bool = Field(description="the result is a cancelled job's best image so far")
+    spec: dict = Field(description="the job's options, resolved (every default filled in)")
+    links: dict[str, str]
+
+
+class JobListModel(BaseModel):
+    jobs: list[JobModel]
+    limit: int
+    offset: int
+    next: str | None = Field(description="the next page's path, or null")
+
+
+class HealthModel(BaseModel):
+    status: Literal["ok", "stopping"]
+    version: str
+    workers: list[dict] = Field(description="address, nthreads, memory_limit_mb, resources of each Dask worker")
+    queue: dict[str, int] = Field(description="jobs queued and running, all clients")
 
 
 # ------------------------------------------------------------------------------------------------- views
@@ -153,6 +191,10 @@ def _submit(request: Request, owner: str, form: dict, idempotency: str | None) -
     app = request.app
     engine, settings = app.state.engine, app.state.settings
     job = uploads.parse_spec(form["spec"])
+    budget = sum(b for _, b in plan(resolve(job)))
+    if settings.budget_limit is not None and budget > settings.budget_limit:
+        raise Problem(400, f"spec: {budget} evaluations in all, over this server's limit of {settings.budget_limit} "
+                           f"per job; ask for fewer iterations")
     inputs = uploads.check_inputs(job, form, settings.pixel_limit)
     key = hashlib.sha256(f"{owner}\0{idempotency}".encode()).hexdigest() if idempotency else None
     with app.state.submit_lock:  # one at a time: the queue count and the key lookup stay true until submitted
@@ -183,15 +225,17 @@ def _event(name: str, rec: JobRecord) -> str:
 
 
 async def _event_stream(request: Request, job_id: str, last: int):
-    """SSE text: a progress event whenever the evaluations pass ``last`` and at least every ``_EVENT_EVERY`` s
-    while the job is queued or running, then one status event when it is final. Ends early (the client
-    reconnects with Last-Event-ID) when the job is deleted or the server stops."""
-    engine, sent_at = request.app.state.engine, 0.0
+    """SSE text: a progress event whenever the evaluations pass ``last`` (-1: a new stream, which starts with the
+    job as it is) and at least every ``_EVENT_EVERY`` s while the job is queued or running, then one status event
+    when it is final. Ends early when the job is deleted, or is queued while the server stops (a drain); the
+    client reconnects with Last-Event-ID (to the next server). Streams still open when uvicorn stops are cut by it."""
+    engine = request.app.state.engine
+    sent_at = time.monotonic() if last >= 0 else 0.0  # a new stream starts with the state now, a resumed one not
     yield "retry: 2000\n\n"
-    while request.app.state.accepting:
+    while True:
         rec = await run_in_threadpool(engine.status, job_id)
-        if rec is None:
-            return
+        if rec is None or (rec.status == "queued" and not request.app.state.accepting):
+            return  # deleted; or the server is stopping and the job waits for the next start
         if rec.final:
             yield _event("status", rec)
             return
@@ -242,15 +286,43 @@ def _page_files() -> dict:
     return {p.name: p for p in PAGE.iterdir() if p.is_file() and not p.name.startswith(".")}
 
 
+#: The page's Content-Security-Policy: the browser itself refuses anything not from this server (scripts, styles,
+#: requests), images may also be the page's own blob: / data: URLs (the chosen files, the previews).
+PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; object-src 'none'; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
 def _file_response(path: Path) -> FileResponse:
     kind = "text/javascript" if path.suffix == ".mjs" else (mimetypes.guess_type(path.name)[0] or
                                                              "application/octet-stream")
-    return FileResponse(path, media_type=kind, headers={"Cache-Control": "no-cache"})
+    return FileResponse(path, media_type=kind, headers={"Cache-Control": "no-cache",
+                                                        "Content-Security-Policy": PAGE_CSP})
+
+
+class _NoSniff:
+    """ASGI middleware: every answer says ``X-Content-Type-Options: nosniff`` (a browser must not guess that an
+    uploaded picture or a JSON body is a page) and ``Referrer-Policy: no-referrer``."""
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", ())) + self.HEADERS
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 def create_app(engine: Engine, settings: Settings) -> FastAPI:
     """The service over ``engine`` (see the module docstring)."""
-    app = FastAPI(title="nst serve", version=nst_version(), openapi_url="/v1/openapi.json", docs_url=None,
+    app = FastAPI(title="nst serve", version=nst_version(), openapi_url=None, docs_url=None,
                   redoc_url=None, description="Neural style transfer jobs on ONNX Runtime workers. Errors are RFC "
                                               "9457 problem documents (application/problem+json).")
     app.state.engine, app.state.settings, app.state.accepting = engine, settings, True
@@ -258,16 +330,27 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         _token_digest(t): name for t, name in settings.clients.items()}
     app.state.submit_lock, app.state.previews = threading.Lock(), {}
     problems.install(app)
-    _routes(app)
-    _page_routes(app)
+    app.add_middleware(_NoSniff)
+    for add in (_submission_routes, _job_routes, _image_routes, _service_routes, _page_routes):
+        add(app)
     return app
 
 
-def _routes(app: FastAPI) -> None:
-    errors = {code: _PROBLEM for code in (400, 401, 404, 409, 413, 422, 429, 503)}
+_AUTH = (401,)
+_IMAGE = {"png": {200: {"content": {"image/png": {}}, "description": "The picture, with its recipe in PNG text"}},
+          "jpeg": {200: {"content": {"image/jpeg": {}}, "description": "A JPEG, at most 256 px on its longer side"}},
+          "sse": {200: {"content": {"text/event-stream": {}},
+                        "description": "event: progress | status, id: evaluations, data: a Job (JSON)"}}}
 
-    @app.post("/v1/jobs", status_code=202, responses=errors, summary="Submit a job",
-              openapi_extra={"requestBody": uploads.OPENAPI_BODY})
+
+def _submission_routes(app: FastAPI) -> None:
+    @app.post("/v1/jobs", status_code=202, response_model=JobModel, summary="Submit a job",
+              responses=problems.responses(400, 401, 413, 422, 429, 503),
+              openapi_extra={"requestBody": uploads.OPENAPI_BODY, "parameters": [{
+                  "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
+                  "description": "a retried POST with the same key (and the same request) returns the same job"}]},
+              description="202 with the job, Location: /v1/jobs/{id} and Retry-After. Images: JPEG, PNG or "
+                          "WebP; the body and each image's pixels (from its header) are limited.")
     async def create_job(request: Request, owner: str = Depends(client)):
         settings = app.state.settings
         if not app.state.accepting:
@@ -276,16 +359,16 @@ def _routes(app: FastAPI) -> None:
         idempotency = request.headers.get("idempotency-key")
         if idempotency is not None and not _KEY.fullmatch(idempotency):
             raise Problem(400, "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces")
-        if idempotency is None:
+        if idempotency is None:  # a retry of an earlier POST is answered even at the limit
             await run_in_threadpool(_queue_check, app.state.engine, settings, owner)
-        body = await uploads.read_body(request, settings.body_limit)
-        form = await uploads.parse_form(request, body)
-        del body
+        form = await uploads.read_form(request, settings.body_limit)
         rec, replayed = await run_in_threadpool(_submit, request, owner, form, idempotency)
         return _accepted(rec, replayed)
 
-    @app.get("/v1/jobs", responses=errors, summary="The caller's jobs, newest first")
-    def list_jobs(request: Request, owner: str = Depends(client),
+    @app.get("/v1/jobs", response_model=JobListModel, summary="The caller's jobs, newest first",
+             responses=problems.responses(400, 401, 422),
+             description="Paginated: 'next' (and a Link header, rel=next) is the following page, null on the last.")
+    def list_jobs(owner: str = Depends(client),
                   status: list[str] | None = Query(None, description="queued, running, succeeded, failed, "
                                                                      "cancelled (repeat or comma-separate)"),
                   limit: int = Query(20, ge=1, le=100), offset: int = Query(0, ge=0)):
@@ -294,23 +377,26 @@ def _routes(app: FastAPI) -> None:
         if bad:
             raise Problem(400, f"status {bad[0]!r} is not one of {', '.join(STATUSES)}")
         rows = app.state.engine.jobs(status=tuple(wanted) or None, owner=owner, limit=limit + 1, offset=offset)
-        page = rows[:limit]
         following = None
         if len(rows) > limit:
             query = "".join(f"status={s}&" for s in wanted)
             following = f"/v1/jobs?{query}limit={limit}&offset={offset + limit}"
         headers = {"Link": f'<{following}>; rel="next"'} if following else {}
-        return JSONResponse({"jobs": [job_view(r) for r in page], "limit": limit, "offset": offset,
+        return JSONResponse({"jobs": [job_view(r) for r in rows[:limit]], "limit": limit, "offset": offset,
                              "next": following}, headers=headers)
 
-    @app.get("/v1/jobs/{job_id}", responses=errors, summary="One job")
+
+def _job_routes(app: FastAPI) -> None:
+    @app.get("/v1/jobs/{job_id}", response_model=JobModel, summary="One job", responses=problems.responses(401, 404))
     def get_job(request: Request, job_id: str, owner: str = Depends(client)):
         rec = _own_job(request, job_id, owner)
-        headers = {} if rec.final else {"Retry-After": _RETRY_AFTER}
-        return JSONResponse(job_view(rec), headers=headers)
+        return JSONResponse(job_view(rec), headers={} if rec.final else {"Retry-After": _RETRY_AFTER})
 
-    @app.get("/v1/jobs/{job_id}/events", responses=errors, summary="Server-Sent Events of a job",
-             response_class=StreamingResponse)
+    @app.get("/v1/jobs/{job_id}/events", summary="Server-Sent Events of a job", response_class=StreamingResponse,
+             responses={**_IMAGE["sse"], **problems.responses(401, 404)},
+             description="A progress event at least every 2 s while the job is queued or running, then one status "
+                         "event when it is final. Send Last-Event-ID to resume: progress events then start above "
+                         "that evaluation count.")
     def job_events(request: Request, job_id: str, owner: str = Depends(client)):
         _own_job(request, job_id, owner)
         last = request.headers.get("last-event-id", "")
@@ -318,8 +404,30 @@ def _routes(app: FastAPI) -> None:
         return StreamingResponse(_event_stream(request, job_id, start), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.get("/v1/jobs/{job_id}/preview", responses=errors, summary="JPEG of the best image so far",
-             response_class=Response)
+    @app.post("/v1/jobs/{job_id}/cancel", status_code=202, response_model=JobModel, summary="Cancel a job",
+              responses=problems.responses(401, 404, 409),
+              description="A queued job ends at once; a running one after its current evaluation, its best image "
+                          "becoming a partial result. 409 for a job that succeeded or failed.")
+    def cancel_job(request: Request, job_id: str, owner: str = Depends(client)):
+        rec = _own_job(request, job_id, owner)
+        if rec.final and rec.status != "cancelled":
+            raise Problem(409, f"job {job_id} is already {rec.status}")
+        app.state.engine.cancel(job_id)
+        return JSONResponse(job_view(app.state.engine.status(job_id) or rec), status_code=202)
+
+    @app.delete("/v1/jobs/{job_id}", status_code=204, summary="Delete a job and its result",
+                responses=problems.responses(401, 404), description="A job not final is cancelled first.")
+    def delete_job(request: Request, job_id: str, owner: str = Depends(client)):
+        _own_job(request, job_id, owner)
+        app.state.engine.delete(job_id)
+        return Response(status_code=204)
+
+
+def _image_routes(app: FastAPI) -> None:
+    @app.get("/v1/jobs/{job_id}/preview", summary="JPEG of the best image so far", response_class=Response,
+             responses={**_IMAGE["jpeg"], **problems.responses(401, 404, 409)},
+             description="Renewed about every 2 s while the job runs (ETag / If-None-Match: 304 when unchanged); "
+                         "409 with Retry-After before the first one.")
     def job_preview(request: Request, job_id: str, owner: str = Depends(client)):
         rec = _own_job(request, job_id, owner)
         jpeg = _preview(app, rec)
@@ -330,8 +438,10 @@ def _routes(app: FastAPI) -> None:
             return Response(status_code=304, headers={"ETag": tag})
         return Response(jpeg, media_type="image/jpeg", headers={"ETag": tag, "Cache-Control": "no-cache"})
 
-    @app.get("/v1/jobs/{job_id}/result", responses=errors, summary="The result PNG (with its recipe)",
-             response_class=Response)
+    @app.get("/v1/jobs/{job_id}/result", summary="The result PNG (with its recipe)", response_class=Response,
+             responses={**_IMAGE["png"], **problems.responses(401, 404, 409)},
+             description="A cancelled job's best image so far, with NST-Partial: true (else false). 409 with "
+                         "Retry-After while the job is not finished, and for a job that ended without a picture.")
     def job_result(request: Request, job_id: str, owner: str = Depends(client)):
         rec = _own_job(request, job_id, owner)
         if not rec.final:
@@ -339,28 +449,20 @@ def _routes(app: FastAPI) -> None:
                           {"Retry-After": _RETRY_AFTER})
         png = app.state.engine.result(job_id)
         if png is None:
-            why = rec.error or rec.status
-            raise Problem(409, f"job {job_id} is {rec.status} without a picture ({why})")
+            raise Problem(409, f"job {job_id} is {rec.status} without a picture ({rec.error or rec.status})")
         headers = {"Content-Disposition": f'attachment; filename="nst-{job_id}.png"',
                    "NST-Partial": "true" if rec.partial else "false", "NST-Evaluations": str(rec.evaluations)}
         return Response(png, media_type="image/png", headers=headers)
 
-    @app.post("/v1/jobs/{job_id}/cancel", status_code=202, responses=errors, summary="Cancel a job")
-    def cancel_job(request: Request, job_id: str, owner: str = Depends(client)):
-        rec = _own_job(request, job_id, owner)
-        if rec.final and rec.status != "cancelled":
-            raise Problem(409, f"job {job_id} is already {rec.status}")
-        app.state.engine.cancel(job_id)
-        return JSONResponse(job_view(app.state.engine.status(job_id) or rec), status_code=202)
 
-    @app.delete("/v1/jobs/{job_id}", status_code=204, responses=errors, summary="Delete a job and its result")
-    def delete_job(request: Request, job_id: str, owner: str = Depends(client)):
-        _own_job(request, job_id, owner)
-        app.state.engine.delete(job_id)
-        return Response(status_code=204)
+def _service_routes(app: FastAPI) -> None:
+    @app.get("/v1/openapi.json", include_in_schema=False)
+    def openapi(owner: str = Depends(client)):  # behind the token like every /v1 route (FastAPI's own is not)
+        return JSONResponse(app.openapi())
 
-    @app.get("/v1/health", responses=errors, summary="Version, workers and queue")
-    def health(request: Request, owner: str = Depends(client)):
+    @app.get("/v1/health", response_model=HealthModel, summary="Version, workers and queue",
+             responses=problems.responses(401, 503), description="503 (same body) while the server is stopping.")
+    def health(owner: str = Depends(client)):
         engine = app.state.engine
         counts = engine.store.counts()
         body = {"status": "ok" if app.state.accepting else "stopping", "version": nst_version(),

@@ -21,16 +21,28 @@ from ..jobs.engine import Engine
 from ..jobs.store import open_store
 from . import lifecycle
 from .app import create_app
-from .settings import from_args, is_loopback
+from .settings import from_args
 
 __all__ = ["run", "listen"]
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on ``host``:``port`` (IPv4 or IPv6); NSTError (one line) when it cannot be."""
+    """A TCP socket listening on ``host``:``port`` (IPv4 or IPv6); NSTError (one line) when it cannot be.
+
+    Made with its protocol named (IPPROTO_TCP, not 0 as ``socket.create_server`` leaves it): asyncio turns Nagle's
+    algorithm off (TCP_NODELAY) only on accepted sockets whose protocol says TCP, and with it on, every request after
+    the first on a kept-alive connection waited for the client's delayed ACK: 44 ms for a 404, against 0.5 ms."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.create_server((host, port), family=family, backlog=128)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             proto=socket.IPPROTO_TCP)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(128)
+        except BaseException:
+            sock.close()
+            raise
     except (OSError, UnicodeError) as exc:
         raise NSTError(f"cannot listen on {host}:{port} ({one_line(getattr(exc, 'strerror', None) or exc)})") from None
     sock.set_inheritable(False)
@@ -44,10 +56,7 @@ def _url(sock: socket.socket) -> str:
 
 def run(args) -> int:
     """``nst serve`` with parsed ``args`` (see ``settings.add_arguments``); returns the exit status."""
-    settings = from_args(args)
-    if settings.clients is None and not is_loopback(args.host):
-        raise NSTError(f"--host {args.host} is not a loopback address: without --token-file nst serve listens only "
-                       f"on 127.0.0.1 / ::1; give --token-file to serve a network")
+    settings = from_args(args)  # a non-loopback --host without --token-file is refused there
     sock = listen(args.host, args.port)
     try:
         where = args.store

@@ -26,12 +26,13 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from ..errors import NSTError
 from ..inputs.images import one_line
 
-__all__ = ["Problem", "problem_response", "install", "MEDIA_TYPE"]
+__all__ = ["Problem", "ProblemDocument", "problem_response", "install", "responses", "MEDIA_TYPE"]
 
 MEDIA_TYPE = "application/problem+json"
 _log = logging.getLogger("nst.serve")
@@ -43,6 +44,22 @@ class Problem(Exception):
     def __init__(self, status: int, detail: str, headers: dict | None = None):
         super().__init__(detail)
         self.status, self.detail, self.headers = status, one_line(detail), dict(headers or {})
+
+
+class ProblemDocument(BaseModel):
+    """An RFC 9457 problem document (the OpenAPI schema of every error answer)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+def responses(*statuses: int) -> dict:
+    """OpenAPI ``responses`` of a route's problem answers."""
+    return {s: {"model": ProblemDocument, "description": http.HTTPStatus(s).phrase,
+                "content": {MEDIA_TYPE: {}}} for s in statuses}
 
 
 def problem_response(status: int, detail: str, instance: str | None = None, headers: dict | None = None):
@@ -62,8 +79,28 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return f"{where or 'request'}: {first.get('msg', 'invalid')}"
 
 
+def _openapi_problems(app: FastAPI) -> None:
+    """``app.openapi`` without FastAPI's own 422 answers (HTTPValidationError): this app's are problems, and
+    routes that can give one say so themselves."""
+    made = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = made()
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                answer = operation.get("responses", {}).get("422")
+                if answer and "HTTPValidationError" in str(answer):
+                    del operation["responses"]["422"]
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def install(app: FastAPI) -> None:
-    """Every error of ``app`` answered as a problem document."""
+    """Every error of ``app`` answered as a problem document (and so documented)."""
+    _openapi_problems(app)
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem):
@@ -76,6 +113,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
         detail = exc.detail if isinstance(exc.detail, str) else http.HTTPStatus(exc.status_code).description
+        if exc.status_code == 404 and detail == "Not Found":  # no route
+            detail = f"no such path {request.url.path[:200]!r} (the API is under /v1; /v1/openapi.json lists it)"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path[:200]}"
         return problem_response(exc.status_code, detail, request.url.path, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)

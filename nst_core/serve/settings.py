@@ -1,7 +1,7 @@
 """``nst serve``'s settings: the command's options, checked in one line each, as a frozen ``Settings``.
 
     p = subparsers.add_parser("serve"); add_arguments(p, number=int)      # cli.py (this module is light: stdlib only)
-    settings = from_args(args)                                             # NSTError (one line) for a bad value
+    settings = from_args(args)              # NSTError (one line) for a bad value or a public --host without tokens
 
 Token file (``--token-file F``): one client per line, ``NAME TOKEN``; blank lines and lines starting with ``#`` are
 skipped. Names and tokens are unique; a token has at least ``MIN_TOKEN_CHARS`` characters (``secrets.token_hex(16)``
@@ -37,6 +37,7 @@ class Settings:
     queue_limit: int = 8              # a client's queued + running jobs (--max-queued 8); over it: 429
     retention: float | None = None    # seconds a final job is kept (--retention 7d; None: until deleted)
     clients: dict | None = None       # token -> client name (--token-file); None: no tokens, one client "local"
+    budget_limit: int | None = None   # objective evaluations of one job, all scales (--max-evaluations; None: any)
 
 
 def read_tokens(path) -> dict:
@@ -96,7 +97,7 @@ def is_loopback(host: str) -> bool:
 def add_arguments(p, number=float) -> None:
     """``nst serve``'s options on the argparse parser ``p``; ``number``: the CLI's integer type."""
     p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
-                   help="address to listen on (default: 127.0.0.1; another than loopback needs --token-file)")
+                   help="address to listen on (default: 127.0.0.1; any other than loopback needs --token-file)")
     p.add_argument("--port", type=number, default=DEFAULT_PORT, metavar="P",
                    help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free one, printed on the first line)")
     p.add_argument("--data", metavar="DIR", default="nst-serve-data",
@@ -117,6 +118,9 @@ def add_arguments(p, number=float) -> None:
                    help="largest uploaded image, pixels, read from its header before decoding (default: 40e6)")
     p.add_argument("--max-queued", type=number, default=8, metavar="N",
                    help="queued + running jobs one client may have (default: 8)")
+    p.add_argument("--max-evaluations", type=number, default=0, metavar="N",
+                   help="objective evaluations one job may ask for, all scales together; more is refused at "
+                        "submission (default: 0, no limit)")
     p.add_argument("--retention", default="off", metavar="TIME",
                    help="delete final jobs this long after they end: 7d, 12h, 30m, seconds (default: off, "
                         "kept until deleted)")
@@ -133,16 +137,23 @@ def _positive(value, option: str, whole: bool = False):
 
 
 def from_args(args) -> Settings:
-    """The Settings of parsed ``nst serve`` arguments; NSTError (one line) for a bad value."""
+    """The Settings of parsed ``nst serve`` arguments; NSTError (one line) for a bad value, and for a ``--host``
+    that is not loopback without ``--token-file``."""
     if not 0 <= args.drain_wait < float("inf"):
         raise NSTError(f"--drain-wait must be a number of seconds >= 0, got {args.drain_wait}")
     if args.workers is not None and args.workers < 1:
         raise NSTError(f"--workers must be >= 1, got {args.workers}")
     if not 0 <= args.port <= 65535:
         raise NSTError(f"--port must be 0..65535, got {args.port}")
-    return Settings(data=Path(args.data),
-                    body_limit=int(_positive(args.max_body_mb, "--max-body-mb") * 2**20),
-                    pixel_limit=_positive(args.max_pixels, "--max-pixels", whole=True),
-                    queue_limit=_positive(args.max_queued, "--max-queued", whole=True),
-                    retention=parse_duration(args.retention),
-                    clients=read_tokens(args.token_file) if args.token_file else None)
+    settings = Settings(data=Path(args.data),
+                        body_limit=int(_positive(args.max_body_mb, "--max-body-mb") * 2**20),
+                        pixel_limit=_positive(args.max_pixels, "--max-pixels", whole=True),
+                        queue_limit=_positive(args.max_queued, "--max-queued", whole=True),
+                        retention=parse_duration(args.retention),
+                        clients=read_tokens(args.token_file) if args.token_file else None,
+                        budget_limit=_positive(args.max_evaluations, "--max-evaluations", whole=True)
+                        if args.max_evaluations != 0 else None)
+    if settings.clients is None and not is_loopback(args.host):
+        raise NSTError(f"--host {args.host} is not a loopback address: without --token-file nst serve listens only "
+                       f"on 127.0.0.1 / ::1; give --token-file to serve a network")
+    return settings

@@ -2,8 +2,7 @@
 decoding, and the spec by the CLI's option names. Nothing a client sends becomes a filesystem path: an image is
 named by its role (``content.png``, ``style-2.jpg``) in messages and in the result's recipe.
 
-    body = await read_body(request, settings.body_limit)            # Problem 413 past the limit
-    form = await parse_form(request, body)                           # {"content": [bytes], "style": [...], "spec": str}
+    form = await read_form(request, settings.body_limit)             # {"content": [bytes], "style": [...], "spec": str}
     job = parse_spec(form["spec"])                                   # a Spec (content and styles left empty)
     inputs = check_inputs(job, form, settings.pixel_limit)           # [engine.Input, ...]; Problem 400 / 422
 
@@ -16,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import threading
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from ..errors import NSTError
 from ..inputs.images import one_line, open_image
@@ -28,7 +28,7 @@ from ..spec.blend import blend_weights
 from ..spec.spec import Spec, make, parse_json, resolve
 from .problems import Problem
 
-__all__ = ["read_body", "parse_form", "parse_spec", "check_inputs", "sniff", "header_size", "SPEC_OPTIONS",
+__all__ = ["read_form", "parse_spec", "check_inputs", "sniff", "header_size", "SPEC_OPTIONS",
            "MAX_STYLES", "OPENAPI_BODY"]
 
 MAX_STYLES = 16
@@ -40,6 +40,9 @@ _NOT_OPTIONS = {"content": "send the content image as the multipart file 'conten
                 "model": "the model is the server's; it is not chosen per job"}
 _FORM_FIELDS = ("content", "style", "spec")
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+#: Images decoded at once by the web process: a 40 MP image is ~120 MB decoded, and the request threads are many.
+DECODES_AT_ONCE = 2
+_DECODING = threading.BoundedSemaphore(DECODES_AT_ONCE)
 #: POST /v1/jobs's request body in OpenAPI terms (the route reads the body itself, to limit it first).
 OPENAPI_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object",
@@ -53,11 +56,11 @@ OPENAPI_BODY = {"required": True, "content": {"multipart/form-data": {"schema": 
                                                   "defaults; \"task\": stylize, invert or texture"}}}}}}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request's body, refused with 413 once it is longer than ``limit`` bytes: at once when its
-    Content-Length says so, else as soon as the bytes read pass the limit."""
-    declared = request.headers.get("content-length")
+def _check_length(request: Request, limit: int) -> str:
+    """The 413 message of a body over ``limit`` bytes; Problem 413 at once when the Content-Length says so (the
+    body is not read: a client should not send 30 MB to hear "too large")."""
     too_big = f"the request body is over the limit of {limit} bytes ({limit / 2**20:g} MiB)"
+    declared = request.headers.get("content-length")
     if declared is not None:
         try:
             length = int(declared)
@@ -65,47 +68,51 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise Problem(400, f"Content-Length {declared!r} is not a number") from None
         if length > limit:
             raise Problem(413, f"{too_big}: Content-Length is {length}", {"Connection": "close"})
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Problem(413, too_big, {"Connection": "close"})
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return too_big
 
 
-async def parse_form(request: Request, body: bytes) -> dict:
-    """{"content": [bytes, ...], "style": [bytes, ...], "spec": str} of a multipart/form-data ``body``; Problem
-    400 for another content type or an unknown field."""
+async def _fields(form) -> dict:
+    out = {"content": [], "style": [], "spec": ""}
+    for name, value in form.multi_items():
+        if name not in _FORM_FIELDS:
+            raise Problem(400, f"unknown form field {name!r}; the fields are content, style and spec")
+        if name == "spec":
+            text = await value.read() if isinstance(value, UploadFile) else value
+            out["spec"] = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        elif isinstance(value, UploadFile):
+            out[name].append(await value.read())
+        else:
+            raise Problem(400, f"form field {name!r} must be a file (multipart with a filename)")
+    return out
+
+
+async def read_form(request: Request, limit: int) -> dict:
+    """{"content": [bytes, ...], "style": [bytes, ...], "spec": str} of a multipart/form-data body of at most
+    ``limit`` bytes: 413 at once for a Content-Length over it, else as soon as the bytes read pass it (they are
+    counted as they reach the multipart parser, so no copy of the whole body is kept); 400 for another content
+    type, an unknown field, a malformed form or a client gone before the body's end."""
     kind = request.headers.get("content-type", "")
     if not kind.lower().startswith("multipart/form-data"):
         raise Problem(400, f"POST /v1/jobs takes multipart/form-data (files 'content' and 'style', a field 'spec'), "
                            f"got {kind or 'no Content-Type'}")
-    sent = False
+    too_big, size = _check_length(request, limit), 0
 
-    async def replay():
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+    async def counted():
+        nonlocal size
+        message = await request.receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise Problem(413, too_big, {"Connection": "close"})
+        return message
 
-    form = await Request(request.scope, replay).form(max_files=MAX_STYLES + 2, max_fields=8)
-    out = {"content": [], "style": [], "spec": ""}
     try:
-        for name, value in form.multi_items():
-            if name not in _FORM_FIELDS:
-                raise Problem(400, f"unknown form field {name!r}; the fields are content, style and spec")
-            if name == "spec":
-                text = await value.read() if isinstance(value, UploadFile) else value
-                out["spec"] = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-            elif isinstance(value, UploadFile):
-                out[name].append(await value.read())
-            else:
-                raise Problem(400, f"form field {name!r} must be a file (multipart with a filename)")
+        form = await Request(request.scope, counted).form(max_files=MAX_STYLES + 2, max_fields=8)
+    except ClientDisconnect:
+        raise Problem(400, "the client went away before the request body ended") from None
+    try:
+        return await _fields(form)
     finally:
         await form.close()
-    return out
 
 
 def parse_spec(text: str) -> Spec:
@@ -210,7 +217,8 @@ def check_image(name: str, data: bytes, pixel_limit: int) -> str:
     if width < 1 or height < 1:
         raise Problem(422, f"{name}: the header says {width}x{height} pixels")
     try:
-        open_image(name, data)
+        with _DECODING:
+            open_image(name, data)
     except NSTError as exc:
         raise Problem(422, one_line(exc)) from None
     return kind
