@@ -96,9 +96,9 @@ def check_result(url: str, job_id: str, images, tmp_path: Path) -> bytes:
 
 
 def test_sigterm_stops_taking_jobs_checkpoints_the_running_ones_and_a_restart_finishes_them(tmp_path, images, env):
-    server = serving.start_server(tmp_path, "--workers", "2", "--drain-wait", "1", env=env)
+    server = serving.start_server(tmp_path, "--workers", "2", "--drain-wait", "0.5", env=env)
     try:
-        long = [post(server, images, 1000).json()["id"] for _ in range(2)]
+        long = [post(server, images, 600).json()["id"] for _ in range(2)]
         short = post(server, images, 20).json()["id"]  # waits for a worker
         wait_for("two running jobs", lambda: all(serving.get_job(server["url"], j)["progress"]["evaluations"] > 5
                                                  for j in long))
@@ -118,7 +118,7 @@ def test_sigterm_stops_taking_jobs_checkpoints_the_running_ones_and_a_restart_fi
     assert sorted(stopped) == sorted(long + [short])  # the refused POST added nothing
     for j in long:  # checkpointed: back in the queue, the attempt counted, its picture so far kept as the preview
         assert stopped[j]["status"] == "queued" and stopped[j]["attempts"] == 1, stopped[j]
-        assert 5 < stopped[j]["evaluations"] < 1000 and stopped[j]["has_preview"], stopped[j]
+        assert 5 < stopped[j]["evaluations"] < 600 and stopped[j]["has_preview"], stopped[j]
     assert stopped[short]["status"] == "queued" and stopped[short]["attempts"] == 0
 
     again = serving.start_server(tmp_path, "--workers", "2", "--data", server["data"], env=env)

@@ -165,7 +165,8 @@ class _Server(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {s: signal.signal(s, self.handle_exit) for s in STOP_SIGNALS}
+        previous = {s: signal.signal(s, self.handle_exit) for s in STOP_SIGNALS  # an ignored one stays so (nohup)
+                    if signal.getsignal(s) != signal.SIG_IGN}
         try:
             yield
         finally:
