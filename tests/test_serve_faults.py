@@ -7,7 +7,8 @@ real signals, a real Dask scheduler with worker processes and a real PostgreSQL 
   queued and running job reaches succeeded, a job finished before keeps its result byte for byte, nothing duplicated.
 - The cluster: nst serve --scheduler --store postgresql://, one job round trip while the worker running another job
   is SIGKILLed (that job reruns elsewhere, 2 attempts, succeeds); a second server on the same store is refused; the
-  server SIGKILLed mid-job: the run it started stops on its worker, and the next server runs the job again.
+  server SIGKILLed mid-job: the run it started stops on its worker, and the next server runs the job again; that
+  server SIGTERMed: the job is checkpointed, and the third server runs it again on the same workers.
 - Retention: a sweep forgets final jobs older than the retention and the uploads no job names, nothing else.
 
 What is checked is read from outside the code under test: the store's rows with sqlite3 / psycopg, the HTTP statuses
@@ -219,14 +220,24 @@ def test_cluster_round_trip_with_a_worker_killed_mid_job(tmp_path, images, env, 
             wait_for("the orphaned run to stop", lambda: not any(client.run(worker_module.running_jobs).values()),
                      timeout=30)
         again = serving.start_server(tmp_path, *args, env=env)
-        try:
+        try:  # resumed; then SIGTERM: its run stops at a checkpoint, the stop flag set on every worker
             serving.wait_final(again["url"], endless, until=lambda j: j["status"] == "running"
                                and j["progress"]["evaluations"] > 3)
-            assert httpx.post(f"{again['url']}/v1/jobs/{endless}/cancel", timeout=30).status_code == 202
-            final = serving.wait_final(again["url"], endless, timeout=WAIT)
-            assert final["status"] == "cancelled" and final["attempts"] == 2, final
         finally:
             assert serving.stop_server(again) == 0
+        with psycopg.connect(url) as db:
+            assert db.execute("select status, attempts from nst_jobs where id = %s", (endless,)).fetchone() == (
+                "queued", 2)
+        third = serving.start_server(tmp_path, *args, env=env)
+        try:  # the workers outlived the drain: a flag left on one must not stop the job resumed there (it caught
+            # nothing in 2 runs without the fix: Dask put the rerun where the flag had been cleared)
+            serving.wait_final(third["url"], endless, until=lambda j: j["status"] == "running"
+                               and j["progress"]["evaluations"] > 3)
+            assert httpx.post(f"{third['url']}/v1/jobs/{endless}/cancel", timeout=30).status_code == 202
+            final = serving.wait_final(third["url"], endless, timeout=WAIT)
+            assert final["status"] == "cancelled" and final["attempts"] == 3, final
+        finally:
+            assert serving.stop_server(third) == 0
     finally:
         servers.stop_dask(cluster)
 
