@@ -39,8 +39,8 @@ from ..outputs.files import png_bytes
 from ..schedule import plan, scale_table
 from ..spec.spec import from_json
 
-__all__ = ["run_job", "mark_cancelled", "clear_cancelled", "running_jobs", "preview_jpeg", "TOPIC", "PROGRESS_EVERY", "PREVIEW_EVERY",
-           "PREVIEW_SIDE"]
+__all__ = ["run_job", "mark_cancelled", "clear_cancelled", "running_jobs", "preview_jpeg", "TOPIC", "PROGRESS_EVERY",
+           "PREVIEW_EVERY", "PREVIEW_SIDE"]
 
 TOPIC = "nst-jobs"
 #: Seconds between two progress events of a running job.

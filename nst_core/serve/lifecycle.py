@@ -45,7 +45,8 @@ from ..inputs.images import one_line
 from ..jobs import embedded
 from ..process.interrupts import STOP_SIGNALS
 
-__all__ = ["claim", "serve", "sweep", "drain", "worker_nice", "WORKER_NICE", "SWEEP_EVERY", "STOP_WAIT", "ADVISORY_KEY"]
+__all__ = ["claim", "serve", "sweep", "drain", "worker_nice", "WORKER_NICE", "SWEEP_EVERY", "STOP_WAIT",
+           "ADVISORY_KEY"]
 
 #: Niceness the embedded workers add to the server's (``$NST_WORKER_NICE`` overrides; 0: none), so that the web
 #: process gets a core at once when a request comes while the jobs keep every core busy (bench/bench_serve.py).
