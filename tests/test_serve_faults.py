@@ -9,7 +9,8 @@ real signals, a real Dask scheduler with worker processes and a real PostgreSQL 
   is SIGKILLed (that job reruns elsewhere, 2 attempts, succeeds); a second server on the same store is refused; the
   server SIGKILLed mid-job: the run it started stops on its worker, and the next server runs the job again; that
   server SIGTERMed: the job is checkpointed, and the third server runs it again on the same workers.
-- Retention: a sweep forgets final jobs older than the retention and the uploads no job names, nothing else.
+- Retention: a sweep forgets final jobs older than the retention and the uploads no job names, nothing else; a
+  server started with --retention 1s forgets the earlier jobs.
 
 What is checked is read from outside the code under test: the store's rows with sqlite3 / psycopg, the HTTP statuses
 of the issue, PIL's decoding of the results and the SHA-256 of the uploaded bytes in their recipes. Small jobs (64 px,
@@ -169,6 +170,17 @@ def test_server_killed_then_restarted_finishes_every_job_and_keeps_finished_resu
     assert len(done) == 4 and done[first]["finished"] == at_kill[first]["finished"]
     assert done[first]["result_sha256"] == hashlib.sha256(before).hexdigest() and done[first]["attempts"] == 1
     assert sorted(done[j]["attempts"] for j in others) == [1, 2, 2]  # the two killed runs count
+
+    # --retention: a server started with a retention shorter than the jobs' age forgets them and their uploads
+    late = serving.start_server(tmp_path, "--workers", "1", "--data", server["data"], "--retention", "1s", env=env)
+    try:
+        wait_for("the retention sweep", lambda: not rows(server["data"]), timeout=30)
+        assert httpx.get(f"{late['url']}/v1/jobs/{first}", timeout=30).status_code == 404
+    finally:
+        assert serving.stop_server(late) == 0
+    con = sqlite3.connect(server["data"] / "nst-jobs.sqlite")
+    assert con.execute("select count(*) from nst_blobs").fetchone() == (0,)
+    con.close()
 
 
 @pytest.fixture(scope="module")
