@@ -24,7 +24,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -35,6 +34,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("distributed")
 
 import servers  # noqa: E402  (tests/servers.py)
+from servers import wait_for  # noqa: E402
 import serving  # noqa: E402  (tests/serving.py)
 from distributed import Client  # noqa: E402
 from nst_core.jobs import worker as worker_module  # noqa: E402
@@ -59,16 +59,6 @@ def images(images_dir):
 def post(server, images, iterations: int, **headers) -> httpx.Response:
     return serving.submit(server["url"], images["content"], [images["style"]],
                           {"size": SIZE, "iterations": iterations}, **headers)
-
-
-def wait_for(what, predicate, timeout=WAIT, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def rows(data: Path) -> dict:
@@ -181,16 +171,6 @@ def test_server_killed_then_restarted_finishes_every_job_and_keeps_finished_resu
     con = sqlite3.connect(server["data"] / "nst-jobs.sqlite")
     assert con.execute("select count(*) from nst_blobs").fetchone() == (0,)
     con.close()
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    try:
-        server = servers.start_postgres()
-    except RuntimeError as exc:
-        pytest.skip(f"no PostgreSQL server could be started: {exc}")
-    yield server
-    servers.stop_postgres(server)
 
 
 def test_cluster_round_trip_with_a_worker_killed_mid_job(tmp_path, images, env, postgres):
