@@ -418,3 +418,33 @@ def test_page_files_need_no_token_and_no_name_becomes_a_path(server):
     for name in ("..%2fapp.py", "..%2f..%2fcli.py", "%2e%2e", "app.py", ".", "..%2F__init__.py"):
         r = httpx.get(f"{url}/page/{name}", timeout=30)
         assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json"), name
+
+
+def test_a_resumed_event_stream_follows_a_job_that_runs_again():
+    """A client resumes with Last-Event-ID 40 after the server's restart, but the checkpointed job runs again from
+    its start: its counts 3, 5 are below 40 and must still come as they rise (not only as 2 s heartbeats), then the
+    final status. The stream is driven with a hand-made sequence of store rows (no server)."""
+    from types import SimpleNamespace
+
+    from nst_core.jobs.store import JobRecord
+    from nst_core.serve import app as serve_app
+
+    fields = {f: None for f in JobRecord.__dataclass_fields__}
+    row = lambda status, n: JobRecord(**dict(fields, id="j", spec="{}", inputs=[], status=status, attempts=2,  # noqa
+                                             evaluations=n, budget=100, scale=1, scales=1, cancel=False,
+                                             partial=False, created=0.0))
+    rows = iter([row("running", 3), row("running", 5), row("succeeded", 100)])
+    engine = SimpleNamespace(status=lambda job_id: next(rows))
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(engine=engine, accepting=True)))
+
+    async def collect():
+        return [chunk async for chunk in serve_app._event_stream(request, "j", 40)]
+
+    old_poll, serve_app._EVENT_POLL = serve_app._EVENT_POLL, 0.0
+    try:
+        chunks = asyncio.run(collect())
+    finally:
+        serve_app._EVENT_POLL = old_poll
+    events = [(re.search(r"event: (\w+)", c).group(1), int(re.search(r"id: (\d+)", c).group(1)))
+              for c in chunks if c.startswith("event:")]
+    assert events == [("progress", 3), ("progress", 5), ("status", 100)]

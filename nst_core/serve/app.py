@@ -226,7 +226,7 @@ def _event(name: str, rec: JobRecord) -> str:
 
 async def _event_stream(request: Request, job_id: str, last: int):
     """SSE text: a progress event whenever the evaluations pass ``last`` (-1: a new stream, which starts with the
-    job as it is) and at least every ``_EVENT_EVERY`` s while the job is queued or running, then one status event
+    job as it is; a count below ``last`` is a run started again, which resets it) and at least every ``_EVENT_EVERY`` s while the job is queued or running, then one status event
     when it is final. Ends early when the job is deleted, or is queued while the server stops (a drain); the
     client reconnects with Last-Event-ID (to the next server). Streams still open when uvicorn stops are cut by it."""
     engine = request.app.state.engine
@@ -240,6 +240,8 @@ async def _event_stream(request: Request, job_id: str, last: int):
             yield _event("status", rec)
             return
         now = time.monotonic()
+        if rec.evaluations < last:  # the job runs again from its start (a checkpoint, a lost worker): count anew
+            last = -1
         if rec.evaluations > last or now - sent_at >= _EVENT_EVERY:
             yield _event("progress", rec)
             last, sent_at = max(last, rec.evaluations), now
