@@ -177,7 +177,8 @@ async function withToken(page, result) {
     const status = await page.locator('#status').textContent();
     const kind = status.replace(/[\d.]+/g, 'N');
     if (statuses[statuses.length - 1] !== kind) statuses.push(kind);
-    if (statuses.length > 2 && kind.startsWith('Running')) break; // running again after the restart
+    const lost = statuses.some((k) => k.startsWith('The server does not answer'));
+    if (lost && kind.startsWith('Running')) break; // running again after the restart
     await page.waitForTimeout(100);
   }
   await page.click('#cancel');
