@@ -29,7 +29,7 @@ from nst_core.serve.command import listen  # noqa: E402
 
 TOKENS = {"alice": "alice-" + "a1" * 16, "bob": "bob-" + "b2" * 16, "carol": "carol-" + "c3" * 16}
 SIZE = 72  # the smaller edge of the jobs' outputs (content 96 x 72)
-ITERATIONS = 800  # the round trip's budget: about 5 s on two quiet cores, ten progress events (one per 0.5 s)
+ITERATIONS = 600  # the round trip's budget: about 4 s on two quiet cores (~9 s at load average 9), 8 progress events
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -107,7 +107,7 @@ def test_round_trip_events_and_a_painted_result_with_its_recipe(server, images, 
     assert len({c for c in counts if c > 0}) >= 3 and counts == sorted(counts), counts
     assert [e for e, _, _ in events].count("status") == 1 and events[-1][0] == "status"
     final = events[-1][2]
-    assert final["status"] == "succeeded" and final["progress"]["evaluations"] == ITERATIONS, final
+    assert final["status"] == "succeeded" and counts[-1] <= final["progress"]["evaluations"] <= ITERATIONS, final
 
     r = httpx.get(f"{url}/v1/jobs/{job['id']}/result", headers=serving.auth(token), timeout=30)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
@@ -245,7 +245,7 @@ def test_tokens_and_ownership(server, images):
     job_id = r.json()["id"]
     for token, words in ((None, "needs a token"), ("x" * 40, "not one this server knows")):
         for method, path in (("GET", f"/v1/jobs/{job_id}"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs"),
-                             ("GET", "/v1/health")):
+                             ("GET", "/v1/health"), ("GET", "/v1/openapi.json")):
             r = httpx.request(method, url + path, headers=serving.auth(token), timeout=30)
             assert words in _problem(r, 401) and r.headers["www-authenticate"].startswith("Bearer")
     bob = serving.auth(TOKENS["bob"])

@@ -322,7 +322,7 @@ class _NoSniff:
 
 def create_app(engine: Engine, settings: Settings) -> FastAPI:
     """The service over ``engine`` (see the module docstring)."""
-    app = FastAPI(title="nst serve", version=nst_version(), openapi_url="/v1/openapi.json", docs_url=None,
+    app = FastAPI(title="nst serve", version=nst_version(), openapi_url=None, docs_url=None,
                   redoc_url=None, description="Neural style transfer jobs on ONNX Runtime workers. Errors are RFC "
                                               "9457 problem documents (application/problem+json).")
     app.state.engine, app.state.settings, app.state.accepting = engine, settings, True
@@ -456,6 +456,10 @@ def _image_routes(app: FastAPI) -> None:
 
 
 def _service_routes(app: FastAPI) -> None:
+    @app.get("/v1/openapi.json", include_in_schema=False)
+    def openapi(owner: str = Depends(client)):  # behind the token like every /v1 route (FastAPI's own is not)
+        return JSONResponse(app.openapi())
+
     @app.get("/v1/health", response_model=HealthModel, summary="Version, workers and queue",
              responses=problems.responses(401, 503), description="503 (same body) while the server is stopping.")
     def health(owner: str = Depends(client)):
