@@ -114,7 +114,9 @@ def _client(scheduler: str | None, workers: int | None, worker_nice: int = 0) ->
     Runtime on its share of the cores (``NST_ORT_THREADS``, unless it is set already). Dask's nanny starts workers
     with ``MALLOC_TRIM_THRESHOLD_=65536``; setting it at all turns off glibc's dynamic mmap threshold, so every
     feature map of every evaluation was a fresh mmap and its page faults: a 192 px job took 11 s in a worker against
-    6.7 s in a plain process. The embedded workers start without it; remote ones need the same (README)."""
+    6.7 s in a plain process. The embedded workers start without it; remote ones need the same (README). The
+    scheduler's HTTP server (Dask starts one even without a dashboard) takes a free port on 127.0.0.1: with the
+    default 8787 taken (another cluster), Dask warned on stderr."""
     if scheduler:
         try:
             return distributed.Client(scheduler, timeout="10s", set_as_default=False), None
@@ -132,7 +134,7 @@ def _client(scheduler: str | None, workers: int | None, worker_nice: int = 0) ->
     with dask.config.set({"distributed.scheduler.allowed-failures": MAX_ATTEMPTS - 1,
                           "distributed.worker.daemon": False, "distributed.nanny.pre-spawn-environ": spawn_env}):
         cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, memory_limit=f"{limit_mb}MiB",
+                                           dashboard_address=":0", memory_limit=f"{limit_mb}MiB",
                                            resources={"MEMORY": limit_mb}, silence_logs=logging.ERROR,
                                            host="127.0.0.1", preload=[embedded.__name__],
                                            env=env)

@@ -14,6 +14,8 @@ most every ``PROGRESS_EVERY`` seconds, with a JPEG preview of the best image so 
 ``PREVIEW_EVERY``; the engine's process writes them to the store. Cancellation is a flag set
 on every worker (``mark_cancelled``) that the optimizer's callback reads after each evaluation: it raises
 KeyboardInterrupt there, the optimizer returns its best point, and that picture is the cancelled job's result.
+A run whose task the scheduler has let go (its client died: a killed server on a remote cluster, whose successor
+runs the job again) stops the same way at its next progress tick; its reply goes nowhere.
 """
 from __future__ import annotations
 
@@ -37,8 +39,8 @@ from ..outputs.files import png_bytes
 from ..schedule import plan, scale_table
 from ..spec.spec import from_json
 
-__all__ = ["run_job", "mark_cancelled", "clear_cancelled", "preview_jpeg", "TOPIC", "PROGRESS_EVERY", "PREVIEW_EVERY",
-           "PREVIEW_SIDE"]
+__all__ = ["run_job", "mark_cancelled", "clear_cancelled", "running_jobs", "preview_jpeg", "TOPIC", "PROGRESS_EVERY",
+           "PREVIEW_EVERY", "PREVIEW_SIDE"]
 
 TOPIC = "nst-jobs"
 #: Seconds between two progress events of a running job.
@@ -63,10 +65,35 @@ def mark_cancelled(job_ids) -> dict:
     return found
 
 
+def running_jobs() -> dict:
+    """``{job id: evaluations done}`` of the jobs running in this worker process now (``Client.run`` it)."""
+    return {job_id: watch.evaluations for job_id, watch in list(_RUNNING.items())}
+
+
 def clear_cancelled(job_ids) -> None:
     """Forget the cancel flags of jobs about to run again (a suspended job resumed by a new engine: the flag that
     stopped it stays set on the workers where it did not run)."""
     _CANCELLED.difference_update(job_ids)
+
+
+def _task_key():
+    """The key of the task this thread runs, or None outside a worker."""
+    try:
+        return distributed.get_worker().get_current_task()
+    except (ValueError, AttributeError, KeyError):
+        return None
+
+
+def _released(key) -> bool:
+    """Whether the scheduler no longer wants the task ``key`` this worker is running (Dask cannot stop a running
+    task; it marks it "cancelled" and drops its result when it ends)."""
+    if key is None:
+        return False
+    try:
+        task = distributed.get_worker().state.tasks.get(key)
+    except ValueError:
+        return False
+    return task is None or task.state in ("cancelled", "released", "forgotten")
 
 
 def _where() -> str:
@@ -96,8 +123,9 @@ class _Watch:
     """The optimizer's callback of one job: progress events (with a preview of the best image so far every
     ``PREVIEW_EVERY`` s), and the cancel flag after every evaluation."""
 
-    def __init__(self, job_id: str, budget: int, scales: int):
-        self.job_id, self.budget, self.scales = job_id, budget, scales
+    def __init__(self, job_id: str, budget: int, scales: int, key=None):
+        self.job_id, self.budget, self.scales, self.key = job_id, budget, scales, key
+        self.orphaned = False  # the scheduler let go of this run's task
         self.best, self.evaluations, self.scale, self.last, self.last_preview = math.inf, 0, 1, 0.0, 0.0
         self.best_x = None  # a copy of the best point, made only when a preview is due
         self.asked_at = None  # the evaluations done when the cancel reached this worker
@@ -111,6 +139,9 @@ class _Watch:
                 self.best_x = np.array(x, dtype=np.float32)
         if now - self.last >= PROGRESS_EVERY:
             self.last = now
+            if _released(self.key):
+                self.orphaned = True
+                raise KeyboardInterrupt
             message = {"id": self.job_id, "event": "progress", "evaluations": self.evaluations,
                        "budget": self.budget, "scale": self.scale, "scales": self.scales,
                        "loss": self.best if math.isfinite(self.best) else None}
@@ -134,8 +165,10 @@ def _picture(job, image, content, styles, inputs) -> bytes:
     return png_bytes(image, text)
 
 
-def _outcome(result, cancelled: bool, asked_at) -> tuple[str, str | None]:
+def _outcome(result, cancelled: bool, asked_at, orphaned: bool = False) -> tuple[str, str | None]:
     """(status, error) of a finished optimisation."""
+    if result.status == "interrupted" and orphaned:
+        return "failed", "stopped on the worker: the scheduler let go of its task (its client went away)"
     if result.status == "interrupted" and cancelled:
         return "cancelled", f"cancelled at evaluation {result.n_evals}" + (
             f" (asked at evaluation {asked_at})" if asked_at is not None else "")
@@ -161,13 +194,13 @@ def run_job(job_id: str, spec_json: str, inputs: list) -> dict:
         try:
             job = from_json(spec_json, where="job")
             content, styles = _decode(inputs)
-            watch = _Watch(job_id, sum(b for _, b in plan(job)), len(plan(job)))
+            watch = _Watch(job_id, sum(b for _, b in plan(job)), len(plan(job)), _task_key())
             _RUNNING[job_id] = watch
             try:
                 image, result = api.run(job, content, styles, callback=watch)
             finally:
                 _RUNNING.pop(job_id, None)
-            status, error = _outcome(result, job_id in _CANCELLED, watch.asked_at)
+            status, error = _outcome(result, job_id in _CANCELLED, watch.asked_at, watch.orphaned)
             png = _picture(job, image, content, styles, inputs) if result.best_evaluation is not None else None
             reply.update(status=status, error=error, png=png, evaluations=result.n_evals,
                          loss=result.loss if math.isfinite(result.loss) else None)

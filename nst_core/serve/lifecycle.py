@@ -45,7 +45,8 @@ from ..inputs.images import one_line
 from ..jobs import embedded
 from ..process.interrupts import STOP_SIGNALS
 
-__all__ = ["claim", "serve", "sweep", "drain", "worker_nice", "WORKER_NICE", "SWEEP_EVERY", "STOP_WAIT", "ADVISORY_KEY"]
+__all__ = ["claim", "serve", "sweep", "drain", "worker_nice", "WORKER_NICE", "SWEEP_EVERY", "STOP_WAIT",
+           "ADVISORY_KEY"]
 
 #: Niceness the embedded workers add to the server's (``$NST_WORKER_NICE`` overrides; 0: none), so that the web
 #: process gets a core at once when a request comes while the jobs keep every core busy (bench/bench_serve.py).
@@ -165,7 +166,8 @@ class _Server(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {s: signal.signal(s, self.handle_exit) for s in STOP_SIGNALS}
+        previous = {s: signal.signal(s, self.handle_exit) for s in STOP_SIGNALS  # an ignored one stays so (nohup)
+                    if signal.getsignal(s) != signal.SIG_IGN}
         try:
             yield
         finally:
