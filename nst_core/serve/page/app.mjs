@@ -223,8 +223,9 @@ async function showServer() {
     const h = await api().health();
     const workers = Array.isArray(h.workers) ? h.workers.length : '?';
     const queue = h.queue || {};
+    const stopping = h.status === 'stopping' ? ' · stopping: it takes no new jobs until it is started again' : '';
     $('server').textContent = `Server: nst ${h.version} · ${workers} worker(s) · ${queue.running ?? '?'} job(s) `
-      + `running, ${queue.queued ?? '?'} queued`;
+      + `running, ${queue.queued ?? '?'} queued${stopping}`;
   } catch (e) {
     $('server').textContent = e.status === 401 ? `Server: asks for a token (${e.message})` : `Server: ${e.message}`;
   }
