@@ -205,11 +205,12 @@ def run_serve(rows: list, clients: int, poll: float, env: dict) -> dict:
         started, ended = con.execute("select min(started), max(finished) from nst_jobs").fetchone()
         con.close()
         first, last, statuses, job_s = span(data / "nst-jobs.sqlite")
+        probe_seen = json.loads(probed.read_text())
     assert code == 0, f"nst serve exited {code} after SIGTERM"
     assert outcomes.count("succeeded") == len(rows), outcomes
     assert len(statuses) == len(rows) == len(set(ids)), (len(statuses), len(set(ids)))  # none lost or duplicated
     busy = sorted(s for sent, s in latencies if started <= sent <= ended)
-    alone = sorted(s for sent, s in json.loads(probed.read_text()) if started <= sent <= ended)
+    alone = sorted(s for sent, s in probe_seen if started <= sent <= ended)
     q, qa = statistics.quantiles(busy, n=100), statistics.quantiles(alone, n=100)
     return {"span_s": last - first, "jobs_per_min": 60 * len(rows) / (last - first), "job_s": job_s,
             "gets_busy": len(busy), "get_p50_ms": 1000 * statistics.median(busy), "get_p95_ms": 1000 * q[94],
