@@ -89,3 +89,17 @@ def env(features_model: Path) -> dict:
     e["NST_HOME"] = str(Path(features_model).parent)
     e.pop("PYTHONWARNINGS", None)
     return e
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 for the module (tests/servers.py), stopped after it; the test is skipped
+    when none can be started (Debian's postgresql not installed)."""
+    import servers
+
+    try:
+        server = servers.start_postgres()
+    except RuntimeError as exc:
+        pytest.skip(f"no PostgreSQL server could be started: {exc}")
+    yield server
+    servers.stop_postgres(server)

@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ pytest.importorskip("distributed")
 pytest.importorskip("sqlalchemy")
 
 import servers  # noqa: E402  (tests/servers.py)
+from servers import wait_for  # noqa: E402
 from nst_core.jobs import manifest as mf  # noqa: E402
 from nst_core.outputs.recipe import read_recipe  # noqa: E402
 
@@ -43,16 +43,6 @@ def cluster(jobs_env):
     c = servers.start_dask(jobs_env, workers=2)
     yield c
     servers.stop_dask(c)
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    try:
-        server = servers.start_postgres()
-    except RuntimeError as exc:
-        pytest.skip(f"no PostgreSQL server could be started: {exc}")
-    yield server
-    servers.stop_postgres(server)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -89,16 +79,6 @@ def open_store(outdir: Path, url):
     from nst_core.jobs.store import open_store as _open
 
     return _open(url or str(outdir / "nst-jobs.sqlite"))
-
-
-def wait_for(what, predicate, timeout=WAIT, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def sha256(path) -> str:

@@ -9,7 +9,8 @@ real signals, a real Dask scheduler with worker processes and a real PostgreSQL 
   is SIGKILLed (that job reruns elsewhere, 2 attempts, succeeds); a second server on the same store is refused; the
   server SIGKILLed mid-job: the run it started stops on its worker, and the next server runs the job again; that
   server SIGTERMed: the job is checkpointed, and the third server runs it again on the same workers.
-- Retention: a sweep forgets final jobs older than the retention and the uploads no job names, nothing else.
+- Retention: a sweep forgets final jobs older than the retention and the uploads no job names, nothing else; a
+  server started with --retention 1s forgets the earlier jobs.
 
 What is checked is read from outside the code under test: the store's rows with sqlite3 / psycopg, the HTTP statuses
 of the issue, PIL's decoding of the results and the SHA-256 of the uploaded bytes in their recipes. Small jobs (64 px,
@@ -23,7 +24,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -34,6 +34,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("distributed")
 
 import servers  # noqa: E402  (tests/servers.py)
+from servers import wait_for  # noqa: E402
 import serving  # noqa: E402  (tests/serving.py)
 from distributed import Client  # noqa: E402
 from nst_core.jobs import worker as worker_module  # noqa: E402
@@ -58,16 +59,6 @@ def images(images_dir):
 def post(server, images, iterations: int, **headers) -> httpx.Response:
     return serving.submit(server["url"], images["content"], [images["style"]],
                           {"size": SIZE, "iterations": iterations}, **headers)
-
-
-def wait_for(what, predicate, timeout=WAIT, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def rows(data: Path) -> dict:
@@ -170,15 +161,16 @@ def test_server_killed_then_restarted_finishes_every_job_and_keeps_finished_resu
     assert done[first]["result_sha256"] == hashlib.sha256(before).hexdigest() and done[first]["attempts"] == 1
     assert sorted(done[j]["attempts"] for j in others) == [1, 2, 2]  # the two killed runs count
 
-
-@pytest.fixture(scope="module")
-def postgres():
+    # --retention: a server started with a retention shorter than the jobs' age forgets them and their uploads
+    late = serving.start_server(tmp_path, "--workers", "1", "--data", server["data"], "--retention", "1s", env=env)
     try:
-        server = servers.start_postgres()
-    except RuntimeError as exc:
-        pytest.skip(f"no PostgreSQL server could be started: {exc}")
-    yield server
-    servers.stop_postgres(server)
+        wait_for("the retention sweep", lambda: not rows(server["data"]), timeout=30)
+        assert httpx.get(f"{late['url']}/v1/jobs/{first}", timeout=30).status_code == 404
+    finally:
+        assert serving.stop_server(late) == 0
+    con = sqlite3.connect(server["data"] / "nst-jobs.sqlite")
+    assert con.execute("select count(*) from nst_blobs").fetchone() == (0,)
+    con.close()
 
 
 def test_cluster_round_trip_with_a_worker_killed_mid_job(tmp_path, images, env, postgres):
