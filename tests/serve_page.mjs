@@ -8,6 +8,8 @@
 //              downloaded PNG's path and name
 //     refused: the #error line after submitting BAD_FILE as the photo (the server's problem document)
 //     list:    the job list's rows, the download its Show button offers, the list after its Delete button
+//     switching: a job submitted while another runs, cancelled while queued; the first watched again from the list
+//              and cancelled: both ids, the status line after the first cancel, the watched job's download, the list
 //     dropped: the sizes of the two thumbnails after the photo was dropped on the painting's zone (the photo's is
 //              the GIF's by then)
 //   node tests/serve_page.mjs token URL OUTDIR CONTENT_FILE STYLE_FILE TOKEN   (a server with --token-file)
@@ -119,6 +121,25 @@ async function run(page, result) {
   result.list.after = { rows: await rows(), note: await page.locator('#jobs-note').textContent(),
     status: await page.locator('#status').textContent() };
 
+  // a second submission while a job runs: the page follows the new one (queued behind the first on the one
+  // worker), which is cancelled before it starts; Watch in the list follows the first again, which is cancelled
+  await chooseAndSubmit(page, 'scream', '128', '100000');
+  await page.waitForFunction(() => document.getElementById('progress').value > 0, null, { timeout: TIMEOUT });
+  const first = await page.evaluate(() => JSON.parse(localStorage.getItem('nst-serve-job')).id);
+  await page.click('#start');
+  await page.waitForFunction((id) => JSON.parse(localStorage.getItem('nst-serve-job') || '{}').id !== id, first);
+  const second = await page.evaluate(() => JSON.parse(localStorage.getItem('nst-serve-job')).id);
+  await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Queued'), null, { timeout: TIMEOUT });
+  await page.click('#cancel');
+  await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Cancelled'), null, { timeout: TIMEOUT });
+  const queuedCancel = await snapshot(page);
+  await page.waitForFunction((id) => { const b = document.querySelector(`#jobs tr[data-id="${id}"] button`); return b && b.textContent === 'Watch' && !b.disabled; }, first, { timeout: TIMEOUT });
+  await page.click(`#jobs tr[data-id="${first}"] button:text("Watch")`);
+  await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Running'), null, { timeout: TIMEOUT });
+  await page.click('#cancel');
+  await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Cancelled after'), null, { timeout: TIMEOUT });
+  result.switching = { first, second, queuedCancel, watched: await download(page, 'watched.png'), rows: await rows() };
+
   // drag and drop: the photo dropped on the painting's zone becomes the painting (its thumbnail shows it)
   const dt = await page.evaluateHandle(({ bytes, name }) => {
     const transfer = new DataTransfer();
@@ -156,7 +177,8 @@ async function withToken(page, result) {
     const status = await page.locator('#status').textContent();
     const kind = status.replace(/[\d.]+/g, 'N');
     if (statuses[statuses.length - 1] !== kind) statuses.push(kind);
-    if (statuses.length > 2 && kind.startsWith('Running')) break; // running again after the restart
+    const lost = statuses.some((k) => k.startsWith('The server does not answer'));
+    if (lost && kind.startsWith('Running')) break; // running again after the restart
     await page.waitForTimeout(100);
   }
   await page.click('#cancel');

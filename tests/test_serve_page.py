@@ -161,7 +161,24 @@ def test_page_job_list(e2e, server):
     after = e2e["list"]["after"]
     assert after["rows"] == [] and after["note"] == "None yet." and after["status"] == f"Deleted job {rows[0]['id']}."
     r = httpx.get(f"{server['url']}/v1/jobs/{rows[0]['id']}", timeout=10)
-    assert r.status_code == 404 and httpx.get(f"{server['url']}/v1/jobs", timeout=10).json()["jobs"] == []
+    listed = [j["id"] for j in httpx.get(f"{server['url']}/v1/jobs", timeout=10).json()["jobs"]]
+    assert r.status_code == 404 and rows[0]["id"] not in listed
+
+
+def test_page_switches_between_jobs(e2e, server):
+    """Submitting while a job runs follows the new job (the first goes on on the server); the new one, cancelled
+    while queued, has no picture; Watch in the list follows the first again, and its cancel gives its partial PNG."""
+    sw = e2e["switching"]
+    assert sw["first"] != sw["second"]
+    assert sw["queuedCancel"]["status"] == "Cancelled before it started: there is no picture.", sw["queuedCancel"]
+    assert sw["watched"]["partial"] == "true" and sw["watched"]["suggested"] == f"nst-{sw['first'][:8]}-partial.png"
+    spec, _ = read_recipe(sw["watched"]["path"])
+    assert spec.iterations == 100000
+    rows = {r["id"]: r for r in sw["rows"]}
+    assert rows[sw["first"]]["cells"][1].startswith("cancelled (partial)"), rows
+    assert rows[sw["second"]]["status"] == "cancelled" and rows[sw["second"]]["cells"][2] == "0 / 100000", rows
+    with httpx.Client(timeout=10) as client:
+        assert client.get(f"{server['url']}/v1/jobs/{sw['second']}/result").status_code == 409
 
 
 def test_page_takes_a_dropped_file(e2e, images_dir):

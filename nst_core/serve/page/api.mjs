@@ -63,8 +63,9 @@ export function connect({ base = location.origin, token = '' } = {}) {
   const jobPath = (id) => `/v1/jobs/${encodeURIComponent(id)}`;
 
   return {
+    /** GET /v1/health: {status ("ok", or "stopping" with a 503 while the server drains), version, workers, queue}. */
     async health() {
-      return (await request('GET', '/v1/health')).json();
+      return (await request('GET', '/v1/health', { ok: [503] })).json();
     },
 
     /** POST /v1/jobs: content and style are Files (or Blobs with a name); spec: the Spec's options by their CLI

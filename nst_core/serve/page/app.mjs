@@ -11,7 +11,7 @@ const JOB_KEY = 'nst-serve-job';
 const JOBS_PER_PAGE = 10;
 
 const state = { files: {}, job: null, abort: null, previewAt: 0, previewBusy: false, previewTag: '', previews: 0, url: null,
-  firstSeen: null, jobsOffset: 0 };
+  firstSeen: null, jobsOffset: 0, submitting: false };
 
 function showError(message) {
   $('error').textContent = message;
@@ -43,9 +43,8 @@ function setFile(which, file) {
 }
 
 function updateButtons() {
-  const busy = state.job !== null;
-  $('start').disabled = busy || !state.files.content || !state.files.style;
-  $('cancel').disabled = !busy;
+  $('start').disabled = state.submitting || !state.files.content || !state.files.style;
+  $('cancel').disabled = state.job === null;
 }
 
 /** Shows a picture in #preview; kind: "preview" (a JPEG while the job runs) or "result" (the PNG). */
@@ -93,10 +92,12 @@ async function refreshPreview(id, evaluation) {
   }
 }
 
+/** An event's job document (or a bare progress object) into the page. */
 function onEvent(data) {
   const progress = data.progress ?? data;
-  if (data.status === 'queued') $('status').textContent = 'Queued: waiting for a worker…';
-  if (progress.evaluations !== undefined) {
+  if (data.status === 'queued') {
+    $('status').textContent = 'Queued: waiting for a worker…';
+  } else if (progress.evaluations !== undefined) {
     showProgress(progress);
     if (progress.evaluations > 0) refreshPreview(state.job, progress.evaluations);
   }
@@ -125,46 +126,52 @@ async function finish(id, job, name) {
   link.setAttribute('aria-disabled', 'false');
   link.dataset.partial = String(partial);
   const n = job.progress?.evaluations;
-  $('status').textContent = job.status === 'cancelled'
+  const status = job.status === 'cancelled'
     ? `Cancelled after ${n ?? '?'} evaluations: the download is the best picture so far.`
     : `Done: ${n ?? '?'} evaluations, best loss ${fmt(job.progress?.loss)}.`;
-  if (job.status === 'succeeded') $('progress').value = $('progress').max;
+  if (job.status === 'succeeded') {
+    showProgress(job.progress);
+    $('progress').value = $('progress').max; // also when the optimizer converged before its budget
+  }
+  $('status').textContent = status;
 }
 
 /** Follows job `id` to its end: the events, the previews, then the result or the failure; `name`: the download's
- * file name without ".png". The job is remembered in localStorage until then, so a reloaded page follows it again. */
+ * file name without ".png". The job is remembered in localStorage until then, so a reloaded page follows it again.
+ * Following another job (a new submission, Watch in the list) stops following this one; it goes on on the server. */
 async function follow(id, name = `nst-${id.slice(0, 8)}`) {
-  state.job = id;
-  state.abort = new AbortController();
-  state.previews = 0;
-  state.previewTag = '';
-  state.firstSeen = null;
+  if (state.abort) state.abort.abort();
+  const abort = new AbortController();
+  Object.assign(state, { job: id, abort, previews: 0, previewTag: '', firstSeen: null });
+  Object.assign($('progress'), { max: 1, value: 0 });
   localStorage.setItem(JOB_KEY, JSON.stringify({ id, name }));
   updateButtons();
   showJobs();
   const client = api();
   const health = setInterval(refresh, HEALTH_EVERY_MS);
+  const onDrop = (n) => {
+    state.firstSeen = null; // a restarted server runs the job again from its start: measure the rate anew
+    $('status').textContent = `The server does not answer; trying again (${n})…`;
+  };
   try {
     let job = await client.status(id);
     onEvent(job);
-    const onDrop = (n) => {
-      state.firstSeen = null; // a restarted server runs the job again from its start: measure the rate anew
-      $('status').textContent = `The server does not answer; trying again (${n})…`;
-    };
-    if (!FINAL.has(job.status)) job = await client.follow(id, onEvent, { signal: state.abort.signal, onDrop });
+    if (!FINAL.has(job.status)) job = await client.follow(id, onEvent, { signal: abort.signal, onDrop });
+    if (abort.signal.aborted) return;
     await finish(id, job, name);
     localStorage.removeItem(JOB_KEY);
   } catch (e) {
-    if (e.name !== 'AbortError') {
-      showError(e.message.split('\n')[0]);
-      $('status').textContent = 'Stopped following the job.';
-    }
+    if (abort.signal.aborted) return;
+    showError(e.message.split('\n')[0]);
+    $('status').textContent = 'Stopped following the job.';
     if (e instanceof ApiError && e.status === 404) localStorage.removeItem(JOB_KEY);
   } finally {
     clearInterval(health);
-    state.job = null;
-    updateButtons();
-    refresh();
+    if (state.job === id) {
+      state.job = null;
+      updateButtons();
+      refresh();
+    }
   }
 }
 
@@ -180,16 +187,22 @@ async function submit() {
       size: checkedInt($('size').value, 'the size', 64, 4096),
       iterations: checkedInt($('iterations').value, 'the number of evaluations', 1, 100000),
     };
-    $('start').disabled = true;
+    state.submitting = true;
+    updateButtons();
     $('status').textContent = 'Uploading…';
-    const job = await api().submit(state.files.content, state.files.style, spec);
+    let job;
+    try {
+      job = await api().submit(state.files.content, state.files.style, spec);
+    } finally {
+      state.submitting = false;
+      updateButtons();
+    }
     $('parts').textContent = `job ${job.id}`;
     $('status').textContent = 'Queued: waiting for a worker…';
-    await follow(job.id, `${baseName(state.files.content)}-${baseName(state.files.style)}`);
+    follow(job.id, `${baseName(state.files.content)}-${baseName(state.files.style)}`);
   } catch (e) {
     showError(e.message.split('\n')[0]);
     $('status').textContent = 'Not submitted.';
-    updateButtons();
   }
 }
 
@@ -210,8 +223,9 @@ async function showServer() {
     const h = await api().health();
     const workers = Array.isArray(h.workers) ? h.workers.length : '?';
     const queue = h.queue || {};
+    const stopping = h.status === 'stopping' ? ' · stopping: it takes no new jobs until it is started again' : '';
     $('server').textContent = `Server: nst ${h.version} · ${workers} worker(s) · ${queue.running ?? '?'} job(s) `
-      + `running, ${queue.queued ?? '?'} queued`;
+      + `running, ${queue.queued ?? '?'} queued${stopping}`;
   } catch (e) {
     $('server').textContent = e.status === 401 ? `Server: asks for a token (${e.message})` : `Server: ${e.message}`;
   }
@@ -232,6 +246,10 @@ async function openJob(job) {
     follow(job.id);
     return;
   }
+  if (state.abort) state.abort.abort(); // the job followed until now goes on on the server (Watch in the list)
+  state.job = null;
+  localStorage.removeItem(JOB_KEY);
+  updateButtons();
   try {
     await finish(job.id, job, `nst-${job.id.slice(0, 8)}`);
   } catch (e) {
@@ -264,8 +282,7 @@ function jobRow(job) {
     row.insertCell().textContent = text;
   }
   const actions = row.insertCell();
-  const busy = state.job !== null && state.job !== job.id;
-  actions.append(button(FINAL.has(job.status) ? 'Show' : 'Watch', () => openJob(job), busy || state.job === job.id),
+  actions.append(button(FINAL.has(job.status) ? 'Show' : 'Watch', () => openJob(job), state.job === job.id),
     button('Delete', () => remove(job)));
   return row;
 }
