@@ -16,7 +16,6 @@ the restart; a 20-evaluation job then runs to Done. Every request the browser ma
 Without /usr/bin/chromium the browser test is skipped locally, with the reason; under CI it fails instead.
 """
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -31,27 +30,17 @@ from PIL import Image
 from nst_core.outputs.recipe import read_recipe
 from nst_core.spec.presets import DEFAULT_PRESET, PRESETS
 
+from browser import node_for_chromium
 from serving import start_server, stop_server, submit
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "nst_core" / "serve" / "page"
-WEB = REPO / "hosts" / "web"
-CHROMIUM = Path(os.environ.get("NST_CHROMIUM", "/usr/bin/chromium"))
 SIZE = 128
 
 
 @pytest.fixture(scope="module")
 def node():
-    if not CHROMIUM.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing under CI (.ci/run installs Debian's chromium)")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); the page's test needs it")
-    path = shutil.which("node")
-    if path is None:
-        pytest.fail("node is not installed (playwright-core needs Node.js 20)")
-    if not (WEB / "node_modules" / "playwright-core").is_dir():
-        pytest.fail("hosts/web/node_modules/playwright-core is missing: run `make test` (it runs npm ci there)")
-    return path
+    return node_for_chromium(("playwright-core",), "the page's test")
 
 
 @pytest.fixture(scope="module")

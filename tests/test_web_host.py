@@ -29,27 +29,18 @@ from nst_core.inputs.images import open_image, preprocess
 from nst_core.network.model import Network, load_model, tap_name
 from nst_core.objective import make_objective, targets
 
+from browser import node_for_chromium
+
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO / "hosts" / "web"
 CLI = [sys.executable, str(REPO / "cli.py")]
-CHROMIUM = Path(os.environ.get("NST_CHROMIUM", "/usr/bin/chromium"))
 SIZE = 128
 EVALS = 20
 
 
 @pytest.fixture(scope="module")
 def browser_tools():
-    if not CHROMIUM.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing under CI (.ci/run installs Debian's chromium)")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); the browser test needs it")
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed (playwright-core needs Node.js 20)")
-    for pkg in ("onnxruntime-web", "playwright-core"):
-        if not (WEB / "node_modules" / pkg).is_dir():
-            pytest.fail(f"hosts/web/node_modules/{pkg} is missing: run `make test` (it runs npm ci there)")
-    return node
+    return node_for_chromium(("onnxruntime-web", "playwright-core"))
 
 
 @pytest.fixture(scope="module")
