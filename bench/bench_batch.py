@@ -2,6 +2,7 @@
 `nst stylize` and against one Python process calling `stylize()` in a loop, side by side in one run.
 
     python bench/bench_batch.py [--jobs 24] [--size 192] [--layouts 1x2 2x1 2x2] [--rounds 1]
+    python bench/bench_batch.py --allocators --jobs 6 --rounds 3   # the python loop, plain and huge-page malloc
 
 A layout WxT: W worker processes of one thread, ONNX Runtime with T intra-op threads in each (NST_ORT_THREADS).
 
@@ -33,8 +34,10 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.common import IMAGES, load_avg, machine, save_json  # noqa: E402
+from nst_core.process import memory  # noqa: E402
 
 STYLES = ("starry_night", "the_scream", "composition_vii")
+HUGE_LOOP = "python loop, huge-page malloc"
 
 
 def jobs(n: int, size: int) -> list:
@@ -121,11 +124,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--layouts-only", action="store_true",
                     help="only the nst batch layouts, against each other (writes batch_layouts.json)")
+    ap.add_argument("--allocators", action="store_true",
+                    help="only the python loop, with glibc's malloc plain and with the huge-page tunable that nst's "
+                         "re-exec gives nst batch's workers (writes batch_allocators.json)")
     args = ap.parse_args()
     rows = jobs(args.jobs, args.size)
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("GLIBC_TUNABLES", None)
     loops = [] if args.layouts_only else ["python loop", "shell loop"]
     methods = loops + [f"nst batch {layout}" for layout in args.layouts]
+    huge_env = memory.reexec_env(env)
+    if args.allocators:
+        if huge_env is None:
+            raise SystemExit("no huge-page malloc here (memory.reexec_env is None): nothing to compare")
+        methods = ["python loop", HUGE_LOOP]
     results = {m: [] for m in methods}
     print(f"machine: {machine()}; load average before: {load_avg()}", flush=True)
     for r in range(args.rounds):
@@ -133,14 +145,15 @@ def main() -> None:
         for method in order:
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp)
-                if method == "python loop":
+                if method in ("python loop", HUGE_LOOP):
                     cmd = python_loop(rows, out)
                 elif method == "shell loop":
                     cmd = shell_loop(rows, out)
                 else:
                     workers, threads = (int(v) for v in method.split()[-1].split("x"))
                     cmd = batch(rows, out, workers)
-                m = measure(cmd, dict(env, NST_ORT_THREADS=str(threads)) if method.startswith("nst batch") else env)
+                m = measure(cmd, dict(env, NST_ORT_THREADS=str(threads)) if method.startswith("nst batch") else
+                            huge_env if method == HUGE_LOOP else env)
                 began = m.pop("began")
                 if method.startswith("nst batch"):
                     m.update(batch_overhead(out, workers, m["seconds"], began, args.jobs))
@@ -155,6 +168,9 @@ def main() -> None:
     for method, ms in results.items():
         summary[method] = {k: statistics.median(m[k] for m in ms) for k in ms[0]}
     shell = summary["shell loop"]["jobs_per_min"] if "shell loop" in summary else None
+    if args.allocators:
+        print(f"huge-page malloc / plain, wall seconds: "
+              f"{summary[HUGE_LOOP]['seconds'] / summary['python loop']['seconds']:.3f}")
     print(f"\n{args.jobs} jobs at {args.size} px, medians over {args.rounds} round(s); load average after: "
           f"{load_avg()}")
     for method, s in summary.items():
@@ -166,7 +182,8 @@ def main() -> None:
                      f"start-up")
         ratio = f" ({s['jobs_per_min'] / shell:.2f}x the shell loop)" if shell else ""
         print(f"{method:24s} {s['jobs_per_min']:6.2f} jobs/min{ratio}, peak {s['peak_mb']:.0f} MB{extra}")
-    save_json("batch_layouts" if args.layouts_only else "batch", {"machine": machine(), "jobs": args.jobs, "size": args.size, "rounds": args.rounds,
+    name = "batch_allocators" if args.allocators else "batch_layouts" if args.layouts_only else "batch"
+    save_json(name, {"machine": machine(), "jobs": args.jobs, "size": args.size, "rounds": args.rounds,
                         "runs": results, "medians": summary, "load_after": load_avg()})
 
 
