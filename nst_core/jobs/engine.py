@@ -90,16 +90,6 @@ def memory_estimate_mb(job: Spec, inputs) -> float | None:
     return memory.estimate_peak_mb(height * width, job.optimizer, histories(job)[-1], plan(job)[-1][1])
 
 
-def _thumbnail_jpeg(png: bytes) -> bytes:
-    """A PNG as the JPEG preview of the workers' (``worker.PREVIEW_SIDE`` px at most on its longer side)."""
-    with Image.open(io.BytesIO(png)) as im:
-        image = im.convert("RGB")
-    image.thumbnail((_worker.PREVIEW_SIDE, _worker.PREVIEW_SIDE), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=80)
-    return buffer.getvalue()
-
-
 def default_workers() -> int:
     """Worker processes of the embedded cluster: one per core, each running ONNX Runtime on one thread. Measured on 2
     cores, quiet (bench/bench_batch.py, 24 jobs at 192 px): 2 workers x 1 thread 12.1 jobs/min, 1 worker x 2
@@ -394,7 +384,7 @@ class Engine:
         if reply is not None:
             fields.update(evaluations=reply["evaluations"], loss=reply["loss"])
             if reply["png"]:
-                fields["preview"] = _thumbnail_jpeg(reply["png"])
+                fields["preview"] = _worker.png_preview(reply["png"])
         self.store.update(job_id, status="queued", worker=None, **fields)
         self._futures.pop(job_id, None)
         self._runs.pop(job_id, None)

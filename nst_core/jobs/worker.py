@@ -39,8 +39,8 @@ from ..outputs.files import png_bytes
 from ..schedule import plan, scale_table
 from ..spec.spec import from_json
 
-__all__ = ["run_job", "mark_cancelled", "clear_cancelled", "running_jobs", "preview_jpeg", "TOPIC", "PROGRESS_EVERY",
-           "PREVIEW_EVERY", "PREVIEW_SIDE"]
+__all__ = ["run_job", "mark_cancelled", "clear_cancelled", "running_jobs", "preview_jpeg", "png_preview",
+           "thumbnail_jpeg", "TOPIC", "PROGRESS_EVERY", "PREVIEW_EVERY", "PREVIEW_SIDE"]
 
 TOPIC = "nst-jobs"
 #: Seconds between two progress events of a running job.
@@ -110,13 +110,24 @@ def _log(message: dict) -> None:
         pass
 
 
-def preview_jpeg(x: np.ndarray, longest: int = PREVIEW_SIDE) -> bytes:
-    """A normalised image x [1, 3, h, w] as JPEG bytes, at most ``longest`` px on its longer side."""
-    image = Image.fromarray(deprocess(x))
+def thumbnail_jpeg(image: Image.Image, longest: int = PREVIEW_SIDE) -> bytes:
+    """A PIL image as the JPEG bytes of a preview, at most ``longest`` px on its longer side."""
+    image = image.convert("RGB")
     image.thumbnail((longest, longest), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=80)
     return buffer.getvalue()
+
+
+def preview_jpeg(x: np.ndarray, longest: int = PREVIEW_SIDE) -> bytes:
+    """A normalised image x [1, 3, h, w] as a preview's JPEG bytes (``thumbnail_jpeg``)."""
+    return thumbnail_jpeg(Image.fromarray(deprocess(x)), longest)
+
+
+def png_preview(png: bytes) -> bytes:
+    """A PNG's bytes (a result, a picture so far) as a preview's JPEG bytes (``thumbnail_jpeg``)."""
+    with Image.open(io.BytesIO(png)) as im:
+        return thumbnail_jpeg(im)
 
 
 class _Watch:

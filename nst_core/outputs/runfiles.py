@@ -79,7 +79,7 @@ class Progress:
             if self.save_every:
                 self.x = x.copy()
         if self.save_every and record.evaluation % self.save_every == 0 and self.x is not None:
-            rising = self.rising[scale - 1] if scale <= len(self.rising) else None
+            rising = self.rising[scale - 1]
             self._save(record.evaluation, x if rising is not None and self.best_at <= rising else self.x)
         if self.bar is not None:
             where = f"scale {scale}/{len(self.steps)} ({self.steps[scale - 1][0]} px), " if len(self.steps) > 1 else ""

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
-import io
 import json
 import mimetypes
 import re
@@ -36,12 +35,11 @@ from typing import Literal
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from PIL import Image
 from pydantic import BaseModel, Field
 
 from ..jobs.engine import Engine
 from ..jobs.store import STATUSES, JobRecord
-from ..jobs.worker import PREVIEW_SIDE
+from ..jobs.worker import png_preview
 from ..outputs.recipe import nst_version
 from ..schedule import plan
 from ..spec.spec import from_json, resolve, to_dict, to_json
@@ -251,16 +249,6 @@ async def _event_stream(request: Request, job_id: str, last: int):
 # ------------------------------------------------------------------------------------------------- images
 
 
-def _thumbnail(png: bytes) -> bytes:
-    """A JPEG of a result PNG, at most PREVIEW_SIDE px on its longer side."""
-    with Image.open(io.BytesIO(png)) as im:
-        im = im.convert("RGB")
-        im.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.BILINEAR)
-        buffer = io.BytesIO()
-        im.save(buffer, format="JPEG", quality=85)
-        return buffer.getvalue()
-
-
 def _preview(app, rec: JobRecord) -> bytes | None:
     """A final job's preview is made from its result (once, kept); a running one's is the workers' latest."""
     engine = app.state.engine
@@ -269,7 +257,7 @@ def _preview(app, rec: JobRecord) -> bytes | None:
         found = cache.get(rec.result_sha256)
         if found is None:
             png = engine.result(rec.id)
-            found = _thumbnail(png) if png else None
+            found = png_preview(png) if png else None
             if found is not None:
                 if len(cache) > 64:
                     cache.clear()
